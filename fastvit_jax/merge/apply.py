@@ -1,0 +1,48 @@
+"""Run one block's BlockOp on a batch. The model calls only this; it never knows the algorithm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fastvit_jax.merge import bipartite
+from fastvit_jax.merge.local import local_merge
+from fastvit_jax.merge.metrics import drop_lowest_norm
+from fastvit_jax.merge.plan import BlockOp, MergePlan
+from fastvit_jax.merge.state import TokenState, merge_weighted
+
+
+def global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: int,
+                 distill_token: bool) -> tuple[TokenState, jax.Array]:
+    """One example: ToMe bipartite soft matching over all tokens, merge r, weighted average."""
+    matching = bipartite.match(metric, r, class_token=num_prefix > 0, distill_token=distill_token)
+    merged = merge_weighted(state, lambda t: bipartite.merge_sum(matching, t, distill_token=distill_token))
+    return merged, matching.score
+
+
+def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
+             ) -> tuple[TokenState, jax.Array | None]:
+    """Apply op to a batched state (B, N, ...) with metric (B, N, C).
+
+    Returns the new state and the mean cosine similarity of merged pairs per example (None when
+    nothing merged) -- the quantity of the paper's Figure 3.
+    """
+    if op.kind == "none" or op.r == 0:
+        return state, None
+    if op.kind == "drop":
+        fn = lambda s, m: (drop_lowest_norm(s, m, r=op.r, num_prefix=plan.num_prefix), jnp.zeros(()))
+        new, _ = jax.vmap(fn)(state, metric)
+        return new, None
+    if op.kind == "global":
+        fn = lambda s, m: global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
+                                       distill_token=plan.distill_token)
+    elif op.kind == "local":
+        fn = lambda s, m: local_merge(s, m, r=op.r, window=op.window, grid=op.grid,
+                                      tokens_out=op.tokens_out, num_prefix=plan.num_prefix)
+    else:
+        raise ValueError(f"unknown block op {op.kind!r}")
+    new, scores = jax.vmap(fn)(state, metric)
+    # Pad-pad merges score -2; average only real pairs.
+    real = scores > -1.5
+    mean = jnp.sum(jnp.where(real, scores, 0.0), -1) / jnp.maximum(jnp.sum(real, -1), 1)
+    return new, mean
