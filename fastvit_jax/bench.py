@@ -1,0 +1,46 @@
+"""Throughput of the jit-compiled forward: compile time reported apart, median over runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.flops import gflops
+from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.plan import MergePlan
+
+
+def time_forward(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32, runs: int = 50,
+                 warmup: int = 2, dtype: str = "float32", seed: int = 0) -> dict:
+    """images_per_s (median run), compile_s (first call), gflops (analytic, per image)."""
+    forward = make_forward(config, plan, dtype)
+    images = np.random.default_rng(seed).standard_normal(
+        (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
+    images = jax.device_put(images)
+    t0 = time.perf_counter()
+    jax.block_until_ready(forward(params, images))
+    compile_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        jax.block_until_ready(forward(params, images))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        jax.block_until_ready(forward(params, images))
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
+            "median_s": med, "runs": runs, "batch_size": batch_size, "dtype": dtype}
+
+
+def compare(config: ViTConfig, params, plan: MergePlan, **kw) -> dict:
+    """Dense vs merged side by side: measured speedup and the ideal (FLOPs ratio) speedup."""
+    dense = time_forward(config, params, None, **kw)
+    merged = time_forward(config, params, plan, **kw)
+    return {"dense": dense, "merged": merged,
+            "speedup": merged["images_per_s"] / dense["images_per_s"],
+            "ideal_speedup": dense["gflops"] / merged["gflops"],
+            "plan": plan.summary()}

@@ -1,0 +1,227 @@
+"""Checkpoints: Google .npz (flat '/'-joined keys) and orbax, config inference, posemb resize, downloads.
+
+One loader (`load`) fixes everything up in one place, like big_vision's `load`: it reads the file,
+infers or checks the config, resizes position embeddings for a new resolution and verifies every
+key and shape against the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.errors import FastViTError
+
+_PREFIXES = ("params/", "opt/target/")
+
+
+# ---------------------------------------------------------------- flat <-> nested
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key = key[len(p):]
+        node = tree
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+# ---------------------------------------------------------------- npz
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Flat {key: array} of a Google .npz, read without pickle. Errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FastViTError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
+        raise FastViTError(f"{path}: not a readable .npz checkpoint (truncated or corrupt: {e})") from None
+
+
+def save_npz(params: dict, path: str | os.PathLike) -> Path:
+    """Write params as a Google-layout .npz (flat '/'-joined keys, float32)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    with open(path, "wb") as f:
+        np.savez(f, **flat)
+    return path
+
+
+# ---------------------------------------------------------------- orbax
+def save_orbax(params: dict, path: str | os.PathLike) -> Path:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, jax.tree_util.tree_map(np.asarray, params), force=True)
+    return path
+
+
+def read_orbax(path: str | os.PathLike) -> dict:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(path)
+    except Exception as e:  # orbax raises many types for a broken directory
+        raise FastViTError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from None
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def read_params(path: str | os.PathLike) -> dict:
+    """Nested params from .npz, an orbax directory, or a timm .safetensors/.pth (converted on the fly)."""
+    path = Path(path)
+    if not path.exists():
+        raise FastViTError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        return read_orbax(path)
+    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        from checkpoints_convert.timm_vit import convert_file
+
+        return convert_file(path)
+    return unflatten(read_npz(path))
+
+
+# ---------------------------------------------------------------- config inference
+def infer_config(params: dict, gelu: str = "tanh") -> ViTConfig:
+    """Architecture from parameter shapes (Google layout)."""
+    try:
+        kernel = params["embedding"]["kernel"]
+        blocks = [k for k in params["Transformer"] if re.fullmatch(r"encoderblock_\d+", k)]
+        block0 = params["Transformer"]["encoderblock_0"]
+        q = block0["MultiHeadDotProductAttention_1"]["query"]["kernel"]
+        mlp = block0["MlpBlock_3"]["Dense_0"]["kernel"]
+        posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
+        head = params["head"]["kernel"]
+    except (KeyError, TypeError) as e:
+        raise FastViTError(f"not a ViT checkpoint in Google layout: missing key {e}") from None
+    patch, width = int(kernel.shape[0]), int(kernel.shape[-1])
+    tokens = int(posemb.shape[1]) - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise FastViTError(f"pos_embedding has {tokens} patch tokens, not a square grid")
+    pre = params.get("pre_logits", {}).get("kernel")
+    return ViTConfig(width=width, depth=len(blocks), heads=int(q.shape[1]), mlp_dim=int(mlp.shape[1]),
+                     patch=patch, image_size=side * patch, num_classes=int(head.shape[1]),
+                     pre_logits=None if pre is None else int(pre.shape[1]), gelu=gelu)
+
+
+# ---------------------------------------------------------------- posemb resize
+def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix: int = 1) -> np.ndarray:
+    """Resize (1, prefix + gh*gw, D) position embeddings to a new grid, as the original
+    vision_transformer `load_pretrained` does (scipy.ndimage.zoom, order 1, on the patch part)."""
+    import scipy.ndimage
+
+    prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
+    old = math.isqrt(grid.shape[0])
+    grid = grid.reshape(old, old, -1)
+    zoom = (new_grid[0] / old, new_grid[1] / old, 1)
+    grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, new_grid[0] * new_grid[1], -1)
+    return np.concatenate([prefix, grid], axis=1).astype(posemb.dtype)
+
+
+# ---------------------------------------------------------------- verification
+def expected_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
+    from fastvit_jax.models.vit import VisionTransformer
+
+    images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
+    tree = jax.eval_shape(lambda x: VisionTransformer(config).init(jax.random.PRNGKey(0), x), images)
+    return {k: tuple(v.shape) for k, v in flatten(tree["params"]).items()}
+
+
+def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") -> None:
+    """Raise naming the first key whose presence or shape differs from what `config` needs."""
+    want = expected_shapes(config)
+    have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
+    for key, shape in want.items():
+        if key not in have:
+            raise FastViTError(f"{source}: missing key {key} (expected shape {shape}) for {config.variant}")
+        if have[key] != shape:
+            raise FastViTError(f"{source}: key {key} has shape {have[key]}, expected {shape} "
+                               f"for {config.variant} at {config.image_size}px with {config.num_classes} classes")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
+
+
+def load(path: str | os.PathLike, config: ViTConfig | None = None) -> tuple[dict, ViTConfig]:
+    """Read a checkpoint and return (params, config).
+
+    Without config, the architecture is inferred from the shapes. With one, the file is checked
+    against it; position embeddings are resized when only the resolution differs, and a
+    representation layer (pre_logits) present in the file is used.
+    """
+    params = read_params(path)
+    found = infer_config(params, gelu=config.gelu if config else "tanh")
+    if config is None:
+        config = found
+    else:
+        if found.pre_logits != config.pre_logits:
+            config = config.replace(pre_logits=found.pre_logits)
+        if found.grid != config.grid and found.patch == config.patch and found.width == config.width:
+            pe = params["Transformer"]["posembed_input"]
+            pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"]), config.grid)
+    check_params(params, config, str(path))
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+    return params, config
+
+
+# ---------------------------------------------------------------- downloads
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
+
+
+def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
+    """Fetch url into the cache (or dest) with a progress bar; return the local path.
+
+    When the network is unreachable the error names the URL and where to put the file by hand.
+    """
+    dest = Path(dest) if dest else cache_dir() / url.rsplit("/", 1)[-1]
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            from tqdm import tqdm
+
+            with open(tmp, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True,
+                                            desc=dest.name[:40], disable=not progress) as bar:
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        tmp.replace(dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise FastViTError(f"could not download {url} ({reason}); download it elsewhere and place it "
+                           f"at {dest} (or pass --checkpoint PATH)") from None
+    return dest

@@ -1,0 +1,251 @@
+"""`fastvit` command line: a thin layer over the library. Every command has --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from fastvit_jax.errors import FastViTError
+
+
+# ---------------------------------------------------------------- output helpers
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return "-" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def emit(args, payload, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=float) if args.json else text)
+
+
+# ---------------------------------------------------------------- shared options
+def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
+    p.add_argument("--checkpoint", required=checkpoint_required,
+                   help="checkpoint: Google .npz, orbax directory, or timm .safetensors/.pth")
+    p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from the file")
+    p.add_argument("--preprocessing", choices=["inception", "deit"], help="override the model's preprocessing")
+    p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
+    p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="activation dtype")
+
+
+def add_merge_args(p: argparse.ArgumentParser) -> None:
+    from fastvit_jax.merge.plan import METHODS, METRICS
+
+    g = p.add_argument_group("token merging")
+    g.add_argument("--method", choices=METHODS, default="none")
+    g.add_argument("--r", type=int, default=0, help="tokens merged per block (per layer for local: spread over windows)")
+    g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
+    g.add_argument("--window", type=int, default=7, help="initial LGTM window size")
+    g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
+    g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
+    g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
+
+
+def plan_from_args(args, config):
+    from fastvit_jax.merge.plan import make_plan
+
+    return make_plan(config.depth, config.grid, args.method, args.r, skip=args.skip, window=args.window,
+                     transition=args.transition, metric=args.metric, prop_attn=not args.no_prop_attn)
+
+
+def resolve_model(args, need_weights: bool = True):
+    """(params, config, preprocess) from --checkpoint/--model and overrides."""
+    from fastvit_jax import checkpoint
+    from fastvit_jax.data import Preprocess
+    from fastvit_jax.registry import get_entry
+
+    entry = get_entry(args.model) if args.model else None
+    config = entry.config if entry else None
+    if config is not None and args.gelu:
+        config = config.replace(gelu=args.gelu)
+    path = args.checkpoint
+    if path is None and entry is not None and need_weights:
+        if entry.url is None:
+            raise FastViTError(f"{entry.name} has no official Google file; convert timm weights with "
+                               f"`fastvit convert WEIGHTS.safetensors OUT.npz` and pass --checkpoint OUT.npz")
+        path = checkpoint.download(entry.url)
+    if path is None and not need_weights:
+        from fastvit_jax.models.vit import init_params
+
+        params = init_params(config)
+    elif path is None:
+        raise FastViTError("pass --checkpoint FILE and/or --model NAME")
+    else:
+        params, config = checkpoint.load(path, config)
+        if entry is None and args.gelu:
+            config = config.replace(gelu=args.gelu)
+        if entry is None and Path(path).suffix in (".safetensors", ".pth", ".pt", ".bin") and not args.gelu:
+            config = config.replace(gelu="exact")  # timm/DeiT weights use exact GELU
+    family = args.preprocessing or (entry.preprocessing if entry else ("deit" if config.gelu == "exact" else "inception"))
+    crop = args.crop_pct or (entry.crop_pct if entry else 0.9)
+    return params, config, Preprocess(family, config.image_size, crop)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_models(args):
+    from fastvit_jax.registry import REGISTRY
+
+    rows = [{"name": e.name, "variant": e.config.variant, "res": e.config.image_size,
+             "classes": e.config.num_classes, "preprocessing": e.preprocessing,
+             "file": e.filename or "(convert)"} for e in REGISTRY.values()]
+    emit(args, rows, format_table(rows, ["name", "variant", "res", "classes", "preprocessing", "file"]))
+
+
+def cmd_inspect(args):
+    from fastvit_jax import checkpoint
+
+    params = checkpoint.read_params(args.file)
+    config = checkpoint.infer_config(params)
+    flat = checkpoint.flatten(params)
+    n = sum(int(v.size) for v in flat.values())
+    cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
+                                          "num_classes", "pre_logits")}
+    cfg["variant"] = config.variant
+    payload = {"file": str(args.file), "config": cfg, "parameters": n,
+               "keys": {k: list(v.shape) for k, v in flat.items()}}
+    text = (f"{args.file}\n  " + "  ".join(f"{k}={v}" for k, v in cfg.items()) + f"\n  parameters: {n:,}\n\n"
+            + format_table([{"key": k, "shape": str(tuple(v.shape))} for k, v in flat.items()], ["key", "shape"]))
+    emit(args, payload, text)
+
+
+def cmd_convert(args):
+    from fastvit_jax import checkpoint
+
+    params = checkpoint.read_params(args.src)
+    config = checkpoint.infer_config(params)
+    checkpoint.check_params(params, config, str(args.src))
+    dst = Path(args.dst)
+    if args.format == "orbax" or (args.format is None and dst.suffix != ".npz"):
+        out = checkpoint.save_orbax(params, dst)
+        fmt = "orbax"
+    else:
+        out = checkpoint.save_npz(params, dst)
+        fmt = "npz"
+    emit(args, {"src": str(args.src), "dst": str(out), "format": fmt, "variant": config.variant},
+         f"wrote {out} ({fmt}, {config.variant}, {config.image_size}px, {config.num_classes} classes)")
+
+
+def cmd_predict(args):
+    import jax
+    import numpy as np
+
+    from fastvit_jax.data import Dataset, batches, label_names
+    from fastvit_jax.forward import make_forward
+
+    params, config, pre = resolve_model(args)
+    plan = plan_from_args(args, config)
+    forward = make_forward(config, plan, args.dtype)
+    names = label_names(config.num_classes)
+    ds = Dataset([(Path(p), -1) for p in args.images])
+    failed, results = [], []
+    for b in batches(ds, pre, min(len(ds), 32), failed=failed):
+        probs = np.asarray(jax.nn.softmax(forward(params, b.images)[: b.count]))
+        for path, pr in zip(b.paths, probs):
+            top = np.argsort(-pr, kind="stable")[:5]
+            results.append({"image": path, "top5": [{"index": int(i), "label": names[i], "prob": float(pr[i])} for i in top]})
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines += [f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}" for t in r["top5"]]
+    lines += [f"skipped {p}: {why}" for p, why in failed]
+    emit(args, results, "\n".join(lines))
+    return 1 if failed and not results else 0
+
+
+def cmd_eval(args):
+    from fastvit_jax.data import open_dataset
+    from fastvit_jax.evaluate import evaluate
+    from fastvit_jax.flops import gflops
+    from fastvit_jax.forward import make_forward
+
+    params, config, pre = resolve_model(args)
+    plan = plan_from_args(args, config)
+    ds = open_dataset(args.data).limit(args.limit)
+    res = evaluate(make_forward(config, plan, args.dtype), params, ds, pre, batch_size=args.batch_size,
+                   progress=not args.no_progress)
+    res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "plan": plan.summary()})
+    text = format_table([res], ["method", "r", "top1", "top5", "images", "images_per_s", "gflops"])
+    if res["failed"]:
+        text += "\n" + "\n".join(f"skipped {p}: {why}" for p, why in res["failed"])
+    emit(args, res, text)
+
+
+def cmd_bench(args):
+    from fastvit_jax.bench import compare
+
+    params, config, _ = resolve_model(args, need_weights=args.checkpoint is not None)
+    plan = plan_from_args(args, config)
+    res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+    rows = [dict(name="dense", **res["dense"]), dict(name=f"{plan.method} r={plan.r}", **res["merged"])]
+    text = (format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
+            + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)"
+            + f"\n{plan.describe()}")
+    emit(args, res, text)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("models", cmd_models, "list registered models")
+    p = command("inspect", cmd_inspect, "show the inferred config and key/shape table of a checkpoint")
+    p.add_argument("file")
+    p = command("convert", cmd_convert, "convert a checkpoint (timm/DeiT .safetensors/.pth, .npz, orbax) to .npz or orbax")
+    p.add_argument("src")
+    p.add_argument("dst", help="OUT.npz, or a directory for orbax")
+    p.add_argument("--format", choices=["npz", "orbax"], help="default: npz if DST ends in .npz, else orbax")
+    p = command("predict", cmd_predict, "top-5 classes of images")
+    p.add_argument("images", nargs="+")
+    add_model_args(p)
+    add_merge_args(p)
+    p = command("eval", cmd_eval, "top-1/top-5 accuracy and images/s on a data set")
+    add_model_args(p)
+    add_merge_args(p)
+    p.add_argument("--data", required=True, help="image folder, or tfds:NAME[:SPLIT]")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--no-progress", action="store_true")
+    p = command("bench", cmd_bench, "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)")
+    add_model_args(p)
+    add_merge_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runs", type=int, default=50)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "model", None) is None and args.command == "bench":
+        args.model = "vit_small_patch16_224"
+    warnings.filterwarnings("once", category=UserWarning)
+    try:
+        return args.fn(args) or 0
+    except FastViTError as e:
+        print(f"fastvit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastvit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

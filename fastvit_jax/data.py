@@ -1,0 +1,222 @@
+"""Images in, batches out: folders, synset-named files, tensorflow-datasets; preprocessing per family.
+
+Data sets are lists of (path-or-loader, label). Labels: ImageNet synset folders or file-name prefixes
+(`n01440764_tench.JPEG`) map to the standard ImageNet-1k index (sorted synsets); any other class
+folders (`test/<class>/*.jpg`) map to the sorted folder index; -1 means unlabelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fastvit_jax.errors import FastViTError
+
+IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".webp", ".bmp"}
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_SYNSET = re.compile(r"^(n\d{8})")
+
+
+# ---------------------------------------------------------------- class names
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """((synset, name), ...) in ImageNet-1k index order, shipped with the package."""
+    text = resources.files("fastvit_jax").joinpath("assets/imagenet1k_classes.tsv").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    return tuple((syn, name) for _, syn, name in rows)
+
+
+@lru_cache(maxsize=1)
+def synset_index() -> dict[str, int]:
+    return {syn: i for i, (syn, _) in enumerate(imagenet_classes())}
+
+
+def label_names(num_classes: int, class_names: list[str] | None = None) -> list[str]:
+    if class_names:
+        return list(class_names)
+    if num_classes == 1000:
+        return [name for _, name in imagenet_classes()]
+    return [str(i) for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------- preprocessing
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google).
+    family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std."""
+
+    family: str = "inception"
+    size: int = 224
+    crop_pct: float = 0.9
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        img = img.convert("RGB")
+        if self.family == "inception":
+            img = img.resize((self.size, self.size), Image.BILINEAR)
+            return np.asarray(img, np.float32) / 127.5 - 1.0
+        if self.family == "deit":
+            img = _resize_shorter(img, math.floor(self.size / self.crop_pct), Image.BICUBIC)
+            img = _center_crop(img, self.size)
+            return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: inception, deit")
+
+
+def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
+    # torchvision.transforms.Resize(int) semantics, which timm's eval transform uses.
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return img
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return img.resize((new_w, new_h), resample)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file (any mode; converted to RGB by Preprocess). Errors name the file."""
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise FastViTError(f"{path}: cannot read image ({e})") from None
+
+
+# ---------------------------------------------------------------- data sets
+@dataclasses.dataclass
+class Dataset:
+    items: list[tuple[object, int]]  # (path or zero-arg loader returning a PIL image, label)
+    class_names: list[str] | None = None  # for non-ImageNet folders
+    name: str = ""
+
+    def __len__(self):
+        return len(self.items)
+
+    def limit(self, n: int | None) -> "Dataset":
+        return self if not n else dataclasses.replace(self, items=self.items[:n])
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS
+
+
+def image_folder(root: str | Path) -> Dataset:
+    """A folder of class folders, a flat folder of (synset-named) images, or one image file."""
+    root = Path(root)
+    if not root.exists():
+        raise FastViTError(f"data not found: {root}")
+    if root.is_file():
+        return Dataset([(root, _file_label(root))], name=str(root))
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if subdirs:
+        names = [d.name for d in subdirs]
+        syn = synset_index()
+        if all(n in syn for n in names):
+            labels, class_names = [syn[n] for n in names], None
+        else:
+            labels, class_names = list(range(len(names))), names
+        items = [(p, lab) for d, lab in zip(subdirs, labels) for p in sorted(d.rglob("*")) if _is_image(p)]
+    else:
+        items, class_names = [(p, _file_label(p)) for p in sorted(root.iterdir()) if _is_image(p)], None
+    if not items:
+        raise FastViTError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {root}")
+    return Dataset(items, class_names, name=str(root))
+
+
+def _file_label(p: Path) -> int:
+    m = _SYNSET.match(p.name)
+    return synset_index().get(m.group(1), -1) if m else -1
+
+
+def tfds_dataset(spec: str, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+    """'tfds:NAME[:SPLIT]' (e.g. tfds:imagenet2012:validation, tfds:cifar10:test)."""
+    parts = spec.split(":")
+    name = parts[1] if len(parts) > 1 else ""
+    split = parts[2] if len(parts) > 2 else ("validation" if name.startswith("imagenet") else "test")
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name, data_dir=data_dir)
+        if manual_dir or not builder.is_prepared():
+            cfg = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+            builder.download_and_prepare(download_config=cfg)
+        source = builder.as_data_source(split=split)
+    except FastViTError:
+        raise
+    except Exception as e:
+        raise FastViTError(f"tensorflow-datasets {name!r} split {split!r} is not available "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    names = builder.info.features["label"].names if "label" in builder.info.features else None
+
+    def loader(i):
+        return lambda: Image.fromarray(np.asarray(source[i]["image"]))
+
+    items = [(loader(i), int(source[i]["label"]) if names else -1) for i in range(len(source))]
+    return Dataset(items, None if name.startswith("imagenet") else names, name=spec)
+
+
+def open_dataset(spec: str, **kw) -> Dataset:
+    return tfds_dataset(spec, **kw) if spec.startswith("tfds:") else image_folder(spec)
+
+
+# ---------------------------------------------------------------- batching
+@dataclasses.dataclass
+class Batch:
+    images: np.ndarray  # (batch_size, H, W, 3), padded with zeros past `count`
+    labels: np.ndarray  # (batch_size,), -1 for padding/unlabelled
+    count: int  # real images in this batch
+    paths: list
+
+
+def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int | None = None,
+            failed: list | None = None) -> Iterator[Batch]:
+    """Decode and preprocess on a thread pool, one batch ahead; every batch has full size.
+
+    Unreadable images are skipped and appended to `failed` as (path, reason).
+    """
+    workers = workers or min(8, (os.cpu_count() or 2) + 2)
+    size = getattr(preprocess, "size", None)
+
+    def work(item):
+        src, label = item
+        try:
+            img = src() if callable(src) else load_image(src)
+            return preprocess(img), label, src, None
+        except FastViTError as e:
+            return None, label, src, str(e)
+
+    chunks = [ds.items[i:i + batch_size] for i in range(0, len(ds.items), batch_size)]
+    with ThreadPoolExecutor(workers) as pool:
+        pending = [pool.map(work, c) for c in chunks[:2]]
+        for ci in range(len(chunks)):
+            results = list(pending.pop(0))
+            if ci + 2 < len(chunks):
+                pending.append(pool.map(work, chunks[ci + 2]))
+            ok = [r for r in results if r[3] is None]
+            if failed is not None:
+                failed.extend((str(r[2]), r[3]) for r in results if r[3] is not None)
+            if not ok:
+                continue
+            shape = ok[0][0].shape if size is None else (size, size, 3)
+            images = np.zeros((batch_size,) + shape, np.float32)
+            labels = np.full((batch_size,), -1, np.int32)
+            for j, (arr, lab, _, _) in enumerate(ok):
+                images[j], labels[j] = arr, lab
+            yield Batch(images, labels, len(ok), [str(r[2]) for r in ok])

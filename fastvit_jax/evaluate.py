@@ -1,0 +1,52 @@
+"""Top-1/top-5 accuracy and throughput of a (possibly merged) model over a data set."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from fastvit_jax.data import Dataset, batches
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    return (top == labels[:, None]).any(axis=-1)
+
+
+def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, progress: bool = True,
+             desc: str = "eval") -> dict:
+    """Run forward(params, images) over ds. Returns top1, top5 (fractions over labelled images),
+    images, images_per_s (model time after the first, compiling, batch), compile_s, failed."""
+    failed: list = []
+    correct1 = correct5 = labelled = seen = 0
+    model_s, compile_s, first = 0.0, 0.0, True
+    with tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for b in batches(ds, preprocess, batch_size, failed=failed):
+            t0 = time.perf_counter()
+            logits = np.asarray(jax.block_until_ready(forward(params, b.images)))[: b.count]
+            dt = time.perf_counter() - t0
+            if first:
+                compile_s, first = dt, False
+            else:
+                model_s += dt
+            labels = b.labels[: b.count]
+            mask = labels >= 0
+            correct1 += int(topk_correct(logits[mask], labels[mask], 1).sum())
+            correct5 += int(topk_correct(logits[mask], labels[mask], 5).sum())
+            labelled += int(mask.sum())
+            seen += b.count
+            bar.update(b.count)
+            bar.set_postfix(top1=f"{correct1 / max(labelled, 1):.3f}")
+    timed = seen - min(seen, batch_size)
+    return {
+        "top1": correct1 / labelled if labelled else None,
+        "top5": correct5 / labelled if labelled else None,
+        "images": seen,
+        "labelled": labelled,
+        "images_per_s": timed / model_s if model_s > 0 else None,
+        "compile_s": compile_s,
+        "failed": failed,
+    }

@@ -1,0 +1,90 @@
+"""Named models (timm-style names) -> architecture, preprocessing and the official checkpoint URL."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastvit_jax.config import ViTConfig, variant_config
+from fastvit_jax.errors import FastViTError
+
+GCS = "https://storage.googleapis.com/vit_models"
+
+# AugReg recipes that timm picked as the default ImageNet-1k fine-tunes (Steiner et al. 2021).
+_AUGREG_I21K = {
+    "Ti/16": "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
+    "S/32": "S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0",
+    "S/16": "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
+    "B/32": "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0",
+    "B/16": "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
+    "L/16": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1",
+}
+_AUGREG_FT = {
+    ("Ti/16", 224): "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("Ti/16", 384): "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384",
+    ("S/32", 224): "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("S/32", 384): "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384",
+    ("S/16", 224): "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("S/16", 384): "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384",
+    ("B/32", 224): "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("B/32", 384): "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384",
+    ("B/16", 224): "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224",
+    ("B/16", 384): "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384",
+    ("L/16", 224): "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+    ("L/16", 384): "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384",
+}
+_TIMM_SIZE = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
+
+PREPROCESSING = ("inception", "deit")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ViTConfig
+    preprocessing: str  # "inception": resize to res, [-1, 1]; "deit": resize+center crop, ImageNet mean/std
+    url: str | None  # official file; None when weights come only through checkpoints_convert
+    label_set: str = "imagenet1k"  # "imagenet1k" | "imagenet21k"
+    crop_pct: float = 0.9  # deit preprocessing only
+    note: str = ""
+
+    @property
+    def filename(self) -> str | None:
+        return self.url.rsplit("/", 1)[-1] if self.url else None
+
+
+def _build() -> dict[str, ModelEntry]:
+    reg: dict[str, ModelEntry] = {}
+    for (variant, res), stem in _AUGREG_FT.items():
+        size, patch = variant.split("/")
+        name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_{res}"
+        reg[name] = ModelEntry(name, variant_config(variant, res), "inception", f"{GCS}/augreg/{stem}.npz",
+                               note="AugReg: ImageNet-21k pretrain, ImageNet-1k fine-tune")
+    for variant, stem in _AUGREG_I21K.items():
+        size, patch = variant.split("/")
+        name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_224_in21k"
+        reg[name] = ModelEntry(name, variant_config(variant, 224, num_classes=21843), "inception",
+                               f"{GCS}/augreg/{stem}.npz", label_set="imagenet21k",
+                               note="AugReg: ImageNet-21k (21843 classes)")
+    for variant in ("B/16", "B/32", "S/16", "S/32"):
+        size, patch = variant.split("/")
+        name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_224_sam"
+        reg[name] = ModelEntry(name, variant_config(variant, 224), "inception",
+                               f"{GCS}/sam/ViT-{size}_{patch}.npz",
+                               note="SAM-trained on ImageNet-1k (Chen et al. 2022)")
+    for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
+        name = f"deit_{size}_patch16_224"
+        reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
+                               note="DeiT (Touvron et al. 2021); convert timm weights with `fastvit convert`")
+    return reg
+
+
+REGISTRY: dict[str, ModelEntry] = _build()
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        close = [n for n in REGISTRY if name.split("_")[0] in n][:8]
+        raise FastViTError(f"unknown model {name!r}; e.g. {', '.join(close or sorted(REGISTRY)[:8])} "
+                           f"(`fastvit models` lists all)") from None
