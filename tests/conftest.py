@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def google_checkpoint(config, seed=0):
+    """Flat {key: array} in the exact Google .npz layout, with realistic scales (random values)."""
+    from fastvit_jax.checkpoint import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for key, shape in expected_shapes(config).items():
+        leaf = key.rsplit("/", 1)[-1]
+        if leaf == "scale":
+            a = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif leaf == "bias":
+            a = 0.02 * rng.standard_normal(shape)
+        elif key == "cls" or leaf == "pos_embedding":
+            a = 0.5 * rng.standard_normal(shape)
+        else:  # kernels: fan-in scaled
+            fan_in = int(np.prod(shape[:-1])) if key != "embedding/kernel" else int(np.prod(shape[:3]))
+            if "out/kernel" in key:
+                fan_in = shape[0] * shape[1]
+            a = rng.standard_normal(shape) / np.sqrt(fan_in)
+        flat[key] = a.astype(np.float32)
+    return flat
+
+
+def _tiny():
+    from fastvit_jax.config import ViTConfig
+
+    return ViTConfig(width=32, depth=4, heads=2, mlp_dim=64, patch=4, image_size=32, num_classes=10)
+
+
+TINY = _tiny()
+
+
+@pytest.fixture
+def tiny_config():
+    return TINY
+
+
+@pytest.fixture
+def shared_dir():
+    if not SHARED.exists():
+        pytest.skip("../shared not present")
+    return SHARED

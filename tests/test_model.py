@@ -1,0 +1,88 @@
+"""The Flax ViT against the independent numpy forward, on checkpoints in the exact Google layout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from conftest import google_checkpoint
+from fastvit_jax import checkpoint
+from fastvit_jax.config import variant_config
+from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.plan import make_plan
+
+
+def _images(config, n=2, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, config.image_size, config.image_size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
+def test_tiny_matches_numpy(tmp_path, tiny_config, gelu):
+    config = tiny_config.replace(gelu=gelu)
+    flat = google_checkpoint(config)
+    np.savez(tmp_path / "c.npz", **flat)
+    params, loaded = checkpoint.load(tmp_path / "c.npz", config)
+    images = _images(config)
+    got = make_forward(loaded)(params, images)
+    want = reference.forward(flat, images, heads=config.heads, gelu_exact=gelu == "exact")
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_pre_logits_matches_numpy(tmp_path, tiny_config):
+    config = tiny_config.replace(pre_logits=24)
+    flat = google_checkpoint(config)
+    np.savez(tmp_path / "c.npz", **flat)
+    params, loaded = checkpoint.load(tmp_path / "c.npz")  # inferred, including pre_logits
+    assert loaded.pre_logits == 24
+    images = _images(config)
+    np.testing.assert_allclose(make_forward(loaded)(params, images),
+                               reference.forward(flat, images, heads=config.heads), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["Ti/16", "S/16", "B/16"])
+def test_google_shapes_match_numpy(tmp_path, variant):
+    """Real ViT shapes: logits and top-5 probabilities equal to the numpy forward to 1e-4."""
+    config = variant_config(variant)
+    flat = google_checkpoint(config)
+    np.savez(tmp_path / "c.npz", **flat)
+    params, loaded = checkpoint.load(tmp_path / "c.npz")
+    assert loaded == config
+    images = _images(config, n=1)
+    got = np.asarray(make_forward(loaded)(params, images))
+    want = reference.forward(flat, images, heads=config.heads)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(jax.nn.softmax(got), reference.softmax(want), atol=1e-5)
+
+
+def test_dense_plans_are_bit_identical(tiny_config):
+    flat = google_checkpoint(tiny_config)
+    params = checkpoint.unflatten(flat)
+    images = _images(tiny_config, 3)
+    base = np.asarray(make_forward(tiny_config)(params, images))
+    for method in ("none", "tome", "dfe", "lgtm", "drop"):
+        plan = make_plan(tiny_config.depth, tiny_config.grid, method, 0)
+        np.testing.assert_array_equal(np.asarray(make_forward(tiny_config, plan)(params, images)), base)
+
+
+def test_bfloat16_close_to_float32(tiny_config):
+    params = checkpoint.unflatten(google_checkpoint(tiny_config))
+    images = _images(tiny_config, 2)
+    f32 = np.asarray(make_forward(tiny_config)(params, images))
+    bf16 = np.asarray(make_forward(tiny_config, None, "bfloat16")(params, images))
+    assert bf16.dtype == np.float32
+    assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
+
+
+def test_param_tree_is_google_tree(tiny_config):
+    keys = set(checkpoint.expected_shapes(tiny_config))
+    assert {"embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding", "head/kernel",
+            "Transformer/encoder_norm/scale",
+            "Transformer/encoderblock_3/MultiHeadDotProductAttention_1/query/kernel",
+            "Transformer/encoderblock_0/MlpBlock_3/Dense_1/bias"} <= keys
+    shapes = checkpoint.expected_shapes(variant_config("B/16"))
+    assert shapes["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"] == (768, 12, 64)
+    assert shapes["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel"] == (12, 64, 768)
+    assert shapes["embedding/kernel"] == (16, 16, 3, 768)
+    assert shapes["Transformer/posembed_input/pos_embedding"] == (1, 197, 768)
