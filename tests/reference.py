@@ -92,6 +92,7 @@ def local_groups(metric, pos, r_window, window, grid):
                 i, j = wr * window + k // window, wc * window + k % window
                 s = i * cols + j
                 slots.append(grid_tokens[s] if i < rows and j < cols and s < m else None)
+            slots = [t for t in slots if t is not None] + [t for t in slots if t is None]  # real first
             feats = np.array([metric[t] if t is not None else np.zeros(metric.shape[1]) for t in slots])
             groups, _ = bipartite_groups(feats, r_window, protect_first=False,
                                          valid=[t is not None for t in slots])

@@ -34,7 +34,11 @@ def window_layout(num_tokens: int, grid: tuple[int, int], window: int) -> tuple[
     # (hp, wp) -> (hp/w, w, wp/w, w) -> (windows, w*w)
     def to_windows(a):
         return a.reshape(hp // window, window, wp // window, window).transpose(0, 2, 1, 3).reshape(-1, window * window)
-    return to_windows(slot).astype(np.int32), to_windows(valid)
+    slot, valid = to_windows(slot), to_windows(valid)
+    # Real tokens first (row-major), padding last: the A/B alternation then runs over real tokens,
+    # so a one-column sliver window can still merge.
+    order = np.argsort(~valid, axis=1, kind="stable")
+    return np.take_along_axis(slot, order, 1).astype(np.int32), np.take_along_axis(valid, order, 1)
 
 
 def grid_order(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:

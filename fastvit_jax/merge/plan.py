@@ -116,19 +116,19 @@ def window_counts(num_tokens: int, grid: tuple[int, int], window: int) -> tuple[
     """Per window, (real A, real B, pad A, pad B) slot counts.
 
     Tokens fill the grid row-major (slots >= num_tokens are padding); the grid is padded
-    bottom/right to multiples of `window`; within a window (flattened row-major) A = even slots,
-    B = odd slots.
+    bottom/right to multiples of `window`; within a window the real tokens come first, then the
+    padding, and A = even slots, B = odd slots.
     """
     rows, cols = grid
     counts = []
     for wr in range(math.ceil(rows / window)):
         for wc in range(math.ceil(cols / window)):
-            c = [0, 0, 0, 0]
-            for k in range(window * window):
-                i, j = wr * window + k // window, wc * window + k % window
-                real = i < rows and j < cols and i * cols + j < num_tokens
-                c[(0 if real else 2) + k % 2] += 1
-            counts.append(tuple(c))
+            real = sum(1 for k in range(window * window)
+                       if (i := wr * window + k // window) < rows and (j := wc * window + k % window) < cols
+                       and i * cols + j < num_tokens)
+            # real tokens occupy slots [0, real), padding [real, w*w)
+            pad_a = sum(1 for k in range(real, window * window) if k % 2 == 0)
+            counts.append(((real + 1) // 2, real // 2, pad_a, window * window - real - pad_a))
     return tuple(counts)
 
 
