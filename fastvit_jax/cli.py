@@ -33,7 +33,8 @@ def emit(args, payload, text: str) -> None:
 def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
     p.add_argument("--checkpoint", required=checkpoint_required,
                    help="checkpoint: Google .npz, orbax directory, or timm .safetensors/.pth")
-    p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from the file")
+    p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from --checkpoint, "
+                                    "or the bundled deit_tiny_patch16_224 when no checkpoint is given")
     p.add_argument("--preprocessing", choices=["inception", "deit"], help="override the model's preprocessing")
     p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
@@ -64,14 +65,18 @@ def resolve_model(args, need_weights: bool = True):
     """(params, config, preprocess) from --checkpoint/--model and overrides."""
     from fastvit_jax import checkpoint
     from fastvit_jax.data import Preprocess
-    from fastvit_jax.registry import get_entry
+    from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
 
+    if args.model is None and args.checkpoint is None:
+        args.model = DEFAULT_MODEL
     entry = get_entry(args.model) if args.model else None
     config = entry.config if entry else None
     if config is not None and args.gelu:
         config = config.replace(gelu=args.gelu)
     path = args.checkpoint
-    if path is None and entry is not None and need_weights:
+    if path is None and entry is not None and need_weights and entry.bundled:
+        path = asset_path(entry.bundled)
+    elif path is None and entry is not None and need_weights:
         if entry.url is None:
             raise FastViTError(f"{entry.name} has no official Google file; convert timm weights with "
                                f"`fastvit convert WEIGHTS.safetensors OUT.npz` and pass --checkpoint OUT.npz")
@@ -99,7 +104,7 @@ def cmd_models(args):
 
     rows = [{"name": e.name, "variant": e.config.variant, "res": e.config.image_size,
              "classes": e.config.num_classes, "preprocessing": e.preprocessing,
-             "file": e.filename or "(convert)"} for e in REGISTRY.values()]
+             "file": "bundled" if e.bundled else (e.filename or "(convert)"), "url": e.url} for e in REGISTRY.values()]
     emit(args, rows, format_table(rows, ["name", "variant", "res", "classes", "preprocessing", "file"]))
 
 
@@ -195,6 +200,18 @@ def cmd_bench(args):
     emit(args, res, text)
 
 
+def cmd_demo(args):
+    from fastvit_jax.demo import run_demo
+
+    res = run_demo([m.split(":") for m in args.configs.split(",")], runs=args.runs, progress=not args.json)
+    lines = ["bundled DeiT-Tiny/16 (real ImageNet-1k weights) on %d bundled ImageNet images" % res["images"], ""]
+    for p in res["predictions"][: args.show]:
+        t = p["top5"][0]
+        lines.append(f"  {Path(p['image']).name:40s} -> {t['label']} ({t['prob']:.2f})  true: {p['true_label']}")
+    lines += ["", format_table(res["rows"], ["method", "r", "top1", "gflops", "images_per_s", "speedup"])]
+    emit(args, res["rows"], "\n".join(lines))
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -207,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("models", cmd_models, "list registered models")
+    p = command("demo", cmd_demo, "offline demo: the bundled real DeiT-Tiny on bundled images, dense vs merged")
+    p.add_argument("--configs", default="none:0,tome:8,tome:13,dfe:8,dfe:13,lgtm:8,lgtm:13",
+                   help="comma-separated METHOD:R")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median)")
+    p.add_argument("--show", type=int, default=8, help="predictions to print")
     p = command("inspect", cmd_inspect, "show the inferred config and key/shape table of a checkpoint")
     p.add_argument("file")
     p = command("convert", cmd_convert, "convert a checkpoint (timm/DeiT .safetensors/.pth, .npz, orbax) to .npz or orbax")

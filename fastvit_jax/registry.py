@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
+from pathlib import Path
 
 from fastvit_jax.config import ViTConfig, variant_config
 from fastvit_jax.errors import FastViTError
@@ -46,6 +48,7 @@ class ModelEntry:
     label_set: str = "imagenet1k"  # "imagenet1k" | "imagenet21k"
     crop_pct: float = 0.9  # deit preprocessing only
     note: str = ""
+    bundled: str | None = None  # weights shipped in fastvit_jax/assets (used when no --checkpoint)
 
     @property
     def filename(self) -> str | None:
@@ -74,11 +77,17 @@ def _build() -> dict[str, ModelEntry]:
     for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
         name = f"deit_{size}_patch16_224"
         reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
-                               note="DeiT (Touvron et al. 2021); convert timm weights with `fastvit convert`")
+                               note="DeiT (Touvron et al. 2021); convert timm weights with `fastvit convert`",
+                               bundled=f"{name}.npz" if size == "tiny" else None)
     return reg
 
 
 REGISTRY: dict[str, ModelEntry] = _build()
+DEFAULT_MODEL = "deit_tiny_patch16_224"  # bundled, real ImageNet-1k weights: works offline
+
+
+def asset_path(name: str) -> Path:
+    return Path(str(resources.files("fastvit_jax").joinpath("assets", name)))
 
 
 def get_entry(name: str) -> ModelEntry:
