@@ -200,6 +200,24 @@ def cmd_bench(args):
     emit(args, res, text)
 
 
+def cmd_sweep(args):
+    from fastvit_jax.data import open_dataset
+    from fastvit_jax.sweep import parse_r, run_sweep
+
+    params, config, pre = resolve_model(args)
+    ds = open_dataset(args.data).limit(args.limit)
+    plan_kw = {"metric": args.metric, "window": args.window, "prop_attn": not args.no_prop_attn}
+    if args.skip is not None:
+        plan_kw["skip"] = args.skip
+    rows = run_sweep(params, config, pre, ds, args.out, args.methods.split(","), parse_r(args.r),
+                     batch_size=args.batch_size, bench_runs=args.bench_runs, plan_kw=plan_kw,
+                     progress=not args.json, title=args.model or "")
+    rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
+    text = format_table(rows, ["method", "r", "top1", "top5", "gflops", "images_per_s"]) + \
+        f"\nresults: {args.out}/results.csv, results.jsonl; plots: top1_vs_gflops.png/.svg, top1_vs_throughput.png/.svg"
+    emit(args, [{k: v for k, v in r.items() if k != "plan"} for r in rows], text)
+
+
 def cmd_demo(args):
     from fastvit_jax.demo import run_demo
 
@@ -246,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--no-progress", action="store_true")
+    p = command("sweep", cmd_sweep, "accuracy, GFLOPs and images/s over methods x r; resumable; Pareto plots")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="image folder, or tfds:NAME[:SPLIT]")
+    p.add_argument("--methods", default="tome,dfe,lgtm")
+    p.add_argument("--r", default="0:16:2", help="START:STOP[:STEP] (inclusive) or a comma list")
+    p.add_argument("--skip", type=int, help="override the methods' default skip")
+    p.add_argument("--window", type=int, default=7)
+    p.add_argument("--metric", default="k")
+    p.add_argument("--no-prop-attn", action="store_true")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bench-runs", type=int, default=5, help="timed runs per point for images/s")
+    p.add_argument("--out", required=True, help="directory for results.csv, results.jsonl and plots")
     p = command("bench", cmd_bench, "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)")
     add_model_args(p)
     add_merge_args(p)

@@ -1,0 +1,72 @@
+"""Throughput of dense vs merged ViTs (random weights), as `fastvit bench` but over a grid.
+
+    python benchmarks/bench_merging.py --models vit_small_patch16_224,vit_base_patch16_224 \
+        --methods tome,dfe,lgtm --r 8,13,16 --batch-size 32 --runs 5 --out benchmarks/results/merging_cpu.json
+
+Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+
+from fastvit_jax.bench import time_forward
+from fastvit_jax.cli import format_table
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.models.vit import init_params
+from fastvit_jax.registry import get_entry
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="vit_small_patch16_224,vit_base_patch16_224")
+    p.add_argument("--methods", default="tome,dfe,lgtm")
+    p.add_argument("--r", default="8,13,16")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--out", default="benchmarks/results/merging.json")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    rows = []
+    for name in args.models.split(","):
+        config = get_entry(name).config
+        params = init_params(config)
+        dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+        rows.append({"model": name, "method": "none", "r": 0, **dense, "speedup": 1.0, "ideal_speedup": 1.0})
+        print(f"{name} dense: {dense['images_per_s']:.1f} img/s", file=sys.stderr)
+        for method in args.methods.split(","):
+            for r in map(int, args.r.split(",")):
+                plan = make_plan(config.depth, config.grid, method, r)
+                res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+                rows.append({"model": name, "method": method, "r": r, **res,
+                             "speedup": res["images_per_s"] / dense["images_per_s"],
+                             "ideal_speedup": dense["gflops"] / res["gflops"]})
+                print(f"{name} {method} r={r}: {res['images_per_s']:.1f} img/s", file=sys.stderr)
+    for row in rows:
+        row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
+    print(format_table(rows, ["model", "method", "r", "images_per_s", "gflops", "speedup", "ideal_speedup",
+                              "speedup_vs_ideal", "compile_s"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Sweeps: rows as points finish, resume without redoing points, corrupt tail tolerated, plots."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import google_checkpoint
+from fastvit_jax import checkpoint, sweep
+from fastvit_jax.cli import main
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.errors import FastViTError
+from fastvit_jax.plots import pareto_front
+
+
+def test_parse_r():
+    assert sweep.parse_r("0:8:2") == [0, 2, 4, 6, 8]
+    assert sweep.parse_r("8,13,16") == [8, 13, 16]
+    with pytest.raises(FastViTError, match="bad --r"):
+        sweep.parse_r("0:8:0")
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.5), (2.0, 0.7), (1.5, 0.4), (3.0, 0.7)]
+    assert pareto_front(pts, lower_x_better=True) == [0, 1]
+    assert pareto_front(pts, lower_x_better=False) == [3]
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    cfg = ViTConfig(width=32, depth=2, heads=2, mlp_dim=64, patch=16, image_size=224, num_classes=1000)
+    np.savez(tmp_path / "m.npz", **google_checkpoint(cfg))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["n01440764_a.jpg", "n01443537_b.jpg", "n01484850_c.jpg"]:
+        Image.fromarray(rng.integers(0, 255, (100, 130, 3), dtype=np.uint8)).save(imgs / name)
+    return tmp_path / "m.npz", imgs
+
+
+def _sweep(ckpt, imgs, out, r="0:8:4"):
+    return main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome,lgtm", "--r", r,
+                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json"])
+
+
+def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "sweep"
+    assert _sweep(ckpt, imgs, out, r="0,4") == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["r"]) for r in rows] == [("tome", 0), ("tome", 4), ("lgtm", 0), ("lgtm", 4)]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["method", "r", "top1", "top5", "gflops", "images_per_s"]
+    for f in ("top1_vs_gflops.png", "top1_vs_gflops.svg", "top1_vs_throughput.png", "top1_vs_throughput.svg"):
+        assert (out / f).stat().st_size > 1000
+    # an interrupted write leaves half a line; a restart with more r redoes nothing that finished
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"method": "tome", "r": 8, "top1"')
+    evaluated = []
+    real_make_plan = sweep.make_plan
+    monkeypatch.setattr(sweep, "make_plan", lambda *a, **k: evaluated.append((a[2], a[3])) or real_make_plan(*a, **k))
+    with pytest.warns(UserWarning, match="corrupt last line"):
+        assert _sweep(ckpt, imgs, out, r="0:8:4") == 0
+    assert evaluated == [("tome", 8), ("lgtm", 8)]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len((out / "results.csv").read_text().splitlines()) == 7
