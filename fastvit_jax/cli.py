@@ -218,6 +218,61 @@ def cmd_sweep(args):
     emit(args, [{k: v for k, v in r.items() if k != "plan"} for r in rows], text)
 
 
+def cmd_sharpness(args):
+    import time
+
+    import numpy as np
+
+    from fastvit_jax.data import batches, open_dataset
+    from fastvit_jax.sharpness import lambda_max
+
+    params, config, pre = resolve_model(args)
+    plan = plan_from_args(args, config)
+    ds = open_dataset(args.data)
+    if len(ds) < args.num_images:
+        raise FastViTError(f"--num-images {args.num_images} but {args.data} has {len(ds)} images")
+    picks = np.linspace(0, len(ds) - 1, args.num_images).round().astype(int)  # spread over classes
+    ds.items = [ds.items[i] for i in picks]
+    b = next(batches(ds, pre, args.num_images))
+    if b.count < args.num_images or (b.labels[: b.count] < 0).any():
+        raise FastViTError("sharpness needs readable, labelled images (class folders or synset-named files)")
+    t0 = time.perf_counter()
+    res = lambda_max(config, params, b.images, b.labels, plan=plan, micro_batch=args.micro_batch, iters=args.iters,
+                     tol=args.tol, seed=args.seed, method=args.solver, progress=not args.json)
+    out = {"lambda_max": res.lambda_max, "iterations": res.iterations, "hvps": res.hvps, "converged": res.converged,
+           "method": plan.method, "r": plan.r, "skip": plan.skip, "solver": args.solver,
+           "images": args.num_images, "wall_s": time.perf_counter() - t0}
+    emit(args, out, format_table([out], ["method", "r", "skip", "lambda_max", "iterations", "hvps", "wall_s"]))
+
+
+def load_labelled(spec: str, pre, limit: int | None = None):
+    """All images of a labelled data set, preprocessed, in memory: (images, labels)."""
+    import numpy as np
+
+    from fastvit_jax.data import batches, open_dataset
+
+    ds = open_dataset(spec).limit(limit)
+    chunks = list(batches(ds, pre, 256))
+    images = np.concatenate([b.images[: b.count] for b in chunks])
+    labels = np.concatenate([b.labels[: b.count] for b in chunks])
+    if (labels < 0).any():
+        raise FastViTError(f"{spec}: training needs labelled images (class folders or synset-named files)")
+    return images, labels
+
+
+def cmd_finetune(args):
+    from fastvit_jax.train import TrainConfig, train
+
+    params, config, pre = resolve_model(args)
+    images, labels = load_labelled(args.data, pre, args.limit)
+    tc = TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
+                     steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
+                     seed=args.seed, augment=not args.no_augment)
+    res = train(config, params, images, labels, tc, args.out, progress=not args.json)
+    emit(args, res, f"wrote {res['out']} after {res['steps']} steps ({res['wall_s']:.0f} s"
+                    + (f", resumed from step {res['resumed_from']}" if res["resumed_from"] else "") + ")")
+
+
 def cmd_demo(args):
     from fastvit_jax.demo import run_demo
 
@@ -277,6 +332,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bench-runs", type=int, default=5, help="timed runs per point for images/s")
     p.add_argument("--out", required=True, help="directory for results.csv, results.jsonl and plots")
+    p = command("sharpness", cmd_sharpness, "dominant Hessian eigenvalue lambda_max of the loss (dense or merged)")
+    add_model_args(p)
+    add_merge_args(p)
+    p.add_argument("--data", required=True, help="labelled image folder, or tfds:NAME[:SPLIT]")
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=8, help="images per HVP micro-batch (memory)")
+    p.add_argument("--iters", type=int, default=20, help="max HVPs per power-iteration run / Lanczos steps")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative change to stop power iteration")
+    p.add_argument("--solver", choices=["power", "lanczos"], default="power")
+    p.add_argument("--seed", type=int, default=0)
+    p = command("finetune", cmd_finetune, "fine-tune with AdamW or SAM (resumable); writes a native checkpoint")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="labelled image folder (class folders or synset-named files)")
+    p.add_argument("--optimizer", choices=["adamw", "sam", "asam"], default="sam")
+    p.add_argument("--rho", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
     p = command("bench", cmd_bench, "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)")
     add_model_args(p)
     add_merge_args(p)

@@ -130,3 +130,14 @@ def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):
     res = json.loads(out)
     # Measured here: 0.7960 top-1 / 0.9460 top-5 on all 1000 (timm reports 0.796 / 0.946).
     assert res["images"] == 200 and res["top1"] > 0.7
+
+
+def test_sharpness_json(capsys):
+    """Bundled model, 4 bundled images: lambda_max reported with the iteration and HVP counts."""
+    from fastvit_jax.registry import asset_path
+
+    code, out, _ = run(capsys, "sharpness", "--data", str(asset_path("images")), "--num-images", "4",
+                       "--micro-batch", "2", "--iters", "3", "--json")
+    res = json.loads(out)
+    assert code == 0 and {"lambda_max", "iterations", "hvps", "method", "r"} <= set(res)
+    assert res["method"] == "none" and 1 <= res["iterations"] <= 6 and np.isfinite(res["lambda_max"])

@@ -1,0 +1,80 @@
+"""SAM against hand-computed steps; training resumes to exactly the uninterrupted result."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fastvit_jax import checkpoint, train as train_mod
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.models.vit import init_params
+from fastvit_jax.sam import sam
+
+MICRO = ViTConfig(width=8, depth=1, heads=2, mlp_dim=8, patch=8, image_size=16, num_classes=3)
+
+
+def test_sam_step_by_hand():
+    # loss = 0.5 * (3 w0^2 + w1^2); g = (3 w0, w1). At w = (1, 2): g = (3, 2), ||g|| = sqrt(13).
+    loss = lambda w: 0.5 * (3 * w[0] ** 2 + w[1] ** 2)
+    w = jnp.array([1.0, 2.0])
+    rho, lr = 0.1, 0.5
+    opt = sam(optax.sgd(lr), rho)
+    g = jax.grad(loss)(w)
+    updates, _ = opt.update(g, opt.init(w), w, grad_fn=jax.grad(loss))
+    e = rho * np.array([3.0, 2.0]) / np.sqrt(13.0)
+    w_adv = np.array([1.0, 2.0]) + e
+    want = np.array([1.0, 2.0]) - lr * np.array([3 * w_adv[0], w_adv[1]])
+    np.testing.assert_allclose(optax.apply_updates(w, updates), want, rtol=1e-6)
+
+
+def test_adaptive_sam_step_by_hand():
+    loss = lambda w: 0.5 * (3 * w[0] ** 2 + w[1] ** 2)
+    w = jnp.array([1.0, 2.0])
+    opt = sam(optax.sgd(1.0), 0.1, adaptive=True)
+    updates, _ = opt.update(jax.grad(loss)(w), opt.init(w), w, grad_fn=jax.grad(loss))
+    tg = np.array([1.0 * 3.0, 2.0 * 2.0])  # |w| * g
+    e = 0.1 * np.array([1.0, 4.0]) * np.array([3.0, 2.0]) / np.linalg.norm(tg)  # rho w^2 g / ||w g||
+    w_adv = np.array([1.0, 2.0]) + e
+    np.testing.assert_allclose(-np.asarray(updates), [3 * w_adv[0], w_adv[1]], rtol=1e-6)
+
+
+def test_sam_needs_grad_fn():
+    opt = sam(optax.sgd(0.1))
+    with pytest.raises(ValueError, match="grad_fn"):
+        opt.update(jnp.ones(2), opt.init(jnp.ones(2)), jnp.ones(2))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sam"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((16, 16, 16, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 16).astype(np.int32)
+    params = init_params(MICRO, jax.random.PRNGKey(0))
+    tc = train_mod.TrainConfig(optimizer=optimizer, lr=1e-2, steps=5, batch_size=4, ckpt_every=2)
+    train_mod.train(MICRO, params, images, labels, tc, tmp_path / "straight.npz", progress=False)
+
+    real_augment = train_mod.augment
+
+    def crash_at_4(x, seed, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_augment(x, seed, step)
+
+    monkeypatch.setattr(train_mod, "augment", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(MICRO, params, images, labels, tc, tmp_path / "resumed.npz", progress=False)
+    monkeypatch.setattr(train_mod, "augment", real_augment)
+    res = train_mod.train(MICRO, params, images, labels, tc, tmp_path / "resumed.npz", progress=False)
+    assert res["resumed_from"] == 4
+    a, _ = checkpoint.load(tmp_path / "straight.npz")
+    b, _ = checkpoint.load(tmp_path / "resumed.npz")
+    for k, v in checkpoint.flatten(a).items():
+        np.testing.assert_allclose(checkpoint.flatten(b)[k], v, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(checkpoint.flatten(a)["head/kernel"], np.asarray(params["head"]["kernel"]))
+
+
+def test_batches_reproducible():
+    a = train_mod.batch_indices(100, 32, 0, 7)
+    assert np.array_equal(a, train_mod.batch_indices(100, 32, 0, 7)) and len(a) == 32
+    assert not np.array_equal(a, train_mod.batch_indices(100, 32, 1, 7))
