@@ -273,6 +273,27 @@ def cmd_finetune(args):
                     + (f", resumed from step {res['resumed_from']}" if res["resumed_from"] else "") + ")")
 
 
+def cmd_visualize(args):
+    import dataclasses
+
+    from fastvit_jax.data import load_image
+    from fastvit_jax.visualize import final_sources, model_rgb, paint, render, token_map
+
+    params, config, pre = resolve_model(args)
+    plan = plan_from_args(args, config)
+    rgb, x = model_rgb(load_image(args.image), pre)
+    methods = [plan.method] if not args.compare else ["tome", "lgtm"]
+    panels, counts = [("input", rgb)], {}
+    for m in methods:
+        p = plan if m == plan.method else dataclasses.replace(
+            plan_from_args(argparse.Namespace(**{**vars(args), "method": m}), config))
+        ids = token_map(final_sources(config, p, params, x), config.grid)
+        counts[m] = int(len(set(ids.ravel().tolist())))
+        panels.append((f"{m} r={p.r}: {counts[m]} tokens", paint(rgb, ids, config.patch)))
+    out = render(args.image, panels, args.out)
+    emit(args, {"out": str(out), "tokens": counts}, f"wrote {out} ({', '.join(f'{k}: {v} patch tokens' for k, v in counts.items())})")
+
+
 def cmd_demo(args):
     from fastvit_jax.demo import run_demo
 
@@ -357,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
+    p = command("visualize", cmd_visualize, "paint the patches each final token holds (Figure 7 style)")
+    p.add_argument("image")
+    add_model_args(p)
+    add_merge_args(p)
+    p.add_argument("--compare", action="store_true", help="ToMe and LGTM side by side (same r)")
+    p.add_argument("--out", required=True, help="output image (.png)")
     p = command("bench", cmd_bench, "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)")
     add_model_args(p)
     add_merge_args(p)

@@ -1,0 +1,71 @@
+"""Which input patches each final token holds (paper Figure 7, ToMe's source visualisation).
+
+Every final token's patches are painted with the mean colour of those pixels and token borders
+are drawn, so contiguous merged regions show as flat areas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.models.vit import VisionTransformer
+
+
+def token_map(source: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(tokens, patches) 0/1 source matrix -> (gh, gw) id of the token holding each patch."""
+    return np.asarray(source).argmax(axis=0).reshape(grid)
+
+
+def final_sources(config: ViTConfig, plan: MergePlan, params, image: np.ndarray) -> np.ndarray:
+    """Source matrix (tokens, patches) of the final tokens for one preprocessed image (H, W, 3)."""
+    import dataclasses
+
+    plan = dataclasses.replace(plan, track_source=True)
+    model = VisionTransformer(config, plan)
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, image[None])
+    return np.asarray(state.source[0])
+
+
+def paint(rgb: np.ndarray, ids: np.ndarray, patch: int, border: bool = True) -> np.ndarray:
+    """rgb (H, W, 3) uint8 at model resolution; ids (gh, gw). Each token's area gets its mean colour."""
+    pix = np.kron(ids, np.ones((patch, patch), dtype=ids.dtype))
+    out = np.zeros_like(rgb, dtype=np.float64)
+    for t in np.unique(pix):
+        mask = pix == t
+        out[mask] = rgb[mask].mean(axis=0)
+    out = out.round().astype(np.uint8)
+    if border:
+        edge = np.zeros(pix.shape, bool)
+        edge[:-1] |= pix[:-1] != pix[1:]
+        edge[:, :-1] |= pix[:, :-1] != pix[:, 1:]
+        out[edge] = 255
+    return out
+
+
+def render(path: str | Path, panels: list[tuple[str, np.ndarray]], out: str | Path) -> Path:
+    """Side-by-side panels with titles, written as PNG/JPEG/SVG-free raster by extension."""
+    h, w = panels[0][1].shape[:2]
+    canvas = Image.new("RGB", (len(panels) * (w + 8) + 8, h + 28), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (title, img) in enumerate(panels):
+        canvas.paste(Image.fromarray(img), (8 + i * (w + 8), 22))
+        draw.text((8 + i * (w + 8), 5), title, fill="black")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+def model_rgb(img: Image.Image, preprocess) -> np.ndarray:
+    """The pixels the model sees, as uint8 RGB (undoing the normalisation)."""
+    from fastvit_jax.data import IMAGENET_MEAN, IMAGENET_STD
+
+    x = preprocess(img)
+    rgb = (x + 1) * 127.5 if preprocess.family == "inception" else (x * IMAGENET_STD + IMAGENET_MEAN) * 255
+    return np.clip(rgb, 0, 255).round().astype(np.uint8), x
