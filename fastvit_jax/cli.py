@@ -52,13 +52,33 @@ def add_merge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
     g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
     g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
+    g.add_argument("--target-gflops", type=float, help="pick the smallest r whose plan has at most X GFLOPs")
+    g.add_argument("--target-speedup", type=float, help="pick the smallest r reaching X times the dense speed")
+    g.add_argument("--speedup-by", choices=["measured", "flops"], default="measured",
+                   help="--target-speedup judged by timing the jit forward here, or by the FLOPs ratio")
 
 
-def plan_from_args(args, config):
+def plan_from_args(args, config, params=None):
+    from fastvit_jax import budget
     from fastvit_jax.merge.plan import make_plan
 
-    return make_plan(config.depth, config.grid, args.method, args.r, skip=args.skip, window=args.window,
-                     transition=args.transition, metric=args.metric, prop_attn=not args.no_prop_attn)
+    kw = dict(skip=args.skip, window=args.window, transition=args.transition, metric=args.metric,
+              prop_attn=not args.no_prop_attn)
+    target_gflops, target_speedup = getattr(args, "target_gflops", None), getattr(args, "target_speedup", None)
+    if target_gflops is None and target_speedup is None:
+        return make_plan(config.depth, config.grid, args.method, args.r, **kw)
+    if args.method == "none":
+        raise FastViTError("--target-gflops/--target-speedup need --method (tome, dfe, lgtm or drop)")
+    if target_gflops is not None:
+        plan = budget.plan_for_gflops(config, args.method, target_gflops, kw)
+    else:
+        plan = budget.plan_for_speedup(config, args.method, target_speedup, params,
+                                       measured=args.speedup_by == "measured", plan_kw=kw)
+    if not getattr(args, "json", False):
+        from fastvit_jax.flops import gflops
+
+        print(f"chosen: r={plan.r} ({gflops(config, plan):.3f} GFLOPs)\n{plan.describe()}", file=sys.stderr)
+    return plan
 
 
 def resolve_model(args, need_weights: bool = True):
@@ -150,7 +170,7 @@ def cmd_predict(args):
     from fastvit_jax.forward import make_forward
 
     params, config, pre = resolve_model(args)
-    plan = plan_from_args(args, config)
+    plan = plan_from_args(args, config, params)
     forward = make_forward(config, plan, args.dtype)
     names = label_names(config.num_classes)
     ds = Dataset([(Path(p), -1) for p in args.images])
@@ -174,9 +194,11 @@ def cmd_eval(args):
     from fastvit_jax.evaluate import evaluate
     from fastvit_jax.flops import gflops
     from fastvit_jax.forward import make_forward
+    from fastvit_jax.parallel import maybe_initialize_distributed
 
+    maybe_initialize_distributed()
     params, config, pre = resolve_model(args)
-    plan = plan_from_args(args, config)
+    plan = plan_from_args(args, config, params)
     ds = open_dataset(args.data).limit(args.limit)
     res = evaluate(make_forward(config, plan, args.dtype), params, ds, pre, batch_size=args.batch_size,
                    progress=not args.no_progress)
@@ -191,7 +213,7 @@ def cmd_bench(args):
     from fastvit_jax.bench import compare
 
     params, config, _ = resolve_model(args, need_weights=args.checkpoint is not None)
-    plan = plan_from_args(args, config)
+    plan = plan_from_args(args, config, params)
     res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
     rows = [dict(name="dense", **res["dense"]), dict(name=f"{plan.method} r={plan.r}", **res["merged"])]
     text = (format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
@@ -274,8 +296,6 @@ def cmd_finetune(args):
 
 
 def cmd_visualize(args):
-    import dataclasses
-
     from fastvit_jax.data import load_image
     from fastvit_jax.visualize import final_sources, model_rgb, paint, render, token_map
 
@@ -285,13 +305,57 @@ def cmd_visualize(args):
     methods = [plan.method] if not args.compare else ["tome", "lgtm"]
     panels, counts = [("input", rgb)], {}
     for m in methods:
-        p = plan if m == plan.method else dataclasses.replace(
-            plan_from_args(argparse.Namespace(**{**vars(args), "method": m}), config))
+        p = plan if m == plan.method else plan_from_args(argparse.Namespace(**{**vars(args), "method": m}), config)
         ids = token_map(final_sources(config, p, params, x), config.grid)
         counts[m] = int(len(set(ids.ravel().tolist())))
         panels.append((f"{m} r={p.r}: {counts[m]} tokens", paint(rgb, ids, config.patch)))
     out = render(args.image, panels, args.out)
     emit(args, {"out": str(out), "tokens": counts}, f"wrote {out} ({', '.join(f'{k}: {v} patch tokens' for k, v in counts.items())})")
+
+
+def cmd_analyze(args):
+    import csv
+
+    import numpy as np
+
+    from fastvit_jax import analysis
+    from fastvit_jax.merge.plan import make_plan
+
+    params, config, pre = resolve_model(args)
+    images, _ = load_labelled_or_not(args.data, pre, args.num_images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dense = analysis.block_statistics(config, None, params, images)
+    merged = {}
+    for r in (int(x) for x in args.r_values.split(",")):
+        plan = make_plan(config.depth, config.grid, args.method, r)
+        merged[f"{args.method} r={r}"] = analysis.block_statistics(config, plan, params, images)["merged"]
+    posemb = analysis.posemb_similarity(params, config.grid)
+    result = {"token_similarity": {k: dense[k] for k in analysis.STAGES}, "merged_similarity": merged,
+              "posemb_similarity": {f"{i},{j}": m.tolist() for (i, j), m in posemb.items()}, "images": len(images)}
+    (out / "analysis.json").write_text(json.dumps(result, indent=2))
+    with open(out / "analysis.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["block", *analysis.STAGES, *merged])
+        for i in range(config.depth):
+            w.writerow([i, *(dense[k][i] for k in analysis.STAGES), *(m[i] for m in merged.values())])
+    analysis.plot_analysis(dense, merged, posemb, out)
+    rows = [{"block": i, **{k: dense[k][i] for k in analysis.STAGES}, **{n: m[i] for n, m in merged.items()}}
+            for i in range(config.depth)]
+    emit(args, result, format_table(rows, ["block", *analysis.STAGES, *merged]) + f"\nwrote {out}/analysis.json, "
+         "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
+
+
+def load_labelled_or_not(spec: str, pre, limit: int):
+    import numpy as np
+
+    from fastvit_jax.data import batches, open_dataset
+
+    ds = open_dataset(spec)
+    picks = np.linspace(0, len(ds) - 1, min(limit, len(ds))).round().astype(int)
+    ds.items = [ds.items[i] for i in picks]
+    b = next(batches(ds, pre, len(ds.items)))
+    return b.images[: b.count], b.labels[: b.count]
 
 
 def cmd_demo(args):
@@ -384,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_args(p)
     p.add_argument("--compare", action="store_true", help="ToMe and LGTM side by side (same r)")
     p.add_argument("--out", required=True, help="output image (.png)")
+    p = command("analyze", cmd_analyze, "token similarity per block, merged-pair similarity, posemb maps")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="image folder, or tfds:NAME[:SPLIT]")
+    p.add_argument("--num-images", type=int, default=32)
+    p.add_argument("--method", default="tome", help="merging method for the merged-pair similarity")
+    p.add_argument("--r-values", default="10,20", help="r values compared in the merged-pair plot (Figure 3)")
+    p.add_argument("--out", required=True)
     p = command("bench", cmd_bench, "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)")
     add_model_args(p)
     add_merge_args(p)

@@ -17,16 +17,28 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, progress: bool = True,
-             desc: str = "eval") -> dict:
+             desc: str = "eval", data_parallel: bool = True) -> dict:
     """Run forward(params, images) over ds. Returns top1, top5 (fractions over labelled images),
-    images, images_per_s (model time after the first, compiling, batch), compile_s, failed."""
+    images, images_per_s (model time after the first, compiling, batch), compile_s, failed, devices.
+
+    With several devices (and data_parallel), each batch is sharded over all of them and params are
+    replicated; the batch size is rounded up to a multiple of the device count and the padding masked.
+    """
+    from fastvit_jax import parallel
+
+    mesh = None
+    if data_parallel and len(jax.devices()) > 1:
+        mesh = parallel.data_mesh()
+        batch_size = parallel.round_batch(batch_size, mesh)
+        params = parallel.replicate(params, mesh)
     failed: list = []
     correct1 = correct5 = labelled = seen = 0
     model_s, compile_s, first = 0.0, 0.0, True
     with tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for b in batches(ds, preprocess, batch_size, failed=failed):
             t0 = time.perf_counter()
-            logits = np.asarray(jax.block_until_ready(forward(params, b.images)))[: b.count]
+            images = parallel.shard_batch(b.images, mesh) if mesh is not None else b.images
+            logits = np.asarray(jax.block_until_ready(forward(params, images)))[: b.count]
             dt = time.perf_counter() - t0
             if first:
                 compile_s, first = dt, False
@@ -49,4 +61,5 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
         "images_per_s": timed / model_s if model_s > 0 else None,
         "compile_s": compile_s,
         "failed": failed,
+        "devices": len(jax.devices()) if mesh is not None else 1,
     }
