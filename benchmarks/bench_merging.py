@@ -4,6 +4,9 @@
         --methods tome,dfe,lgtm --r 8,13,16 --batch-size 32 --runs 5 --out benchmarks/results/merging_cpu.json
 
 Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON with the machine.
+When torch and timm import, the same points are timed for the peer -- timm's ViT dense and with
+facebookresearch-style ToMe (benchmarks/timm_tome.py; DFE = ToMe with the first blocks skipped;
+LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
 
+try:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import timm_tome  # noqa: E402  (peer; needs torch + timm)
+except ImportError:
+    timm_tome = None
+
 
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -41,6 +50,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--out", default="benchmarks/results/merging.json")
+    p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     rows = []
@@ -48,7 +58,16 @@ def main(argv=None):
         config = get_entry(name).config
         params = init_params(config)
         dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
-        rows.append({"model": name, "method": "none", "r": 0, **dense, "speedup": 1.0, "ideal_speedup": 1.0})
+        use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
+
+        def peer(method, r, skip):
+            if not use_peer or method not in ("none", "tome", "dfe"):
+                return None
+            model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=skip)
+            return timm_tome.time_model(model, args.batch_size, config.image_size, args.runs)
+
+        rows.append({"model": name, "method": "none", "r": 0, **dense, "speedup": 1.0, "ideal_speedup": 1.0,
+                     "peer_images_per_s": peer("none", 0, 0)})
         print(f"{name} dense: {dense['images_per_s']:.1f} img/s", file=sys.stderr)
         for method in args.methods.split(","):
             for r in map(int, args.r.split(",")):
@@ -56,12 +75,15 @@ def main(argv=None):
                 res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
                 rows.append({"model": name, "method": method, "r": r, **res,
                              "speedup": res["images_per_s"] / dense["images_per_s"],
-                             "ideal_speedup": dense["gflops"] / res["gflops"]})
+                             "ideal_speedup": dense["gflops"] / res["gflops"],
+                             "peer_images_per_s": peer(method, r, plan.skip)})
                 print(f"{name} {method} r={r}: {res['images_per_s']:.1f} img/s", file=sys.stderr)
     for row in rows:
         row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
+        peer_ips = row.get("peer_images_per_s")
+        row["vs_peer"] = row["images_per_s"] / peer_ips if peer_ips else None
     print(format_table(rows, ["model", "method", "r", "images_per_s", "gflops", "speedup", "ideal_speedup",
-                              "speedup_vs_ideal", "compile_s"]))
+                              "speedup_vs_ideal", "peer_images_per_s", "vs_peer", "compile_s"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2))

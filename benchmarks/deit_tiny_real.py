@@ -49,11 +49,18 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/deit_tiny")
     p.add_argument("--limit", type=int)
     p.add_argument("--bench-runs", type=int, default=5)
+    p.add_argument("--remeasure-speed", action="store_true",
+                   help="re-time images/s of all recorded points (quiet machine), keep accuracies")
     args = p.parse_args(argv)
     out = Path(args.out)
     params, config, pre = bundled_model()
     ds = image_folder(args.data).limit(args.limit)
     kw = dict(bench_runs=args.bench_runs, title="DeiT-Tiny/16, 1000 ImageNet samples")
+    if args.remeasure_speed:
+        from fastvit_jax.sweep import remeasure_speed
+
+        for d in sorted(p for p in out.iterdir() if (p / "results.jsonl").exists()):
+            remeasure_speed(params, config, d, runs=args.bench_runs, plot=d.name == "sweep", title=kw["title"])
     summary = {}
     summary["sweep"] = run_sweep(params, config, pre, ds, out / "sweep", ["tome", "dfe", "lgtm"], list(range(0, 17, 2)), **kw)
     summary["metrics"] = []

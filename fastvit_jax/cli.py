@@ -83,39 +83,10 @@ def plan_from_args(args, config, params=None):
 
 def resolve_model(args, need_weights: bool = True):
     """(params, config, preprocess) from --checkpoint/--model and overrides."""
-    from fastvit_jax import checkpoint
-    from fastvit_jax.data import Preprocess
-    from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
+    from fastvit_jax.hub import load_model
 
-    if args.model is None and args.checkpoint is None:
-        args.model = DEFAULT_MODEL
-    entry = get_entry(args.model) if args.model else None
-    config = entry.config if entry else None
-    if config is not None and args.gelu:
-        config = config.replace(gelu=args.gelu)
-    path = args.checkpoint
-    if path is None and entry is not None and need_weights and entry.bundled:
-        path = asset_path(entry.bundled)
-    elif path is None and entry is not None and need_weights:
-        if entry.url is None:
-            raise FastViTError(f"{entry.name} has no official Google file; convert timm weights with "
-                               f"`fastvit convert WEIGHTS.safetensors OUT.npz` and pass --checkpoint OUT.npz")
-        path = checkpoint.download(entry.url)
-    if path is None and not need_weights:
-        from fastvit_jax.models.vit import init_params
-
-        params = init_params(config)
-    elif path is None:
-        raise FastViTError("pass --checkpoint FILE and/or --model NAME")
-    else:
-        params, config = checkpoint.load(path, config)
-        if entry is None and args.gelu:
-            config = config.replace(gelu=args.gelu)
-        if entry is None and Path(path).suffix in (".safetensors", ".pth", ".pt", ".bin") and not args.gelu:
-            config = config.replace(gelu="exact")  # timm/DeiT weights use exact GELU
-    family = args.preprocessing or (entry.preprocessing if entry else ("deit" if config.gelu == "exact" else "inception"))
-    crop = args.crop_pct or (entry.crop_pct if entry else 0.9)
-    return params, config, Preprocess(family, config.image_size, crop)
+    return load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
+                      crop_pct=args.crop_pct, random_weights=not need_weights)
 
 
 # ---------------------------------------------------------------- commands
@@ -224,16 +195,20 @@ def cmd_bench(args):
 
 def cmd_sweep(args):
     from fastvit_jax.data import open_dataset
-    from fastvit_jax.sweep import parse_r, run_sweep
+    from fastvit_jax.sweep import parse_r, remeasure_speed, run_sweep
 
     params, config, pre = resolve_model(args)
     ds = open_dataset(args.data).limit(args.limit)
     plan_kw = {"metric": args.metric, "window": args.window, "prop_attn": not args.no_prop_attn}
     if args.skip is not None:
         plan_kw["skip"] = args.skip
-    rows = run_sweep(params, config, pre, ds, args.out, args.methods.split(","), parse_r(args.r),
-                     batch_size=args.batch_size, bench_runs=args.bench_runs, plan_kw=plan_kw,
-                     progress=not args.json, title=args.model or "")
+    if args.remeasure_speed:
+        rows = remeasure_speed(params, config, args.out, batch_size=args.batch_size, runs=args.bench_runs,
+                               progress=not args.json, title=args.model or "")
+    else:
+        rows = run_sweep(params, config, pre, ds, args.out, args.methods.split(","), parse_r(args.r),
+                         batch_size=args.batch_size, bench_runs=args.bench_runs, plan_kw=plan_kw,
+                         progress=not args.json, title=args.model or "")
     rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
     text = format_table(rows, ["method", "r", "top1", "top5", "gflops", "images_per_s"]) + \
         f"\nresults: {args.out}/results.csv, results.jsonl; plots: top1_vs_gflops.png/.svg, top1_vs_throughput.png/.svg"
@@ -243,9 +218,7 @@ def cmd_sweep(args):
 def cmd_sharpness(args):
     import time
 
-    import numpy as np
-
-    from fastvit_jax.data import batches, open_dataset
+    from fastvit_jax.data import load_arrays, open_dataset, spread
     from fastvit_jax.sharpness import lambda_max
 
     params, config, pre = resolve_model(args)
@@ -253,13 +226,11 @@ def cmd_sharpness(args):
     ds = open_dataset(args.data)
     if len(ds) < args.num_images:
         raise FastViTError(f"--num-images {args.num_images} but {args.data} has {len(ds)} images")
-    picks = np.linspace(0, len(ds) - 1, args.num_images).round().astype(int)  # spread over classes
-    ds.items = [ds.items[i] for i in picks]
-    b = next(batches(ds, pre, args.num_images))
-    if b.count < args.num_images or (b.labels[: b.count] < 0).any():
-        raise FastViTError("sharpness needs readable, labelled images (class folders or synset-named files)")
+    images, labels = load_arrays(spread(ds, args.num_images), pre, require_labels=True)
+    if len(images) % args.micro_batch:
+        raise FastViTError(f"{len(images)} readable images is not a multiple of --micro-batch {args.micro_batch}")
     t0 = time.perf_counter()
-    res = lambda_max(config, params, b.images, b.labels, plan=plan, micro_batch=args.micro_batch, iters=args.iters,
+    res = lambda_max(config, params, images, labels, plan=plan, micro_batch=args.micro_batch, iters=args.iters,
                      tol=args.tol, seed=args.seed, method=args.solver, progress=not args.json)
     out = {"lambda_max": res.lambda_max, "iterations": res.iterations, "hvps": res.hvps, "converged": res.converged,
            "method": plan.method, "r": plan.r, "skip": plan.skip, "solver": args.solver,
@@ -267,26 +238,12 @@ def cmd_sharpness(args):
     emit(args, out, format_table([out], ["method", "r", "skip", "lambda_max", "iterations", "hvps", "wall_s"]))
 
 
-def load_labelled(spec: str, pre, limit: int | None = None):
-    """All images of a labelled data set, preprocessed, in memory: (images, labels)."""
-    import numpy as np
-
-    from fastvit_jax.data import batches, open_dataset
-
-    ds = open_dataset(spec).limit(limit)
-    chunks = list(batches(ds, pre, 256))
-    images = np.concatenate([b.images[: b.count] for b in chunks])
-    labels = np.concatenate([b.labels[: b.count] for b in chunks])
-    if (labels < 0).any():
-        raise FastViTError(f"{spec}: training needs labelled images (class folders or synset-named files)")
-    return images, labels
-
-
 def cmd_finetune(args):
+    from fastvit_jax.data import load_arrays, open_dataset
     from fastvit_jax.train import TrainConfig, train
 
     params, config, pre = resolve_model(args)
-    images, labels = load_labelled(args.data, pre, args.limit)
+    images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre, require_labels=True)
     tc = TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                      steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
                      seed=args.seed, augment=not args.no_augment)
@@ -316,13 +273,12 @@ def cmd_visualize(args):
 def cmd_analyze(args):
     import csv
 
-    import numpy as np
-
     from fastvit_jax import analysis
+    from fastvit_jax.data import load_arrays, open_dataset, spread
     from fastvit_jax.merge.plan import make_plan
 
     params, config, pre = resolve_model(args)
-    images, _ = load_labelled_or_not(args.data, pre, args.num_images)
+    images, _ = load_arrays(spread(open_dataset(args.data), args.num_images), pre)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dense = analysis.block_statistics(config, None, params, images)
@@ -344,18 +300,6 @@ def cmd_analyze(args):
             for i in range(config.depth)]
     emit(args, result, format_table(rows, ["block", *analysis.STAGES, *merged]) + f"\nwrote {out}/analysis.json, "
          "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
-
-
-def load_labelled_or_not(spec: str, pre, limit: int):
-    import numpy as np
-
-    from fastvit_jax.data import batches, open_dataset
-
-    ds = open_dataset(spec)
-    picks = np.linspace(0, len(ds) - 1, min(limit, len(ds))).round().astype(int)
-    ds.items = [ds.items[i] for i in picks]
-    b = next(batches(ds, pre, len(ds.items)))
-    return b.images[: b.count], b.labels[: b.count]
 
 
 def cmd_demo(args):
@@ -417,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bench-runs", type=int, default=5, help="timed runs per point for images/s")
     p.add_argument("--out", required=True, help="directory for results.csv, results.jsonl and plots")
+    p.add_argument("--remeasure-speed", action="store_true",
+                   help="only re-time images/s of the points already in --out (run on a quiet machine)")
     p = command("sharpness", cmd_sharpness, "dominant Hessian eigenvalue lambda_max of the loss (dense or merged)")
     add_model_args(p)
     add_merge_args(p)

@@ -220,3 +220,23 @@ def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int 
             for j, (arr, lab, _, _) in enumerate(ok):
                 images[j], labels[j] = arr, lab
             yield Batch(images, labels, len(ok), [str(r[2]) for r in ok])
+
+
+def spread(ds: Dataset, n: int | None) -> Dataset:
+    """n items evenly spaced over ds (covers many classes of a class-sorted set); all when n is None."""
+    if not n or n >= len(ds):
+        return ds
+    picks = np.linspace(0, len(ds) - 1, n).round().astype(int)
+    return dataclasses.replace(ds, items=[ds.items[i] for i in picks])
+
+
+def load_arrays(ds: Dataset, preprocess, *, require_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every readable image of ds, preprocessed, in memory: (images, labels)."""
+    chunks = list(batches(ds, preprocess, 256))
+    if not chunks:
+        raise FastViTError(f"{ds.name}: no readable images")
+    images = np.concatenate([b.images[: b.count] for b in chunks])
+    labels = np.concatenate([b.labels[: b.count] for b in chunks])
+    if require_labels and (labels < 0).any():
+        raise FastViTError(f"{ds.name}: labelled images needed (class folders or synset-named files)")
+    return images, labels

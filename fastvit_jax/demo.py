@@ -10,18 +10,16 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import checkpoint
-from fastvit_jax.data import Preprocess, batches, image_folder, label_names
+from fastvit_jax.data import batches, image_folder, label_names
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
+from fastvit_jax.hub import load_model
+from fastvit_jax.registry import DEFAULT_MODEL, asset_path
 
 
 def bundled_model():
-    entry = get_entry(DEFAULT_MODEL)
-    params, config = checkpoint.load(asset_path(entry.bundled), entry.config)
-    return params, config, Preprocess(entry.preprocessing, config.image_size, entry.crop_pct)
+    return load_model(DEFAULT_MODEL)
 
 
 def run_demo(configs, runs: int = 3, progress: bool = True) -> dict:

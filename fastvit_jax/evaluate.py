@@ -17,12 +17,14 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, progress: bool = True,
-             desc: str = "eval", data_parallel: bool = True) -> dict:
+             desc: str = "eval", data_parallel: bool = True, cached: list | None = None) -> dict:
     """Run forward(params, images) over ds. Returns top1, top5 (fractions over labelled images),
-    images, images_per_s (model time after the first, compiling, batch), compile_s, failed, devices.
+    images, labelled, images_per_s (model time after the first, compiling, batch), compile_s,
+    failed, devices.
 
     With several devices (and data_parallel), each batch is sharded over all of them and params are
     replicated; the batch size is rounded up to a multiple of the device count and the padding masked.
+    `cached`: already preprocessed batches to use instead of reading ds (sweeps reuse them).
     """
     from fastvit_jax import parallel
 
@@ -34,8 +36,9 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
     failed: list = []
     correct1 = correct5 = labelled = seen = 0
     model_s, compile_s, first = 0.0, 0.0, True
+    stream = cached if cached is not None else batches(ds, preprocess, batch_size, failed=failed)
     with tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for b in batches(ds, preprocess, batch_size, failed=failed):
+        for b in stream:
             t0 = time.perf_counter()
             images = parallel.shard_batch(b.images, mesh) if mesh is not None else b.images
             logits = np.asarray(jax.block_until_ready(forward(params, images)))[: b.count]

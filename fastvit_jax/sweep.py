@@ -12,13 +12,12 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from fastvit_jax.bench import time_forward
 from fastvit_jax.data import Dataset, batches
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.evaluate import topk_correct
+from fastvit_jax.evaluate import evaluate
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.plan import make_plan
@@ -90,31 +89,43 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, meth
     finished = {(r["method"], r["r"]) for r in done}
     points = [(m, r) for m in methods for r in rs if (m, r) not in finished]
     rows = list(done)
-    cache = None
-    if points and len(ds) <= CACHE_LIMIT:
-        chunks = list(batches(ds, preprocess, batch_size))
-        cache = chunks
+    cache = list(batches(ds, preprocess, batch_size)) if points and len(ds) <= CACHE_LIMIT else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # clamping is reported in each row's plan
         for method, r in tqdm(points, desc="sweep", unit="point", disable=not progress):
             plan = make_plan(config.depth, config.grid, method, r, **(plan_kw or {}))
             forward = make_forward(config, plan)
-            c1 = c5 = n = 0
-            stream = cache if cache is not None else batches(ds, preprocess, batch_size)
-            for b in tqdm(stream, desc=f"{method} r={r}", unit="batch", leave=False, disable=not progress):
-                logits = np.asarray(forward(params, b.images))[: b.count]
-                labels = b.labels[: b.count]
-                mask = labels >= 0
-                c1 += int(topk_correct(logits[mask], labels[mask], 1).sum())
-                c5 += int(topk_correct(logits[mask], labels[mask], 5).sum())
-                n += int(mask.sum())
+            res = evaluate(forward, params, ds, preprocess, batch_size=batch_size, cached=cache,
+                           desc=f"{method} r={r}", progress=progress, data_parallel=False)
             speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
-            row = {"method": method, "r": r, "top1": c1 / n if n else None, "top5": c5 / n if n else None,
-                   "gflops": gflops(config, plan), "images_per_s": speed["images_per_s"], "images": n,
+            row = {"method": method, "r": r, "top1": res["top1"], "top5": res["top5"],
+                   "gflops": gflops(config, plan), "images_per_s": speed["images_per_s"], "images": res["labelled"],
                    "skip": plan.skip, "metric": plan.metric, "tokens_final": plan.final_tokens,
                    "plan": plan.summary()}
             _append(out_dir, row)
             rows.append(row)
+    if plot and rows:
+        from fastvit_jax.plots import plot_sweep
+
+        plot_sweep(rows, out_dir, title)
+    return rows
+
+
+def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
+                    progress: bool = True, plot: bool = True, title: str = "") -> list[dict]:
+    """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
+    results.jsonl/.csv and the plots; accuracy columns are kept."""
+    out_dir = Path(out_dir)
+    rows = read_done(out_dir / "results.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
+            p = row.get("plan", {})
+            plan = make_plan(config.depth, config.grid, row["method"], row["r"], skip=row.get("skip"),
+                             window=p.get("window") or 7, metric=row.get("metric", "k"),
+                             prop_attn=p.get("prop_attn", True))
+            row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"]
+    _rewrite(out_dir, rows)
     if plot and rows:
         from fastvit_jax.plots import plot_sweep
 

@@ -65,3 +65,15 @@ def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
     assert evaluated == [("tome", 8), ("lgtm", 8)]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and len((out / "results.csv").read_text().splitlines()) == 7
+
+
+def test_remeasure_keeps_accuracy(tiny_setup, tmp_path, capsys):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "s"
+    assert _sweep(ckpt, imgs, out, r="0,4") == 0
+    before = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--out", str(out), "--remeasure-speed",
+                 "--bench-runs", "1", "--batch-size", "2", "--json"]) == 0
+    after = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["r"], r["top1"]) for r in after] == [(r["method"], r["r"], r["top1"]) for r in before]
+    assert all(r["images_per_s"] > 0 for r in after)
