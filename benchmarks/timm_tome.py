@@ -104,7 +104,7 @@ def logits(model, images_nhwc):
         return model(x).numpy()
 
 
-def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int = 2) -> float:
+def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int = 2, warmup_s: float = 3.0) -> float:
     """Median images/s of model on random input (CPU threads = all cores)."""
     import os
     import statistics
@@ -114,9 +114,12 @@ def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int =
     x = torch.randn(batch_size, 3, image_size, image_size)
     times = []
     with torch.inference_mode():
-        for i in range(warmup + runs):
+        t_end, done = time.perf_counter() + warmup_s, 0
+        while done < warmup or time.perf_counter() < t_end:  # same warm-up rule as fastvit_jax.bench
+            model(x)
+            done += 1
+        for _ in range(runs):
             t0 = time.perf_counter()
             model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
     return batch_size / statistics.median(times)

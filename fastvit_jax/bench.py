@@ -15,8 +15,11 @@ from fastvit_jax.merge.plan import MergePlan
 
 
 def time_forward(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32, runs: int = 50,
-                 warmup: int = 2, dtype: str = "float32", seed: int = 0) -> dict:
-    """images_per_s (median run), compile_s (first call), gflops (analytic, per image)."""
+                 warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0) -> dict:
+    """images_per_s (median run), compile_s (first call), gflops (analytic, per image).
+
+    Warm-up runs at least `warmup` calls and `warmup_s` seconds: on CPU the first seconds of a
+    process run measurably slower (thread pools, allocator), which would bias whatever is timed first."""
     forward = make_forward(config, plan, dtype)
     images = np.random.default_rng(seed).standard_normal(
         (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
@@ -24,8 +27,10 @@ def time_forward(config: ViTConfig, params, plan: MergePlan | None, *, batch_siz
     t0 = time.perf_counter()
     jax.block_until_ready(forward(params, images))
     compile_s = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
+    t_end, done = time.perf_counter() + warmup_s, 1
+    while done < warmup or time.perf_counter() < t_end:
         jax.block_until_ready(forward(params, images))
+        done += 1
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()

@@ -242,7 +242,10 @@ def cmd_finetune(args):
     from fastvit_jax.data import load_arrays, open_dataset
     from fastvit_jax.train import TrainConfig, train
 
-    params, config, pre = resolve_model(args)
+    from_scratch = args.command == "train"
+    if from_scratch and not args.model:
+        raise FastViTError("fastvit train needs --model (the architecture), e.g. vit_cifar_patch4_32")
+    params, config, pre = resolve_model(args, need_weights=not from_scratch or args.checkpoint is not None)
     images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre, require_labels=True)
     tc = TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                      steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
@@ -314,6 +317,23 @@ def cmd_demo(args):
     emit(args, res["rows"], "\n".join(lines))
 
 
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="labelled image folder (class folders or synset-named files)")
+    p.add_argument("--optimizer", choices=["adamw", "sam", "asam"], default="sam")
+    p.add_argument("--rho", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -373,21 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-3, help="relative change to stop power iteration")
     p.add_argument("--solver", choices=["power", "lanczos"], default="power")
     p.add_argument("--seed", type=int, default=0)
-    p = command("finetune", cmd_finetune, "fine-tune with AdamW or SAM (resumable); writes a native checkpoint")
-    add_model_args(p)
-    p.add_argument("--data", required=True, help="labelled image folder (class folders or synset-named files)")
-    p.add_argument("--optimizer", choices=["adamw", "sam", "asam"], default="sam")
-    p.add_argument("--rho", type=float, default=0.05)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
+    for name, help in (("finetune", "fine-tune with AdamW or SAM (resumable); writes a native checkpoint"),
+                       ("train", "train --model's architecture from scratch (resumable); writes a native checkpoint")):
+        p = command(name, cmd_finetune, help)
+        add_train_args(p)
     p = command("visualize", cmd_visualize, "paint the patches each final token holds (Figure 7 style)")
     p.add_argument("image")
     add_model_args(p)

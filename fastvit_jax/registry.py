@@ -79,6 +79,11 @@ def _build() -> dict[str, ModelEntry]:
         reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
                                note="DeiT (Touvron et al. 2021); convert timm weights with `fastvit convert`",
                                bundled=f"{name}.npz" if size == "tiny" else None)
+    # Small ViT for CIFAR-10 (32 px, patch 4 -> 8 x 8 grid): trained here with `fastvit train`.
+    reg["vit_cifar_patch4_32"] = ModelEntry(
+        "vit_cifar_patch4_32", ViTConfig(width=192, depth=6, heads=3, mlp_dim=384, patch=4, image_size=32,
+                                         num_classes=10), "inception", None, label_set="cifar10",
+        note="CIFAR-10 ViT (train with `fastvit train`); no pretrained file")
     return reg
 
 

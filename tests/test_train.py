@@ -78,3 +78,26 @@ def test_batches_reproducible():
     a = train_mod.batch_indices(100, 32, 0, 7)
     assert np.array_equal(a, train_mod.batch_indices(100, 32, 0, 7)) and len(a) == 32
     assert not np.array_equal(a, train_mod.batch_indices(100, 32, 1, 7))
+
+
+def test_train_cli_from_scratch_on_class_folders(tmp_path, capsys):
+    """`fastvit train` on CIFAR-style class folders (label = sorted folder index), then eval reads it back."""
+    import json
+
+    from PIL import Image
+
+    from fastvit_jax.cli import main
+
+    rng = np.random.default_rng(0)
+    for cls in ("airplane", "cat"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.jpg")
+    out = tmp_path / "cifar.npz"
+    assert main(["train", "--model", "vit_cifar_patch4_32", "--data", str(tmp_path / "data"), "--optimizer", "sam",
+                 "--steps", "2", "--batch-size", "4", "--lr", "1e-3", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--model", "vit_cifar_patch4_32", "--data", str(tmp_path / "data"),
+                 "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 8 and res["labelled"] == 8

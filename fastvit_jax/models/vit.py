@@ -29,6 +29,37 @@ from fastvit_jax.merge.state import TokenState, initial_state
 Dtype = Any
 
 
+class HeadsProjection(nn.Module):
+    """Google's query/key/value parameters -- kernel (width, heads, head_dim), bias (heads, head_dim) --
+    applied so the output is heads-first (B, heads, N, head_dim): the layout XLA's batched matmuls
+    want (on CPU the attention products run ~2x faster than with (B, N, heads, head_dim))."""
+
+    heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2))
+        kernel = self.param("kernel", init, (x.shape[-1], self.heads, self.head_dim))
+        bias = self.param("bias", nn.initializers.zeros, (self.heads, self.head_dim))
+        return jnp.einsum("bnc,chd->bhnd", x, kernel.astype(self.dtype)) + bias[:, None, :].astype(self.dtype)
+
+
+class OutProjection(nn.Module):
+    """Google's out parameters -- kernel (heads, head_dim, width), bias (width,) -- on heads-first input."""
+
+    width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+        kernel = self.param("kernel", init, (x.shape[1], x.shape[3], self.width))
+        bias = self.param("bias", nn.initializers.zeros, (self.width,))
+        return jnp.einsum("bhnd,hdc->bnc", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class MultiHeadDotProductAttention(nn.Module):
     """Self-attention with Google's parameter layout; returns the output and merge features.
 
@@ -42,16 +73,17 @@ class MultiHeadDotProductAttention(nn.Module):
     def __call__(self, x, size_log=None):
         width = x.shape[-1]
         head_dim = width // self.heads
-        dense = lambda name: nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
-        q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, N, H, Dh)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(head_dim).astype(q.dtype), k).astype(jnp.float32)
+        proj = lambda name: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(x)
+        q, k, v = proj("query"), proj("key"), proj("value")  # (B, H, N, Dh)
+        logits = (q / jnp.sqrt(head_dim).astype(q.dtype)) @ k.swapaxes(-1, -2)
+        logits = logits.astype(jnp.float32)
         if size_log is not None:
             logits = logits + size_log[:, None, None, :]
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(attended)
-        feats = {"k": k.mean(axis=2), "q": q.mean(axis=2),
-                 "v": v.mean(axis=2), "x_attn": attended.reshape(attended.shape[:2] + (width,))}
+        attended = weights @ v  # (B, H, N, Dh)
+        out = OutProjection(width, self.dtype, name="out")(attended)
+        feats = {"k": k.mean(axis=1), "q": q.mean(axis=1), "v": v.mean(axis=1),
+                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(x.shape[:2] + (width,))}
         return out, feats
 
 
