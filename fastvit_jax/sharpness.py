@@ -8,6 +8,7 @@ of one micro-batch. lambda_max comes from power iteration and, as a cross-check,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -97,15 +98,20 @@ def _power(hvp, params, key, iters, tol, progress, shift) -> EigenResult:
     v = _scale(v, 1.0 / jnp.sqrt(_dot(v, v)))
     history, lam, converged = [], None, False
     bar = tqdm(range(iters), desc="power iteration", disable=not progress, leave=False)
-    for _ in bar:
+    for i in bar:
         hv = hvp(params, v)
-        if shift:
-            hv = jax.tree_util.tree_map(lambda a, b: a - shift * b, hv, v)
-        new = float(_dot(v, hv)) + shift
+        new = float(_dot(v, hv))  # Rayleigh quotient of H itself
+        r_vec = jax.tree_util.tree_map(lambda a, b: a - new * b, hv, v)
+        residual = jnp.sqrt(_dot(r_vec, r_vec))
         history.append(new)
         bar.set_postfix(lambda_max=f"{new:.4g}")
+        if shift:
+            hv = jax.tree_util.tree_map(lambda a, b: a - shift * b, hv, v)
         v = _scale(hv, 1.0 / jnp.sqrt(_dot(hv, hv)))
-        if lam is not None and abs(new - lam) < tol * max(abs(lam), abs(lam - shift)):
+        # Converged: the estimate of H's eigenvalue (not of the shifted operator, whose large
+        # magnitude would make any tolerance loose) stopped moving and v is nearly an eigenvector.
+        if (lam is not None and i >= 2 and abs(new - lam) < tol * abs(new)
+                and float(residual) <= math.sqrt(tol) * abs(new)):
             lam, converged = new, True
             break
         lam = new
@@ -131,11 +137,13 @@ def lanczos(hvp: Callable, params, key, *, steps: int = 20, progress: bool = Fal
         t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         history.append(float(np.linalg.eigvalsh(t)[-1]))
         beta = float(jnp.linalg.norm(w))
-        if j == steps - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
+        invariant = beta < 1e-10 * max(1.0, abs(alpha))  # the Krylov space holds an exact eigenvector
+        if j == steps - 1 or invariant:
             break
         betas.append(beta)
         basis.append(w / beta)
-    return EigenResult(history[-1], len(history), len(history), history, True)
+    stable = len(history) > 1 and abs(history[-1] - history[-2]) <= 1e-6 * abs(history[-1])
+    return EigenResult(history[-1], len(history), len(history), history, invariant or stable)
 
 
 def lambda_max(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, *, plan: MergePlan | None = None,
