@@ -269,7 +269,7 @@ def cmd_visualize(args):
         ids = token_map(final_sources(config, p, params, x), config.grid)
         counts[m] = int(len(set(ids.ravel().tolist())))
         panels.append((f"{m} r={p.r}: {counts[m]} tokens", paint(rgb, ids, config.patch)))
-    out = render(args.image, panels, args.out)
+    out = render(panels, args.out)
     emit(args, {"out": str(out), "tokens": counts}, f"wrote {out} ({', '.join(f'{k}: {v} patch tokens' for k, v in counts.items())})")
 
 

@@ -48,8 +48,8 @@ def paint(rgb: np.ndarray, ids: np.ndarray, patch: int, border: bool = True) -> 
     return out
 
 
-def render(path: str | Path, panels: list[tuple[str, np.ndarray]], out: str | Path) -> Path:
-    """Side-by-side panels with titles, written as PNG/JPEG/SVG-free raster by extension."""
+def render(panels: list[tuple[str, np.ndarray]], out: str | Path) -> Path:
+    """Side-by-side panels with titles, written as a raster image (format from the extension)."""
     h, w = panels[0][1].shape[:2]
     canvas = Image.new("RGB", (len(panels) * (w + 8) + 8, h + 28), "white")
     draw = ImageDraw.Draw(canvas)

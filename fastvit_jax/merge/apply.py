@@ -30,9 +30,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
     if op.kind == "none" or op.r == 0:
         return state, None
     if op.kind == "drop":
-        fn = lambda s, m: (drop_lowest_norm(s, m, r=op.r, num_prefix=plan.num_prefix), jnp.zeros(()))
-        new, _ = jax.vmap(fn)(state, metric)
-        return new, None
+        drop = lambda s, m: drop_lowest_norm(s, m, r=op.r, num_prefix=plan.num_prefix)
+        return jax.vmap(drop)(state, metric), None
     if op.kind == "global":
         fn = lambda s, m: global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
                                        distill_token=plan.distill_token)
