@@ -257,20 +257,23 @@ def cmd_finetune(args):
 
 def cmd_visualize(args):
     from fastvit_jax.data import load_image
-    from fastvit_jax.visualize import final_sources, model_rgb, paint, render, token_map
+    from fastvit_jax.visualize import final_sources, model_rgb, paint, region_stats, render, token_map
 
     params, config, pre = resolve_model(args)
     plan = plan_from_args(args, config)
     rgb, x = model_rgb(load_image(args.image), pre)
     methods = [plan.method] if not args.compare else ["tome", "lgtm"]
-    panels, counts = [("input", rgb)], {}
+    panels, stats = [("input", rgb)], {}
     for m in methods:
         p = plan if m == plan.method else plan_from_args(argparse.Namespace(**{**vars(args), "method": m}), config)
         ids = token_map(final_sources(config, p, params, x), config.grid)
-        counts[m] = int(len(set(ids.ravel().tolist())))
-        panels.append((f"{m} r={p.r}: {counts[m]} tokens", paint(rgb, ids, config.patch)))
+        stats[m] = {"r": p.r, "skip": p.skip, **region_stats(ids)}
+        panels.append((f"{m} r={p.r} skip={p.skip}: {stats[m]['tokens']} tokens", paint(rgb, ids, config.patch)))
     out = render(panels, args.out)
-    emit(args, {"out": str(out), "tokens": counts}, f"wrote {out} ({', '.join(f'{k}: {v} patch tokens' for k, v in counts.items())})")
+    rows = [{"method": m, **s} for m, s in stats.items()]
+    emit(args, {"out": str(out), "regions": stats},
+         format_table(rows, ["method", "r", "skip", "tokens", "merged_tokens", "connected_share", "mean_extent"])
+         + f"\nwrote {out}")
 
 
 def cmd_analyze(args):

@@ -81,7 +81,7 @@ def _build() -> dict[str, ModelEntry]:
                                bundled=f"{name}.npz" if size == "tiny" else None)
     # Small ViT for CIFAR-10 (32 px, patch 4 -> 8 x 8 grid): trained here with `fastvit train`.
     reg["vit_cifar_patch4_32"] = ModelEntry(
-        "vit_cifar_patch4_32", ViTConfig(width=192, depth=6, heads=3, mlp_dim=384, patch=4, image_size=32,
+        "vit_cifar_patch4_32", ViTConfig(width=128, depth=6, heads=2, mlp_dim=256, patch=4, image_size=32,
                                          num_classes=10), "inception", None, label_set="cifar10",
         note="CIFAR-10 ViT (train with `fastvit train`); no pretrained file")
     return reg

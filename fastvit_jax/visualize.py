@@ -22,14 +22,33 @@ def token_map(source: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(source).argmax(axis=0).reshape(grid)
 
 
-def final_sources(config: ViTConfig, plan: MergePlan, params, image: np.ndarray) -> np.ndarray:
-    """Source matrix (tokens, patches) of the final tokens for one preprocessed image (H, W, 3)."""
+def final_sources(config: ViTConfig, plan: MergePlan, params, images: np.ndarray) -> np.ndarray:
+    """Source matrices of the final tokens: (tokens, patches) for one preprocessed image (H, W, 3),
+    (B, tokens, patches) for a batch (B, H, W, 3)."""
     import dataclasses
 
     plan = dataclasses.replace(plan, track_source=True)
     model = VisionTransformer(config, plan)
-    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, image[None])
-    return np.asarray(state.source[0])
+    batch = images if images.ndim == 4 else images[None]
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, batch)
+    return np.asarray(state.source if images.ndim == 4 else state.source[0])
+
+
+def region_stats(ids: np.ndarray) -> dict:
+    """How local the merged regions are: the share of multi-patch tokens whose patches form one
+    4-connected region, and the mean bounding-box extent (in patches) of multi-patch tokens."""
+    from scipy import ndimage
+
+    tokens = [t for t in np.unique(ids) if (ids == t).sum() > 1]
+    connected, extent = 0, []
+    for t in tokens:
+        mask = ids == t
+        connected += ndimage.label(mask)[1] == 1
+        ys, xs = np.nonzero(mask)
+        extent.append(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    return {"tokens": int(len(np.unique(ids))), "merged_tokens": len(tokens),
+            "connected_share": connected / len(tokens) if tokens else 1.0,
+            "mean_extent": float(np.mean(extent)) if extent else 1.0}
 
 
 def paint(rgb: np.ndarray, ids: np.ndarray, patch: int, border: bool = True) -> np.ndarray:

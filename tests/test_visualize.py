@@ -9,7 +9,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.registry import asset_path
-from fastvit_jax.visualize import final_sources, paint, token_map
+from fastvit_jax.visualize import final_sources, paint, region_stats, token_map
 
 
 def test_paint_uses_source_regions():
@@ -42,4 +42,15 @@ def test_visualize_cli_384(tmp_path, capsys):
                  "--window", "8", "--compare", "--out", str(tmp_path / "v.png"), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and (tmp_path / "v.png").stat().st_size > 1000
-    assert res["tokens"]["tome"] == 576 - 40 and set(res["tokens"]) == {"tome", "lgtm"}
+    assert res["regions"]["tome"]["tokens"] == 576 - 40 and set(res["regions"]) == {"tome", "lgtm"}
+
+
+def test_region_stats_by_hand():
+    """Token 1 is an L (connected, extent 3), token 2 two separate cells (extent 4), token 3 a singleton."""
+    ids = np.array([[1, 1, 0, 2],
+                    [1, 0, 0, 0],
+                    [1, 0, 3, 0],
+                    [0, 0, 0, 2]])
+    stats = region_stats(ids)
+    # multi-patch tokens: 0 (connected, spans 4), 1 (connected, spans 3), 2 (split, spans 4)
+    assert stats == {"tokens": 4, "merged_tokens": 3, "connected_share": 2 / 3, "mean_extent": (4 + 3 + 4) / 3}
