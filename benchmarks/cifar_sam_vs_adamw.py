@@ -1,0 +1,127 @@
+"""Does sharpness-aware training make a ViT more compressible? The AdamW / SAM pair on CIFAR-10.
+
+    python benchmarks/cifar_sam_vs_adamw.py --data ../shared/data/cifar10/test \
+        --out benchmarks/results/cifar_sam_vs_adamw
+
+For both models (bundled `vit_cifar_adamw` and `vit_cifar_sam`, or --adamw/--sam files):
+  <model>/sweep/       top-1, GFLOPs, images/s for tome, dfe, lgtm at r = 0..--r-max on the whole test split
+  <model>/sharpness.json  lambda_max (Lanczos) dense and ToMe at r = --sharp-r with skip 0 and 2,
+                          on --sharp-images test images spread over the classes
+then summary.json, summary.md and accuracy_drop_vs_r.{png,svg}. Every part is resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+from fastvit_jax.data import image_folder, load_arrays, spread
+from fastvit_jax.hub import load_model
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.sharpness import lambda_max
+from fastvit_jax.sweep import run_sweep
+
+METHODS = ("tome", "dfe", "lgtm")
+
+
+def sharpness_rows(params, config, images, labels, r: int, out: Path, iters: int) -> list[dict]:
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {(row["method"], row["skip"]) for row in rows}
+    for method, rr, skip in (("none", 0, 0), ("tome", r, 0), ("tome", r, 2)):
+        if (method, skip) in done:
+            continue
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            plan = make_plan(config.depth, config.grid, method, rr, skip=skip)
+        res = lambda_max(config, params, images, labels, plan=plan, micro_batch=math.gcd(len(images), 256), iters=iters,
+                         method="lanczos", progress=False)
+        rows.append({"method": method, "r": rr, "skip": skip, "lambda_max": res.lambda_max,
+                     "hvps": res.hvps, "converged": res.converged, "images": len(images),
+                     "wall_s": round(time.perf_counter() - t0, 1)})
+        out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def plot_drop(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (name, s), style in zip(summary.items(), ("-", "--")):
+        for method in METHODS:
+            pts = sorted((r for r in s["sweep"] if r["method"] == method), key=lambda r: r["gflops"])
+            ax.plot([r["gflops"] for r in pts], [100 * (s["dense_top1"] - r["top1"]) for r in pts], "o" + style,
+                    ms=4, label=f"{name} {method}")
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel("top-1 lost vs dense (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("CIFAR-10 test: accuracy lost to merging, AdamW vs SAM")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"accuracy_drop_vs_r.{ext}", dpi=150)
+    plt.close(fig)
+
+
+def md(summary: dict) -> str:
+    names = list(summary)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines.append("| dense top-1 | " + " | ".join(f"{summary[n]['dense_top1']:.4f}" for n in names) + " |")
+    for key in summary[names[0]]["lambda"]:
+        lines.append(f"| lambda_max {key} | " + " | ".join(f"{summary[n]['lambda'][key]:.2f}" for n in names) + " |")
+    for row in summary[names[0]]["sweep"]:
+        if row["r"] == 0:
+            continue
+        m, r = row["method"], row["r"]
+        cells = []
+        for n in names:
+            other = next(x for x in summary[n]["sweep"] if x["method"] == m and x["r"] == r)
+            cells.append(f"{other['top1']:.4f} ({100 * (other['top1'] - summary[n]['dense_top1']):+.2f})")
+        lines.append(f"| {m} r={r} ({row['gflops']:.4f} GFLOPs) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/cifar10/test")
+    p.add_argument("--adamw", help="AdamW checkpoint (default: bundled vit_cifar_adamw)")
+    p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
+    p.add_argument("--r-max", type=int, default=10)
+    p.add_argument("--window", type=int, default=4, help="LGTM window (the 8 x 8 grid splits into 2 x 2 windows)")
+    p.add_argument("--sharp-r", type=int, default=8)
+    p.add_argument("--sharp-images", type=int, default=2048)
+    p.add_argument("--lanczos-steps", type=int, default=20)
+    p.add_argument("--out", default="benchmarks/results/cifar_sam_vs_adamw")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    ds = image_folder(args.data)
+    summary = {}
+    for name, path in (("adamw", args.adamw), ("sam", args.sam)):
+        params, config, pre = load_model(f"vit_cifar_{name}" if path is None else "vit_cifar_patch4_32", path)
+        rows = run_sweep(params, config, pre, ds, out / name / "sweep", list(METHODS), list(range(0, args.r_max + 1, 2)),
+                         batch_size=256, bench_runs=5, plan_kw={"window": args.window},
+                         title=f"CIFAR-10 ViT ({name})")
+        images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)
+        sharp = sharpness_rows(params, config, images, labels, args.sharp_r, out / name / "sharpness.json",
+                               args.lanczos_steps)
+        dense = next(r["top1"] for r in rows if r["method"] == "tome" and r["r"] == 0)
+        summary[name] = {"dense_top1": dense, "sweep": sorted(rows, key=lambda r: (r["method"], r["r"])),
+                         "lambda": {("dense" if s["method"] == "none" else f"tome r={s['r']} skip {s['skip']}"):
+                                    s["lambda_max"] for s in sharp}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = md(summary)
+    (out / "summary.md").write_text(table + "\n")
+    plot_drop(summary, out)
+    print(table)
+    print(f"wrote {out}/summary.json, summary.md, accuracy_drop_vs_r.png/.svg")
+
+
+if __name__ == "__main__":
+    main()

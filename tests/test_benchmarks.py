@@ -1,0 +1,68 @@
+"""The benchmark scripts run end to end on tiny inputs and write what they promise (numbers checked
+elsewhere against references; here: files, keys, resumability)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastvit_jax import checkpoint
+from fastvit_jax.models.vit import init_params
+from fastvit_jax.registry import REGISTRY, asset_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_merge_regions_on_bundled_images(tmp_path, capsys):
+    script("merge_regions").main(["--data", str(asset_path("images")), "--num-images", "4", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "regions.json").read_text())
+    assert [r["method"] for r in rows] == ["tome", "lgtm", "lgtm"] and all(r["images"] == 4 for r in rows)
+    assert all(0 <= r["connected_share"] <= 1 for r in rows)
+    assert abs(rows[1]["final_tokens"] - rows[0]["final_tokens"]) <= 8  # matched token counts
+
+
+def test_sharpness_table2_resumes(tmp_path, capsys):
+    mod, out = script("sharpness_table2"), tmp_path / "s.json"
+    args = ["--data", str(asset_path("images")), "--num-images", "4", "--micro-batch", "2", "--iters", "2",
+            "--configs", "none:0:0,tome:8:0", "--out", str(out)]
+    mod.main(args)
+    first = json.loads(out.read_text())
+    assert [(r["method"], r["r"]) for r in first] == [("none", 0), ("tome", 8)] and all(r["hvps"] == 2 for r in first)
+    mod.main(args[:-4] + ["--configs", "none:0:0,tome:8:0,tome:8:2", "--out", str(out)])
+    second = json.loads(out.read_text())
+    assert second[:2] == first and (second[2]["method"], second[2]["skip"]) == ("tome", 2)
+
+
+@pytest.mark.slow
+def test_cifar_study_on_tiny_data(tmp_path, capsys):
+    config = REGISTRY["vit_cifar_patch4_32"].config
+    rng = np.random.default_rng(0)
+    for cls in ("airplane", "cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.jpg")
+    import jax
+
+    for seed, name in enumerate(("a", "s")):
+        checkpoint.save_npz(jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.key(seed))),
+                            tmp_path / f"{name}.npz")
+    out = tmp_path / "out"
+    script("cifar_sam_vs_adamw").main(["--data", str(tmp_path / "data"), "--adamw", str(tmp_path / "a.npz"),
+                                       "--sam", str(tmp_path / "s.npz"), "--r-max", "2", "--sharp-r", "2",
+                                       "--sharp-images", "12", "--lanczos-steps", "2", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"adamw", "sam"}
+    assert set(summary["sam"]["lambda"]) == {"dense", "tome r=2 skip 0", "tome r=2 skip 2"}
+    assert {(r["method"], r["r"]) for r in summary["adamw"]["sweep"]} == {(m, r) for m in ("tome", "dfe", "lgtm")
+                                                                          for r in (0, 2)}
+    assert (out / "accuracy_drop_vs_r.png").exists() and "dense top-1" in (out / "summary.md").read_text()
