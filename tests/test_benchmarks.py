@@ -25,7 +25,7 @@ def script(name):
 
 def test_merge_regions_on_bundled_images(tmp_path, capsys):
     script("merge_regions").main(["--data", str(asset_path("images")), "--num-images", "4", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "regions.json").read_text())
+    rows = json.loads((tmp_path / "regions_224.json").read_text())
     assert [r["method"] for r in rows] == ["tome", "lgtm", "lgtm"] and all(r["images"] == 4 for r in rows)
     assert all(0 <= r["connected_share"] <= 1 for r in rows)
     assert abs(rows[1]["final_tokens"] - rows[0]["final_tokens"]) <= 8  # matched token counts
