@@ -24,6 +24,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.cli import format_table
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.demo import bundled_model
+from fastvit_jax.hub import load_model
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
 from fastvit_jax.visualize import final_sources, region_stats, token_map
@@ -43,13 +44,15 @@ def main(argv=None):
     p.add_argument("--data", default="../shared/data/imagenet-samples")
     p.add_argument("--num-images", type=int, default=200)
     p.add_argument("--tome-r", type=int, default=13)
-    p.add_argument("--image-size", type=int, default=224, help="run at this resolution (posemb resized)")
+    p.add_argument("--model", help="registry name (default: the bundled DeiT-Tiny)")
+    p.add_argument("--checkpoint", help="checkpoint file (e.g. a ViT-L/16-384 .npz, as the paper's figure)")
+    p.add_argument("--image-size", type=int, help="bundled model at this resolution (posemb resized)")
     p.add_argument("--window", type=int, default=7, help="initial LGTM window")
     p.add_argument("--skip", type=int, default=2, help="DFE skip of the second LGTM plan")
     p.add_argument("--out", default="benchmarks/results/deit_tiny/regions")
     args = p.parse_args(argv)
-    params, config, pre = bundled_model()
-    if args.image_size != config.image_size:  # e.g. 384 as the paper's Figure 7: finer token grid
+    params, config, pre = load_model(args.model, args.checkpoint) if args.model or args.checkpoint else bundled_model()
+    if args.image_size and args.image_size != config.image_size and not (args.model or args.checkpoint):  # e.g. 384 as the paper's Figure 7: finer token grid
         config = config.replace(image_size=args.image_size)
         params, config = checkpoint.load(asset_path(get_entry(DEFAULT_MODEL).bundled), config)
         pre = dataclasses.replace(pre, size=args.image_size)
