@@ -93,6 +93,7 @@ def main(argv=None):
     p.add_argument("--data", default="../shared/data/cifar10/test")
     p.add_argument("--adamw", help="AdamW checkpoint (default: bundled vit_cifar_adamw)")
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
+    p.add_argument("--models", default="adamw,sam", help="which of the pair to measure now (each part resumes)")
     p.add_argument("--r-max", type=int, default=10)
     p.add_argument("--window", type=int, default=4, help="LGTM window (the 8 x 8 grid splits into 2 x 2 windows)")
     p.add_argument("--sharp-r", type=int, default=8)
@@ -104,6 +105,8 @@ def main(argv=None):
     ds = image_folder(args.data)
     summary = {}
     for name, path in (("adamw", args.adamw), ("sam", args.sam)):
+        if name not in args.models.split(","):
+            continue
         params, config, pre = load_model(f"vit_cifar_{name}" if path is None else "vit_cifar_patch4_32", path)
         rows = run_sweep(params, config, pre, ds, out / name / "sweep", list(METHODS), list(range(0, args.r_max + 1, 2)),
                          batch_size=256, bench_runs=5, plan_kw={"window": args.window},
