@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls before timing")
     p.add_argument("--out", default="benchmarks/results/merging.json")
     p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
     args = p.parse_args(argv)
@@ -57,14 +58,15 @@ def main(argv=None):
     for name in args.models.split(","):
         config = get_entry(name).config
         params = init_params(config)
-        dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+        dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
+                            warmup_s=args.warmup_s)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
 
         def peer(method, r, skip):
             if not use_peer or method not in ("none", "tome", "dfe"):
                 return None
             model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=skip)
-            return timm_tome.time_model(model, args.batch_size, config.image_size, args.runs)
+            return timm_tome.time_model(model, args.batch_size, config.image_size, args.runs, warmup_s=args.warmup_s)
 
         rows.append({"model": name, "method": "none", "r": 0, **dense, "speedup": 1.0, "ideal_speedup": 1.0,
                      "peer_images_per_s": peer("none", 0, 0)})
@@ -72,7 +74,8 @@ def main(argv=None):
         for method in args.methods.split(","):
             for r in map(int, args.r.split(",")):
                 plan = make_plan(config.depth, config.grid, method, r)
-                res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+                res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
+                            warmup_s=args.warmup_s)
                 rows.append({"model": name, "method": method, "r": r, **res,
                              "speedup": res["images_per_s"] / dense["images_per_s"],
                              "ideal_speedup": dense["gflops"] / res["gflops"],

@@ -4,7 +4,7 @@
         --out benchmarks/results/cifar_sam_vs_adamw
 
 For both models (bundled `vit_cifar_adamw` and `vit_cifar_sam`, or --adamw/--sam files):
-  <model>/sweep/       top-1, GFLOPs, images/s for tome, dfe, lgtm at r = 0..--r-max on the whole test split
+  <model>/sweep/       top-1, GFLOPs, images/s for tome, dfe, lgtm at each --r on the whole test split
   <model>/sharpness.json  lambda_max (Lanczos) dense and ToMe at r = --sharp-r with skip 0 and 2,
                           on --sharp-images test images spread over the classes
 then summary.json, summary.md and accuracy_drop_vs_r.{png,svg}. Every part is resumable.
@@ -93,12 +93,13 @@ def main(argv=None):
     p.add_argument("--data", default="../shared/data/cifar10/test")
     p.add_argument("--adamw", help="AdamW checkpoint (default: bundled vit_cifar_adamw)")
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
+    p.add_argument("--model", default="vit_cifar_patch2_28", help="architecture of --adamw/--sam files")
     p.add_argument("--models", default="adamw,sam", help="which of the pair to measure now (each part resumes)")
-    p.add_argument("--r-max", type=int, default=10)
-    p.add_argument("--window", type=int, default=4, help="LGTM window (the 8 x 8 grid splits into 2 x 2 windows)")
-    p.add_argument("--sharp-r", type=int, default=8)
-    p.add_argument("--sharp-images", type=int, default=2048)
-    p.add_argument("--lanczos-steps", type=int, default=20)
+    p.add_argument("--r", default="0,4,8,12,16", help="r values of the accuracy sweep")
+    p.add_argument("--window", type=int, default=7, help="LGTM window (the 14 x 14 grid splits into 2 x 2 windows)")
+    p.add_argument("--sharp-r", type=int, default=16)
+    p.add_argument("--sharp-images", type=int, default=256)
+    p.add_argument("--lanczos-steps", type=int, default=12)
     p.add_argument("--out", default="benchmarks/results/cifar_sam_vs_adamw")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -108,7 +109,7 @@ def main(argv=None):
         if name not in args.models.split(","):
             continue
         params, config, pre = load_model(f"vit_cifar_{name}" if path is None else "vit_cifar_patch4_32", path)
-        rows = run_sweep(params, config, pre, ds, out / name / "sweep", list(METHODS), list(range(0, args.r_max + 1, 2)),
+        rows = run_sweep(params, config, pre, ds, out / name / "sweep", list(METHODS), [int(r) for r in args.r.split(",")],
                          batch_size=256, bench_runs=5, plan_kw={"window": args.window},
                          title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)

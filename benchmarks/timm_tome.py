@@ -3,7 +3,7 @@
 Only used by benchmarks and by tests that are skipped unless torch and timm are installed (they are
 not in CI). Block forward becomes: attention (with log(size) added to the logits when proportional
 attention is on) -> bipartite soft matching on the keys averaged over heads -> size-weighted merge
--> MLP. Everything runs on the CPU in float32 under torch.inference_mode().
+-> MLP. Everything runs in float32 under torch.inference_mode(); timing uses CUDA when present.
 """
 
 from __future__ import annotations
@@ -105,21 +105,30 @@ def logits(model, images_nhwc):
 
 
 def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int = 2, warmup_s: float = 3.0) -> float:
-    """Median images/s of model on random input (CPU threads = all cores)."""
+    """Median images/s of model on random input: on CUDA when torch sees a GPU (TF32 matmuls, as XLA
+    uses for float32 on GPUs, so both sides do the same arithmetic), else on all CPU cores."""
     import os
     import statistics
     import time
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.randn(batch_size, 3, image_size, image_size)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        model = model.cuda()
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.randn(batch_size, 3, image_size, image_size, device="cuda" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     with torch.inference_mode():
         t_end, done = time.perf_counter() + warmup_s, 0
         while done < warmup or time.perf_counter() < t_end:  # same warm-up rule as fastvit_jax.bench
             model(x)
             done += 1
+        sync()
         for _ in range(runs):
             t0 = time.perf_counter()
             model(x)
+            sync()
             times.append(time.perf_counter() - t0)
     return batch_size / statistics.median(times)

@@ -35,7 +35,7 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
                    help="checkpoint: Google .npz, orbax directory, or timm .safetensors/.pth")
     p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from --checkpoint, "
                                     "or the bundled deit_tiny_patch16_224 when no checkpoint is given")
-    p.add_argument("--preprocessing", choices=["inception", "deit"], help="override the model's preprocessing")
+    p.add_argument("--preprocessing", choices=["inception", "deit", "crop"], help="override the model's preprocessing")
     p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="activation dtype")
@@ -246,13 +246,22 @@ def cmd_finetune(args):
     if from_scratch and not args.model:
         raise FastViTError("fastvit train needs --model (the architecture), e.g. vit_cifar_patch4_32")
     params, config, pre = resolve_model(args, need_weights=not from_scratch or args.checkpoint is not None)
-    images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre, require_labels=True)
+    images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre.for_training(), require_labels=True)
     tc = TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                      steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
                      seed=args.seed, augment=not args.no_augment)
     res = train(config, params, images, labels, tc, args.out, progress=not args.json)
     emit(args, res, f"wrote {res['out']} after {res['steps']} steps ({res['wall_s']:.0f} s"
                     + (f", resumed from step {res['resumed_from']}" if res["resumed_from"] else "") + ")")
+
+
+def cmd_pack(args):
+    from fastvit_jax.data import image_folder, pack_dataset
+
+    ds = image_folder(args.folder)
+    out = pack_dataset(ds, args.out)
+    emit(args, {"out": str(out), "images": len(ds), "bytes": out.stat().st_size},
+         f"wrote {out}: {len(ds)} images, {out.stat().st_size / 2**20:.1f} MiB (use it as --data {out})")
 
 
 def cmd_visualize(args):
@@ -400,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("train", "train --model's architecture from scratch (resumable); writes a native checkpoint")):
         p = command(name, cmd_finetune, help)
         add_train_args(p)
+    p = command("pack", cmd_pack, "pack an image folder into one .npz (encoded bytes, labels) usable as --data")
+    p.add_argument("folder")
+    p.add_argument("out", help="OUT.npz")
     p = command("visualize", cmd_visualize, "paint the patches each final token holds (Figure 7 style)")
     p.add_argument("image")
     add_model_args(p)

@@ -8,6 +8,7 @@ folders (`test/<class>/*.jpg`) map to the sorted folder index; -1 means unlabell
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import re
@@ -54,7 +55,9 @@ def label_names(num_classes: int, class_names: list[str] | None = None) -> list[
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google).
-    family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std."""
+    family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std.
+    family "crop": shorter side to round(size / crop_pct) (bilinear), center crop, [-1, 1] (the CIFAR
+    models trained here on random size x size crops of 32 x 32 images: crop_pct = 28/32)."""
 
     family: str = "inception"
     size: int = 224
@@ -69,7 +72,19 @@ class Preprocess:
             img = _resize_shorter(img, math.floor(self.size / self.crop_pct), Image.BICUBIC)
             img = _center_crop(img, self.size)
             return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: inception, deit")
+        if self.family == "crop":
+            img = _center_crop(_resize_shorter(img, self.train_size, Image.BILINEAR), self.size)
+            return np.asarray(img, np.float32) / 127.5 - 1.0
+        raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: inception, deit, crop")
+
+    @property
+    def train_size(self) -> int:
+        """Side of the images training crops from: larger than `size` only for family "crop"."""
+        return round(self.size / self.crop_pct) if self.family == "crop" else self.size
+
+    def for_training(self) -> "Preprocess":
+        """Preprocessing of training images: uncropped (square, train_size) so augmentation can crop."""
+        return Preprocess("inception", self.train_size) if self.family == "crop" else self
 
 
 def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
@@ -172,8 +187,44 @@ def tfds_dataset(spec: str, data_dir: str | None = None, manual_dir: str | None 
     return Dataset(items, None if name.startswith("imagenet") else names, name=spec)
 
 
+PACK_KEYS = ("encoded", "offsets", "labels", "class_names")
+
+
+def pack_dataset(ds: Dataset, out: str | Path) -> Path:
+    """Write ds as one .npz of the files' encoded bytes (no re-encoding), labels and class names:
+    one file to copy to a Colab or accelerator machine instead of tens of thousands."""
+    if any(callable(src) for src, _ in ds.items):
+        raise FastViTError(f"{ds.name}: only image files can be packed (this data set is decoded on the fly)")
+    blobs = [Path(src).read_bytes() for src, _ in ds.items]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    out = Path(out)
+    np.savez(out, encoded=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+             labels=np.array([lab for _, lab in ds.items], np.int32), class_names=np.array(ds.class_names or []))
+    return out
+
+
+def packed_dataset(path: str | Path) -> Dataset:
+    """A .npz written by pack_dataset (`fastvit pack`)."""
+    with np.load(path) as z:
+        missing = [k for k in PACK_KEYS if k not in z.files]
+        if missing:
+            raise FastViTError(f"{path}: not a packed image set (missing {', '.join(missing)}; "
+                               f"write one with `fastvit pack DIR OUT.npz`)")
+        encoded, offsets, labels, names = (z[k] for k in PACK_KEYS)
+
+    def loader(i):
+        return lambda: Image.open(io.BytesIO(encoded[offsets[i]:offsets[i + 1]].tobytes()))
+
+    return Dataset([(loader(i), int(labels[i])) for i in range(len(labels))],
+                   [str(n) for n in names] or None, name=str(path))
+
+
 def open_dataset(spec: str, **kw) -> Dataset:
-    return tfds_dataset(spec, **kw) if spec.startswith("tfds:") else image_folder(spec)
+    if spec.startswith("tfds:"):
+        return tfds_dataset(spec, **kw)
+    if spec.endswith(".npz") and Path(spec).is_file():
+        return packed_dataset(spec)
+    return image_folder(spec)
 
 
 # ---------------------------------------------------------------- batching

@@ -36,7 +36,7 @@ _AUGREG_FT = {
 }
 _TIMM_SIZE = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
 
-PREPROCESSING = ("inception", "deit")
+PREPROCESSING = ("inception", "deit", "crop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ModelEntry:
     preprocessing: str  # "inception": resize to res, [-1, 1]; "deit": resize+center crop, ImageNet mean/std
     url: str | None  # official file; None when weights come only through checkpoints_convert
     label_set: str = "imagenet1k"  # "imagenet1k" | "imagenet21k"
-    crop_pct: float = 0.9  # deit preprocessing only
+    crop_pct: float = 0.9  # deit and crop preprocessing only
     note: str = ""
     bundled: str | None = None  # weights shipped in fastvit_jax/assets (used when no --checkpoint)
 
@@ -84,10 +84,18 @@ def _build() -> dict[str, ModelEntry]:
         "vit_cifar_patch4_32", ViTConfig(width=128, depth=6, heads=2, mlp_dim=256, patch=4, image_size=32,
                                          num_classes=10), "inception", None, label_set="cifar10",
         note="CIFAR-10 ViT (train with `fastvit train`); no pretrained file")
+    # Patch 2 on 28 x 28 crops of the 32 x 32 images: a 14 x 14 grid, as ImageNet-224 with patch 16,
+    # so LGTM's w = 7 windows tile it exactly. Evaluation center-crops 28 of 32 (crop_pct 0.875).
+    reg["vit_cifar_patch2_28"] = ModelEntry(
+        "vit_cifar_patch2_28", ViTConfig(width=192, depth=6, heads=3, mlp_dim=768, patch=2, image_size=28,
+                                         num_classes=10), "crop", None, label_set="cifar10", crop_pct=0.875,
+        note="CIFAR-10 ViT with ImageNet's 14 x 14 token grid (train with `fastvit train`)")
     # Trained here from scratch with the project's own code (fastvit train); model card in assets/.
-    reg["vit_cifar_adamw"] = dataclasses.replace(
-        reg["vit_cifar_patch4_32"], name="vit_cifar_adamw", bundled="vit_cifar_adamw.npz",
-        note="CIFAR-10 ViT trained here with AdamW, 20 epochs: test top-1 0.680 (CIFAR_MODEL_CARD.md)")
+    for opt in ("adamw", "sam"):
+        reg[f"vit_cifar_{opt}"] = dataclasses.replace(
+            reg["vit_cifar_patch2_28"], name=f"vit_cifar_{opt}", bundled=f"vit_cifar_{opt}.npz",
+            note=f"CIFAR-10 ViT trained here with {opt.upper() if opt == 'sam' else 'AdamW'} "
+                 f"(CIFAR_MODEL_CARD.md)")
     return reg
 
 

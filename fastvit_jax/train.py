@@ -8,6 +8,7 @@ OUT.state/ every `ckpt_every` steps; the final params are written in the native 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -50,22 +51,32 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Indices of the batch at `step`: epochs are seeded permutations, so any step is reproducible."""
     per_epoch = max(n // batch_size, 1)
     epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * batch_size:(k + 1) * batch_size]
+    return _epoch_permutation(n, seed, epoch)[k * batch_size:(k + 1) * batch_size]
 
 
-def augment(images: np.ndarray, seed: int, step: int) -> np.ndarray:
-    """Random crop (reflect-pad by size/8) and horizontal flip, reproducible from (seed, step)."""
-    rng = np.random.default_rng([seed, step, 1])
-    b, h, w, _ = images.shape
-    pad = max(h // 8, 1)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    out = np.empty_like(images)
-    for i in range(b):
-        y, x = rng.integers(0, 2 * pad + 1, 2)
-        crop = padded[i, y:y + h, x:x + w]
-        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-    return out
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def augment(images: jax.Array, key: jax.Array, size: int) -> jax.Array:
+    """Random size x size crop and horizontal flip per image, on the device (inside the jitted step).
+    Images of the model's own size are reflect-padded by size/8 first; larger ones are cropped inside."""
+    b, h, w, c = images.shape
+    pad = max(h // 8, 1) if size == h else 0
+    if pad:
+        images = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    k_y, k_x, k_flip = jax.random.split(key, 3)
+    ys = jax.random.randint(k_y, (b,), 0, images.shape[1] - size + 1)
+    xs = jax.random.randint(k_x, (b,), 0, images.shape[2] - size + 1)
+    crops = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (size, size, c)))(images, ys, xs)
+    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
+
+
+def center_crop(images: jax.Array, size: int) -> jax.Array:
+    top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
+    return images[:, top:top + size, left:left + size]
 
 
 def _state_dir(out: Path) -> Path:
@@ -98,7 +109,8 @@ def _latest_state(path: Path, params, opt_state):
 
 def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc: TrainConfig, out: str | Path,
           *, progress: bool = True, log_every: int = 50) -> dict:
-    """Train on in-memory (images, labels); resume from OUT.state if present; write OUT (.npz or orbax)."""
+    """Train on in-memory (images, labels); resume from OUT.state if present; write OUT (.npz or orbax).
+    Images may be larger than config.image_size: batches are then random (or center) crops of them."""
     out = Path(out)
     opt = make_optimizer(tc)
     loss_fn = classification_loss(config)
@@ -106,29 +118,38 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
     opt_state = opt.init(params)
     params, opt_state, start = _latest_state(_state_dir(out), params, opt_state)
 
+    size, base_key = config.image_size, jax.random.PRNGKey(tc.seed)
+    images, labels = jax.device_put(images), jax.device_put(labels)  # once: batches are gathered on the device
+
     @jax.jit
-    def step_fn(params, opt_state, x, y):
+    def step_fn(params, opt_state, images, labels, idx, step):
+        x, y = images[idx], labels[idx]
+        x = augment(x, jax.random.fold_in(base_key, step), size) if tc.augment else center_crop(x, size)
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         kwargs = {"grad_fn": lambda p: jax.grad(loss_fn)(p, x, y)} if tc.optimizer != "adamw" else {}
         updates, opt_state = opt.update(grads, opt_state, params, **kwargs)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    losses, t0 = [], time.perf_counter()
+    losses, t0, t_first = [], time.perf_counter(), None
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"train ({tc.optimizer})",
                disable=not progress)
     for step in bar:
         idx = batch_indices(len(images), tc.batch_size, tc.seed, step)
-        x = augment(images[idx], tc.seed, step) if tc.augment else images[idx]
-        params, opt_state, loss = step_fn(params, opt_state, x, labels[idx])
+        params, opt_state, loss = step_fn(params, opt_state, images, labels, idx, step)
+        if t_first is None:  # compiled and run once: the rate below excludes compilation
+            jax.block_until_ready(loss)
+            t_first = time.perf_counter()
         if step % log_every == 0 or step == tc.steps - 1:
             losses.append((step, float(loss)))
             bar.set_postfix(loss=f"{float(loss):.4f}")
         if (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             _save_state(_state_dir(out), params, opt_state, step + 1)
     params = jax.tree_util.tree_map(np.asarray, params)
+    timed = tc.steps - start - 1
+    steps_per_s = timed / (time.perf_counter() - t_first) if t_first and timed > 0 else None
     if out.suffix == ".npz":
         checkpoint.save_npz(params, out)
     else:
         checkpoint.save_orbax(params, out)
     return {"out": str(out), "steps": tc.steps, "resumed_from": start, "wall_s": time.perf_counter() - t0,
-            "losses": losses}
+            "steps_per_s": steps_per_s, "losses": losses}

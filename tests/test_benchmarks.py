@@ -58,7 +58,8 @@ def test_cifar_study_on_tiny_data(tmp_path, capsys):
                             tmp_path / f"{name}.npz")
     out = tmp_path / "out"
     script("cifar_sam_vs_adamw").main(["--data", str(tmp_path / "data"), "--adamw", str(tmp_path / "a.npz"),
-                                       "--sam", str(tmp_path / "s.npz"), "--r-max", "2", "--sharp-r", "2",
+                                       "--sam", str(tmp_path / "s.npz"), "--model", "vit_cifar_patch4_32",
+                                       "--window", "4", "--r", "0,2", "--sharp-r", "2",
                                        "--sharp-images", "12", "--lanczos-steps", "2", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"adamw", "sam"}

@@ -17,7 +17,7 @@ def _img(mode, size=(300, 200)):
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK", "P", "LA", "I;16"])
-@pytest.mark.parametrize("family", ["inception", "deit"])
+@pytest.mark.parametrize("family", ["inception", "deit", "crop"])
 def test_every_mode_becomes_rgb(mode, family):
     img = _img("RGB") if mode == "I;16" else _img(mode)
     if mode == "I;16":
@@ -95,3 +95,36 @@ def test_shared_samples_labels(shared_dir):
     by_file = {r[3]: int(r[0]) for r in rows}
     assert len(ds) == 1000
     assert all(lab == by_file[p.name] for p, lab in ds.items)
+
+
+def test_crop_family_is_a_center_crop_of_the_32px_image():
+    """CIFAR models trained on random 28 x 28 crops: evaluation takes the central 28 x 28 of 32 x 32."""
+    arr = np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    pre = data.Preprocess("crop", 28, 0.875)
+    np.testing.assert_allclose(pre(Image.fromarray(arr)), arr[2:30, 2:30] / 127.5 - 1.0, atol=1e-6)
+    train_pre = pre.for_training()
+    assert (train_pre.family, train_pre.size) == ("inception", 32)
+    np.testing.assert_allclose(train_pre(Image.fromarray(arr)), arr / 127.5 - 1.0, atol=1e-6)
+
+
+def test_pack_holds_the_same_images_and_labels(tmp_path):
+    rng = np.random.default_rng(3)
+    for cls in ("bird", "cat", "dog"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "d" / cls / f"{i}.jpg")
+    folder = data.image_folder(tmp_path / "d")
+    data.pack_dataset(folder, tmp_path / "p.npz")
+    packed = data.open_dataset(str(tmp_path / "p.npz"))
+    assert packed.class_names == ["bird", "cat", "dog"] and len(packed) == 9
+    pre = data.Preprocess("inception", 32)
+    a, la = data.load_arrays(folder, pre)
+    b, lb = data.load_arrays(packed, pre)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+
+
+def test_not_a_pack_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "weights.npz", x=np.zeros(3))
+    with pytest.raises(FastViTError, match="not a packed image set .*missing encoded"):
+        data.open_dataset(str(tmp_path / "weights.npz"))

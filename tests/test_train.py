@@ -54,17 +54,17 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
     tc = train_mod.TrainConfig(optimizer=optimizer, lr=1e-2, steps=5, batch_size=4, ckpt_every=2)
     train_mod.train(MICRO, params, images, labels, tc, tmp_path / "straight.npz", progress=False)
 
-    real_augment = train_mod.augment
+    real_indices = train_mod.batch_indices
 
-    def crash_at_4(x, seed, step):
+    def crash_at_4(n, batch_size, seed, step):
         if step == 4:
             raise KeyboardInterrupt
-        return real_augment(x, seed, step)
+        return real_indices(n, batch_size, seed, step)
 
-    monkeypatch.setattr(train_mod, "augment", crash_at_4)
+    monkeypatch.setattr(train_mod, "batch_indices", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(MICRO, params, images, labels, tc, tmp_path / "resumed.npz", progress=False)
-    monkeypatch.setattr(train_mod, "augment", real_augment)
+    monkeypatch.setattr(train_mod, "batch_indices", real_indices)
     res = train_mod.train(MICRO, params, images, labels, tc, tmp_path / "resumed.npz", progress=False)
     assert res["resumed_from"] == 4
     a, _ = checkpoint.load(tmp_path / "straight.npz")
@@ -72,6 +72,32 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
     for k, v in checkpoint.flatten(a).items():
         np.testing.assert_allclose(checkpoint.flatten(b)[k], v, rtol=1e-6, atol=1e-7)
     assert not np.allclose(checkpoint.flatten(a)["head/kernel"], np.asarray(params["head"]["kernel"]))
+
+
+@pytest.mark.parametrize("src,size", [(16, 16), (20, 16)])
+def test_augment_is_a_crop_and_flip(src, size):
+    """Every augmented image equals some (flipped) size x size window of the reflect-padded (same size)
+    or plain (larger) source, found by brute force in numpy; the same key gives the same batch."""
+    images = np.random.default_rng(0).standard_normal((6, src, src, 3)).astype(np.float32)
+    out = np.asarray(train_mod.augment(jnp.asarray(images), jax.random.PRNGKey(3), size))
+    assert out.shape == (6, size, size, 3)
+    pad = size // 8 if src == size else 0
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    flips = set()
+    for i in range(6):
+        found = [(y, x, f) for y in range(padded.shape[1] - size + 1) for x in range(padded.shape[2] - size + 1)
+                 for f in (False, True)
+                 if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(padded[i, y:y + size, x:x + size]))]
+        assert found, f"image {i} is no crop of its source"
+        flips.add(found[0][2])
+    assert flips == {False, True}  # both branches taken for this key
+    again = np.asarray(train_mod.augment(jnp.asarray(images), jax.random.PRNGKey(3), size))
+    assert np.array_equal(out, again)
+
+
+def test_center_crop():
+    x = np.arange(2 * 32 * 32 * 3, dtype=np.float32).reshape(2, 32, 32, 3)
+    np.testing.assert_array_equal(train_mod.center_crop(x, 28), x[:, 2:30, 2:30])
 
 
 def test_batches_reproducible():
