@@ -56,7 +56,7 @@ def plot_drop(summary: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for (name, s), style in zip(summary.items(), ("-", "--")):
         for method in METHODS:
-            pts = sorted((r for r in s["sweep"] if r["method"] == method), key=lambda r: r["gflops"])
+            pts = sorted((r for r in s["sweep"] if r["method"] == method or r["r"] == 0), key=lambda r: r["gflops"])
             ax.plot([r["gflops"] for r in pts], [100 * (s["dense_top1"] - r["top1"]) for r in pts], "o" + style,
                     ms=4, label=f"{name} {method}")
     ax.set_xlabel("GFLOPs per image")
@@ -77,13 +77,11 @@ def md(summary: dict) -> str:
     for key in summary[names[0]]["lambda"]:
         lines.append(f"| lambda_max {key} | " + " | ".join(f"{summary[n]['lambda'][key]:.2f}" for n in names) + " |")
     for row in summary[names[0]]["sweep"]:
-        if row["r"] == 0:
-            continue
         m, r = row["method"], row["r"]
-        cells = []
-        for n in names:
-            other = next(x for x in summary[n]["sweep"] if x["method"] == m and x["r"] == r)
-            cells.append(f"{other['top1']:.4f} ({100 * (other['top1'] - summary[n]['dense_top1']):+.2f})")
+        others = [next((x for x in summary[n]["sweep"] if x["method"] == m and x["r"] == r), None) for n in names]
+        if r == 0 or None in others:  # only points measured for every model
+            continue
+        cells = [f"{o['top1']:.4f} ({100 * (o['top1'] - summary[n]['dense_top1']):+.2f})" for n, o in zip(names, others)]
         lines.append(f"| {m} r={r} ({row['gflops']:.4f} GFLOPs) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,7 +93,7 @@ def main(argv=None):
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
     p.add_argument("--model", default="vit_cifar_patch2_28", help="architecture of --adamw/--sam files")
     p.add_argument("--models", default="adamw,sam", help="which of the pair to measure now (each part resumes)")
-    p.add_argument("--r", default="0,4,8,12,16", help="r values of the accuracy sweep")
+    p.add_argument("--r", default="0,8,16", help="r values of the accuracy sweep")
     p.add_argument("--window", type=int, default=7, help="LGTM window (the 14 x 14 grid splits into 2 x 2 windows)")
     p.add_argument("--sharp-r", type=int, default=16)
     p.add_argument("--sharp-images", type=int, default=256)
@@ -109,9 +107,10 @@ def main(argv=None):
         if name not in args.models.split(","):
             continue
         params, config, pre = load_model(f"vit_cifar_{name}" if path is None else "vit_cifar_patch4_32", path)
-        rows = run_sweep(params, config, pre, ds, out / name / "sweep", list(METHODS), [int(r) for r in args.r.split(",")],
-                         batch_size=256, bench_runs=5, plan_kw={"window": args.window},
-                         title=f"CIFAR-10 ViT ({name})")
+        rs = [int(r) for r in args.r.split(",")]
+        for methods, points in ((["tome"], [0]), (list(METHODS), [r for r in rs if r > 0])):  # r = 0 is dense: once
+            rows = run_sweep(params, config, pre, ds, out / name / "sweep", methods, points, batch_size=256,
+                             bench_runs=5, plan_kw={"window": args.window}, title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)
         sharp = sharpness_rows(params, config, images, labels, args.sharp_r, out / name / "sharpness.json",
                                args.lanczos_steps)
