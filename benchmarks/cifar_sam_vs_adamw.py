@@ -5,7 +5,7 @@
 
 For both models (bundled `vit_cifar_adamw` and `vit_cifar_sam`, or --adamw/--sam files):
   <model>/sweep/       top-1, GFLOPs, images/s for tome, dfe, lgtm at each --r on the whole test split
-  <model>/sharpness.json  lambda_max (Lanczos) dense and ToMe at r = --sharp-r with skip 0 and 2,
+  <model>/sharpness.json  lambda_max (Lanczos) dense and ToMe at each --sharp-r with skip 0 and 2,
                           on --sharp-images test images spread over the classes
 then summary.json, summary.md and accuracy_drop_vs_r.{png,svg}. Every part is resumable.
 """
@@ -28,11 +28,11 @@ from fastvit_jax.sweep import run_sweep
 METHODS = ("tome", "dfe", "lgtm")
 
 
-def sharpness_rows(params, config, images, labels, r: int, out: Path, iters: int) -> list[dict]:
+def sharpness_rows(params, config, images, labels, rs: list[int], out: Path, iters: int) -> list[dict]:
     rows = json.loads(out.read_text()) if out.exists() else []
-    done = {(row["method"], row["skip"]) for row in rows}
-    for method, rr, skip in (("none", 0, 0), ("tome", r, 0), ("tome", r, 2)):
-        if (method, skip) in done:
+    done = {(row["method"], row["r"], row["skip"]) for row in rows}
+    for method, rr, skip in [("none", 0, 0)] + [("tome", r, skip) for r in rs for skip in (0, 2)]:
+        if (method, rr, skip) in done:
             continue
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -93,9 +93,9 @@ def main(argv=None):
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
     p.add_argument("--model", default="vit_cifar_patch2_28", help="architecture of --adamw/--sam files")
     p.add_argument("--models", default="adamw,sam", help="which of the pair to measure now (each part resumes)")
-    p.add_argument("--r", default="0,8,16", help="r values of the accuracy sweep")
+    p.add_argument("--r", default="0,8,16,24,32", help="r values of the accuracy sweep")
     p.add_argument("--window", type=int, default=7, help="LGTM window (the 14 x 14 grid splits into 2 x 2 windows)")
-    p.add_argument("--sharp-r", type=int, default=16)
+    p.add_argument("--sharp-r", default="16,32", help="r values of the merged lambda_max (skip 0 and 2 each)")
     p.add_argument("--sharp-images", type=int, default=256)
     p.add_argument("--lanczos-steps", type=int, default=12)
     p.add_argument("--out", default="benchmarks/results/cifar_sam_vs_adamw")
@@ -112,7 +112,7 @@ def main(argv=None):
             rows = run_sweep(params, config, pre, ds, out / name / "sweep", methods, points, batch_size=256,
                              bench_runs=5, plan_kw={"window": args.window}, title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)
-        sharp = sharpness_rows(params, config, images, labels, args.sharp_r, out / name / "sharpness.json",
+        sharp = sharpness_rows(params, config, images, labels, [int(r) for r in args.sharp_r.split(",")], out / name / "sharpness.json",
                                args.lanczos_steps)
         dense = next(r["top1"] for r in rows if r["method"] == "tome" and r["r"] == 0)
         summary[name] = {"dense_top1": dense, "sweep": sorted(rows, key=lambda r: (r["method"], r["r"])),

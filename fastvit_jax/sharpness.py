@@ -44,7 +44,7 @@ def make_hvp(loss: Callable, images: np.ndarray, labels: np.ndarray, micro_batch
     ys = jnp.asarray(labels).reshape(n // micro_batch, micro_batch)
 
     @jax.jit
-    def hvp(params, v):
+    def hvp_on(params, v, xs, ys):
         def body(acc, batch):
             x, y = batch
             hv = jax.jvp(lambda p: jax.grad(loss)(p, x, y), (params,), (v,))[1]
@@ -54,7 +54,9 @@ def make_hvp(loss: Callable, images: np.ndarray, labels: np.ndarray, micro_batch
         total, _ = jax.lax.scan(body, zero, (xs, ys))
         return jax.tree_util.tree_map(lambda t: t / xs.shape[0], total)  # equal-size micro-batches
 
-    return hvp
+    # The images are arguments, not closed-over constants: XLA would otherwise constant-fold the
+    # patch embedding of every image at compile time.
+    return lambda params, v: hvp_on(params, v, xs, ys)
 
 
 def _dot(a, b):
@@ -126,7 +128,7 @@ def lanczos(hvp: Callable, params, key, *, steps: int = 20, progress: bool = Fal
     q = jax.random.normal(key, (dim,), jnp.float32)
     q = q / jnp.linalg.norm(q)
     basis, alphas, betas, history = [q], [], [], []
-    matvec = jax.jit(lambda x: ravel_pytree(hvp(params, unravel(x)))[0])
+    matvec = lambda x: ravel_pytree(hvp(params, unravel(x)))[0]  # noqa: E731  (hvp is jitted; params stay arguments)
     for j in tqdm(range(steps), desc="lanczos", disable=not progress, leave=False):
         w = matvec(basis[j])
         alpha = float(jnp.vdot(w, basis[j]))
