@@ -13,7 +13,7 @@ from fastvit_jax.forward import make_forward
 from fastvit_jax.merge import bipartite
 from fastvit_jax.merge.local import local_merge
 from fastvit_jax.merge.plan import make_plan, sort_grid
-from fastvit_jax.merge.state import TokenState, initial_state, merge_weighted
+from fastvit_jax.merge.state import TokenState, initial_state, merge_into
 from fastvit_jax.models.vit import VisionTransformer
 
 
@@ -30,8 +30,8 @@ def test_bipartite_matches_reference(n, r):
     pos = rng.uniform(0, 5, (n, 2)).astype(np.float32)
     r = min(r, bipartite.max_merges(n, 1))
     m = bipartite.match(jnp.asarray(metric), r, class_token=True)
-    got = merge_weighted(TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos)),
-                         lambda t: bipartite.merge_sum(m, t))
+    got = merge_into(TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos)),
+                     *bipartite.token_indices(m, n))
     groups, scores = reference.bipartite_groups(metric, r)
     wx, ws, wp = reference.combine(groups, x.astype(np.float64), size.astype(np.float64), pos.astype(np.float64))
     np.testing.assert_allclose(got.x, wx, atol=1e-5)
@@ -41,14 +41,38 @@ def test_bipartite_matches_reference(n, r):
     assert float(got.size[0]) == size[0] and np.allclose(got.x[0], x[0])  # cls untouched, first
 
 
+@pytest.mark.parametrize("n,r", [(17, 5), (24, 11), (9, 4)])
+def test_bipartite_ties_match_reference(n, r):
+    """Repeated features (flat image regions) tie exactly; ties go to the lower index, as in the reference."""
+    rng = np.random.default_rng(n + r)
+    metric = np.eye(4, dtype=np.float32)[rng.integers(0, 3, n)]  # one-hot: every cosine exactly 0 or 1
+    m = bipartite.match(jnp.asarray(metric), r, class_token=True)
+    got = merge_into(TokenState(jnp.asarray(np.eye(n, dtype=np.float32)), jnp.ones(n), jnp.zeros((n, 2))),
+                     *bipartite.token_indices(m, n))
+    groups, _ = reference.bipartite_groups(metric, r)
+    assert [np.flatnonzero(row).tolist() for row in np.asarray(got.x) > 0] == [sorted(g) for g in groups]
+
+
+@pytest.mark.parametrize("r", [0, 1, 5, 12])
+def test_split_top_is_a_stable_argsort_split(r):
+    values = np.random.default_rng(r).integers(0, 4, 12).astype(np.float32)  # many ties
+    values[3] = -np.inf
+    top, rest = bipartite.split_top(jnp.asarray(values), r)
+    order = np.argsort(-values, kind="stable")
+    np.testing.assert_array_equal(top, order[:r])
+    np.testing.assert_array_equal(rest, np.sort(order[r:]))
+
+
 def test_distill_token_protected():
     rng = np.random.default_rng(0)
     metric = rng.standard_normal((12, 4)).astype(np.float32)
     metric[1] = metric[2]  # the distill token (B[0]) is the best partner of A[1]; it must not receive it
     m = bipartite.match(jnp.asarray(metric), 5, class_token=True, distill_token=True)
     assert 0 not in np.asarray(m.dst_idx) and 0 not in np.asarray(m.src_idx)
-    out = bipartite.merge_sum(m, jnp.arange(12.0), distill_token=True)
-    assert out[0] == 0 and out[1] == 1  # cls then distill stay in front, unchanged
+    src, dst, keep = map(np.asarray, bipartite.token_indices(m, 12, distill_token=True))
+    assert keep[0] == 0 and keep[1] == 1  # cls then distill stay in front, unchanged
+    assert not {0, 1} & set(src.tolist() + dst.tolist())
+    assert sorted(keep.tolist() + src.tolist()) == list(range(12))
 
 
 @pytest.mark.parametrize("m_tokens,grid_in,window,r", [(64, (8, 8), 3, 2), (64, (8, 8), 4, 3), (49, (7, 7), 3, 1),
@@ -65,7 +89,9 @@ def test_local_matches_reference(m_tokens, grid_in, window, r):
     groups = reference.local_groups(metric[1:], pos[1:], r, window, grid)
     out_n = 1 + len(groups)
     state = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos), jnp.asarray(np.eye(n, dtype=np.float32)))
-    got, _ = local_merge(state, jnp.asarray(metric), r=r, window=window, grid=grid, tokens_out=out_n, num_prefix=1)
+    state = jax.tree_util.tree_map(lambda t: t[None], state)  # a batch of one
+    got, _ = local_merge(state, jnp.asarray(metric)[None], r=r, window=window, grid=grid, tokens_out=out_n, num_prefix=1)
+    got = jax.tree_util.tree_map(lambda t: t[0], got)
     want_groups = [[0]] + [[t + 1 for t in g] for g in groups]
     assert [sorted(g) for g in want_groups] == _groups_from_source(got.source)
     wx, ws, _ = reference.combine(want_groups, x.astype(np.float64), size.astype(np.float64), pos.astype(np.float64))
@@ -148,6 +174,6 @@ def test_merged_token_is_weighted_mean_of_sources():
     x = jnp.asarray(rng.standard_normal((1, n, 4)), jnp.float32)
     state = initial_state(x, (4, 5), 1, track_source=True)
     m = bipartite.match(jnp.asarray(rng.standard_normal((n, 3)), jnp.float32), 7)
-    new = merge_weighted(jax.tree_util.tree_map(lambda t: t[0], state), lambda t: bipartite.merge_sum(m, t))
+    new = merge_into(jax.tree_util.tree_map(lambda t: t[0], state), *bipartite.token_indices(m, n))
     src = np.asarray(new.source)[1:]
     np.testing.assert_allclose(np.asarray(new.x)[1:], src @ np.asarray(x[0, 1:]) / src.sum(1, keepdims=True), atol=1e-5)

@@ -9,15 +9,15 @@ from fastvit_jax.merge import bipartite
 from fastvit_jax.merge.local import local_merge
 from fastvit_jax.merge.metrics import drop_lowest_norm
 from fastvit_jax.merge.plan import BlockOp, MergePlan
-from fastvit_jax.merge.state import TokenState, merge_weighted
+from fastvit_jax.merge.state import TokenState, merge_into
 
 
 def global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: int,
                  distill_token: bool) -> tuple[TokenState, jax.Array]:
     """One example: ToMe bipartite soft matching over all tokens, merge r, weighted average."""
     matching = bipartite.match(metric, r, class_token=num_prefix > 0, distill_token=distill_token)
-    merged = merge_weighted(state, lambda t: bipartite.merge_sum(matching, t, distill_token=distill_token))
-    return merged, matching.score
+    src, dst, keep = bipartite.token_indices(matching, metric.shape[0], distill_token=distill_token)
+    return merge_into(state, src, dst, keep), matching.score
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
@@ -35,12 +35,12 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
     if op.kind == "global":
         fn = lambda s, m: global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
                                        distill_token=plan.distill_token)
-    elif op.kind == "local":
-        fn = lambda s, m: local_merge(s, m, r=op.r, window=op.window, grid=op.grid,
-                                      tokens_out=op.tokens_out, num_prefix=plan.num_prefix)
+        new, scores = jax.vmap(fn)(state, metric)
+    elif op.kind == "local":  # batched itself: windows of all examples share one vmap axis
+        new, scores = local_merge(state, metric, r=op.r, window=op.window, grid=op.grid,
+                                  tokens_out=op.tokens_out, num_prefix=plan.num_prefix)
     else:
         raise ValueError(f"unknown block op {op.kind!r}")
-    new, scores = jax.vmap(fn)(state, metric)
     # Pad-pad merges score -2; average only real pairs.
     real = scores > -1.5
     mean = jnp.sum(jnp.where(real, scores, 0.0), -1) / jnp.maximum(jnp.sum(real, -1), 1)

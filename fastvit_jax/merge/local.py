@@ -2,8 +2,9 @@
 
 Before each local block the patch tokens are re-sorted onto a 2D grid by their tracked location
 (rows by mean row, then each row by mean column), the grid is padded bottom/right to multiples of w
-and cut into windows. Sorting, padding and window partition are one gather whose static part is
-precomputed; the matcher is vmapped over the windows (the window axis behaves like a batch axis).
+and cut into windows. Sorting, padding and window partition are one gather of the similarity
+features whose static part is precomputed; the windows of all examples are fused into one batch
+axis and the matcher is vmapped over it. The chosen pairs are then merged back in token space.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.state import TokenState, merge_weighted, take_tokens
+from fastvit_jax.merge.plan import window_counts
+from fastvit_jax.merge.state import TokenState, merge_into
 
 
 @lru_cache(maxsize=None)
@@ -51,38 +53,62 @@ def grid_order(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
     return by_row[jnp.argsort(key, stable=True)]
 
 
+def window_keep(num_tokens: int, grid: tuple[int, int], window: int, r_window: int) -> np.ndarray | None:
+    """Static positions of the real tokens in the flattened output of all windows (None: all real).
+
+    Within a window real tokens come first, so after `bipartite.match` (with `valid`) the output
+    [unmerged A (in order), all B] holds its real tokens at [0, real A - real merges) and
+    [A - r_window, A - r_window + real B); which tokens those are is data-dependent, where they sit
+    is not. This replaces a data-dependent compaction (nonzero + gather) by a static gather.
+    """
+    keep, start = [], 0
+    for ra, rb, pa, pb in window_counts(num_tokens, grid, window):
+        a = ra + pa
+        merged_real = min(r_window, ra) if rb else 0
+        keep += [start + k for k in range(ra - merged_real)]
+        keep += [start + a - r_window + k for k in range(rb)]
+        start += a + rb + pb - r_window
+    keep = np.asarray(keep, np.int32)
+    return None if keep.size == start else keep
+
+
 def local_merge(state: TokenState, metric: jax.Array, *, r: int, window: int, grid: tuple[int, int],
                 tokens_out: int, num_prefix: int) -> tuple[TokenState, jax.Array]:
-    """One example: merge r tokens inside each window. Prefix (cls) tokens are left untouched.
+    """A batch: merge r tokens inside each window. Prefix (cls) tokens are left untouched.
 
-    state holds N = num_prefix + M tokens; returns tokens_out tokens and the merged-pair scores.
+    state holds (B, N, ...) with N = num_prefix + M tokens; returns (B, tokens_out, ...) tokens and
+    the merged-pair scores (B, windows * r).
+
+    Only the similarity features go through the padded window layout: matching runs there, with the
+    windows of all examples fused into one batch axis. The merge itself is done back in token space
+    (one scatter-add of the merged pairs, one gather of the survivors), so features, sizes and
+    positions are never copied into padded windows -- late local blocks pad up to ~4x.
     """
-    prefix = take_tokens(state, jnp.arange(num_prefix))
-    patches = take_tokens(state, jnp.arange(num_prefix, state.x.shape[0]))
-    metric = metric[num_prefix:]
-    num_tokens = metric.shape[0]
+    batch = metric.shape[0]
+    metric = metric[:, num_prefix:]
+    num_tokens = metric.shape[1]
     slot, valid = window_layout(num_tokens, grid, window)
+    num_windows, slots = slot.shape
 
-    order = grid_order(patches.pos, grid)
-    order_ext = jnp.concatenate([order, jnp.array([num_tokens], order.dtype)])
-    idx = order_ext[slot]  # (windows, w*w) token index, num_tokens = padding row
+    order = jax.vmap(grid_order, in_axes=(0, None))(state.pos[:, num_prefix:], grid)  # (B, M)
+    # (B * windows, w*w): the patch token in each window slot; num_tokens marks padding
+    token_at = order.at[:, slot.reshape(-1)].get(mode="fill", fill_value=num_tokens)
+    win_metric = jax.vmap(lambda m, i: m.at[i].get(mode="fill", fill_value=0))(metric, token_at)
+    token_at = token_at.reshape(batch * num_windows, slots)
+    win_metric = win_metric.reshape(batch * num_windows, slots, -1)
+    win_valid = jnp.asarray(np.tile(valid, (batch, 1)))
+    matching = jax.vmap(lambda m, v: bipartite.match(m, r, class_token=False, valid=v))(win_metric, win_valid)
 
-    def gather(t):
-        ext = jnp.concatenate([t, jnp.zeros((1,) + t.shape[1:], t.dtype)], axis=0)
-        return ext[idx]
-
-    win_state = jax.tree_util.tree_map(gather, patches)
-    win_metric = gather(metric)
-
-    def merge_window(s, m, v):
-        matching = bipartite.match(m, r, class_token=False, valid=v)
-        merged = merge_weighted(s, lambda t: bipartite.merge_sum(matching, t))
-        return merged, matching.score
-
-    merged, scores = jax.vmap(merge_window)(win_state, win_metric, jnp.asarray(valid))
-    flat = jax.tree_util.tree_map(lambda t: t.reshape((-1,) + t.shape[2:]), merged)
-    # Padding (size 0) is merged only with padding; drop it. The number of real tokens is static.
-    keep = jnp.flatnonzero(flat.size > 0, size=tokens_out - num_prefix)
-    patches = take_tokens(flat, keep)
-    out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), prefix, patches)
-    return out, scores.reshape(-1)
+    # The matching in window slots, then in tokens: a window's output is [unmerged A, all B].
+    src, dst, out = jax.vmap(lambda m: bipartite.token_indices(m, slots))(matching)
+    tokens = lambda idx: num_prefix + jnp.take_along_axis(token_at, idx, axis=1).reshape(batch, -1)
+    src, dst, out = tokens(src), tokens(dst), tokens(out)
+    keep = window_keep(num_tokens, grid, window, r)  # real tokens only; where they sit is static
+    if keep is not None:
+        out = out[:, keep]
+    out = jnp.concatenate([jnp.broadcast_to(jnp.arange(num_prefix, dtype=out.dtype), (batch, num_prefix)), out], 1)
+    if out.shape[1] != tokens_out:
+        raise AssertionError(f"local merge produced {out.shape[1]} tokens, plan says {tokens_out}")
+    # Pad-pad pairs point past the last token: merge_into ignores them.
+    new = jax.vmap(merge_into)(state, src, dst, out)
+    return new, matching.score.reshape(batch, -1)

@@ -1,7 +1,7 @@
 """What travels with the tokens through a merged ViT.
 
 TokenState holds, per example, the token features and what merging needs to remember:
-  size   how many input patches each token stands for (ToMe's size; 0 marks padding),
+  size   how many input patches each token stands for (ToMe's size),
   pos    size-weighted mean (row, col) of the patches a token holds (LGTM's location tracking),
   source optional (N, num_patches) 0/1 map of the patches each token holds (visualisation).
 The class token has size 1, pos (-1, -1) and an empty source row.
@@ -9,7 +9,7 @@ The class token has size 1, pos (-1, -1) and an empty source row.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,18 +40,27 @@ def initial_state(x: jax.Array, grid: tuple[int, int], num_prefix: int, track_so
     return TokenState(x, size, pos, source)
 
 
-def merge_weighted(state: TokenState, merge_fn: Callable[[jax.Array], jax.Array]) -> TokenState:
-    """Merge one example's tokens: features and positions become size-weighted means, sizes add.
+def merge_into(state: TokenState, src: jax.Array, dst: jax.Array, keep: jax.Array) -> TokenState:
+    """One example: token src[i] merges into dst[i] (several may share a dst); keep then lists the
+    output tokens in order. Features and positions become size-weighted means, sizes add, sources
+    unite. Indices past the last token (window padding) are ignored.
 
-    merge_fn sums the rows it joins (bipartite.merge_sum with a fixed matching).
+    Only the receiving tokens change: x_d' = x_d + sum_s (x_s - x_d) size_s / size_d', which is the
+    weighted mean without weighting and re-dividing every token (two full passes over x).
     """
-    w = state.size[:, None]
-    size = merge_fn(state.size)
-    denom = jnp.where(size > 0, size, 1.0)[:, None]  # padding (size 0) stays 0 instead of 0/0
-    x = (merge_fn(state.x * w) / denom).astype(state.x.dtype)
-    pos = merge_fn(state.pos * w) / denom
-    source = None if state.source is None else merge_fn(state.source)
-    return TokenState(x, size, pos, source)
+    get = lambda t, i, fill: t.at[i].get(mode="fill", fill_value=fill)
+    size_src = get(state.size, src, 0.0)
+    size = state.size.at[dst].add(size_src, mode="drop")
+    share = size_src / get(size, dst, 1.0)
+
+    def mean(t):
+        delta = (get(t, src, 0) - get(t, dst, 0)).astype(jnp.float32) * share[:, None]
+        return t.at[dst].add(delta.astype(t.dtype), mode="drop")[keep]
+
+    source = None
+    if state.source is not None:
+        source = state.source.at[dst].add(get(state.source, src, 0), mode="drop")[keep]
+    return TokenState(mean(state.x), size[keep], mean(state.pos), source)
 
 
 def take_tokens(state: TokenState, idx: jax.Array) -> TokenState:
