@@ -67,3 +67,21 @@ def test_cifar_study_on_tiny_data(tmp_path, capsys):
     assert {(r["method"], r["r"]) for r in summary["adamw"]["sweep"]} == {("tome", 0)} | {
         (m, 2) for m in ("tome", "dfe", "lgtm")}  # dense (r = 0) is measured once
     assert (out / "accuracy_drop_vs_r.png").exists() and "dense top-1" in (out / "summary.md").read_text()
+
+
+def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
+    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.plan import make_plan
+
+    mod, out = script("merge_overhead"), tmp_path / "mo.json"
+    config = REGISTRY["vit_cifar_patch4_32"].config
+    target = gflops(config, make_plan(config.depth, config.grid, "lgtm", 4))
+    lo, hi = mod.tome_bracket(config, target)
+    g = [gflops(config, make_plan(config.depth, config.grid, "tome", r)) for r in (lo, hi)]
+    assert hi == lo + 1 and g[0] > target >= g[1]
+    mod.main(["--model", "vit_cifar_patch4_32", "--methods", "lgtm", "--r", "4", "--batch-size", "2",
+              "--rounds", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["r"]) for r in rows] == [("none", 0), ("tome", lo), ("tome", hi), ("lgtm", 4)]
+    assert all(r["images_per_s"] > 0 and r["free_images_per_s"] > 0 for r in rows)
+    assert rows[-1]["vs_tome"] > 0 and "vs_tome_free" in rows[-1]
