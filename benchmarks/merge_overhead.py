@@ -6,7 +6,8 @@
 For each (method, r) two jit-compiled forwards of the same plan are timed: the real one, and a
 "free merging" one whose blocks keep the first tokens_out tokens instead of merging (same token
 counts, so the same GFLOPs, but merging costs nothing). overhead = t_real / t_free - 1 is the cost of
-matching, sorting, window partition and the merge itself. Every variant, dense included, is timed in
+matching, sorting, window partition, the merge itself and proportional attention's log-size bias
+(sizes stay 1 in the free copy, so XLA folds that bias away). Every variant, dense included, is timed in
 round-robin rounds, so a drift in machine speed (frequent on shared CPUs) hits all of them alike;
 each variant reports its median.
 
