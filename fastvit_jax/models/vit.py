@@ -34,10 +34,10 @@ class HeadsProjection(nn.Module):
     applied so the output is heads-first (B, heads, N, head_dim): the layout XLA's batched matmuls
     want (on CPU the attention products run ~2x faster than with (B, N, heads, head_dim)).
 
-    Also returns the mean over heads (B, N, head_dim), the merge feature of ToMe's "k" metric. The
-    projection is linear, so that is x @ mean_h(kernel) + mean_h(bias): a matmul 1/heads the size.
-    Reducing the projected (B, heads, N, head_dim) over heads instead cost XLA:CPU ~8 ms per block
-    for ViT-S/16 at batch 32 (~12% of a ToMe forward). Unused (dense blocks), XLA drops it."""
+    Also returns the mean over heads (B, N, head_dim), the merge feature of ToMe's "k" metric,
+    written as a sum of the contiguous per-head slices: `mean(axis=1)` became a reduce that XLA:CPU
+    fused badly (~8 ms per block for ViT-S/16 at batch 32, ~12% of a ToMe forward). A matmul with
+    mean_h(kernel) is as fast but adds real FLOPs. Unused (dense blocks), XLA drops it."""
 
     heads: int
     head_dim: int
@@ -49,7 +49,7 @@ class HeadsProjection(nn.Module):
         kernel = self.param("kernel", init, (x.shape[-1], self.heads, self.head_dim))
         bias = self.param("bias", nn.initializers.zeros, (self.heads, self.head_dim))
         heads = jnp.einsum("bnc,chd->bhnd", x, kernel.astype(self.dtype)) + bias[:, None, :].astype(self.dtype)
-        head_mean = x @ kernel.mean(axis=1).astype(self.dtype) + bias.mean(axis=0).astype(self.dtype)
+        head_mean = sum(heads[:, h] for h in range(self.heads)) / self.heads
         return heads, head_mean
 
 
