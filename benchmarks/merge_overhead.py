@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import jax
@@ -37,9 +37,9 @@ from bench_merging import machine  # noqa: E402
 import fastvit_jax.models.vit as vit_module  # noqa: E402
 from fastvit_jax.cli import format_table  # noqa: E402
 from fastvit_jax.flops import gflops  # noqa: E402
-from fastvit_jax.forward import DTYPES  # noqa: E402
+from fastvit_jax.forward import DTYPES, make_forward  # noqa: E402
 from fastvit_jax.merge.plan import make_plan  # noqa: E402
-from fastvit_jax.models.vit import VisionTransformer, init_params  # noqa: E402
+from fastvit_jax.models.vit import init_params  # noqa: E402
 from fastvit_jax.registry import get_entry  # noqa: E402
 
 
@@ -59,13 +59,10 @@ def free_merging():
 
 
 def compiled_forward(config, plan, dtype, params, images, free: bool):
-    """A jitted forward, traced now (under free_merging if asked), so later calls reuse that trace."""
-    model = VisionTransformer(config, plan, DTYPES[dtype])
-    fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    if free:
-        with free_merging():
-            jax.block_until_ready(fn(params, images))
-    else:
+    """The project's jitted forward, traced now (under free_merging if asked), so later calls reuse
+    that trace. The free one is built uncached (`__wrapped__`) so it never shares the real one's trace."""
+    fn = make_forward.__wrapped__(config, plan, dtype) if free else make_forward(config, plan, dtype)
+    with free_merging() if free else nullcontext():
         jax.block_until_ready(fn(params, images))
     return fn
 

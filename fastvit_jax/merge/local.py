@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.plan import window_counts
+from fastvit_jax.merge.plan import real_merges, window_counts
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
@@ -64,8 +64,7 @@ def window_keep(num_tokens: int, grid: tuple[int, int], window: int, r_window: i
     keep, start = [], 0
     for ra, rb, pa, pb in window_counts(num_tokens, grid, window):
         a = ra + pa
-        merged_real = min(r_window, ra) if rb else 0
-        keep += [start + k for k in range(ra - merged_real)]
+        keep += [start + k for k in range(ra - real_merges(ra, rb, r_window))]
         keep += [start + a - r_window + k for k in range(rb)]
         start += a + rb + pb - r_window
     keep = np.asarray(keep, np.int32)

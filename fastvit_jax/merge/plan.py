@@ -142,7 +142,12 @@ def local_merges(num_tokens: int, grid: tuple[int, int], window: int, r_window: 
     counts = window_counts(num_tokens, grid, window)
     capacity = min((ra if rb else 0) + (pa if pb else 0) for ra, rb, pa, pb in counts)
     rw = min(r_window, capacity)
-    return rw, sum(min(rw, ra if rb else 0) for ra, rb, _, _ in counts)
+    return rw, sum(real_merges(ra, rb, rw) for ra, rb, _, _ in counts)
+
+
+def real_merges(real_a: int, real_b: int, r_window: int) -> int:
+    """Real pairs one window merges: real A tokens, as many as r_window allows, if any real B exists."""
+    return min(r_window, real_a) if real_b else 0
 
 
 def make_plan(depth: int, patch_grid: tuple[int, int], method: str = "none", r: int = 0, *,
