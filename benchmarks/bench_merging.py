@@ -24,6 +24,7 @@ import jax
 
 from fastvit_jax.bench import time_forward
 from fastvit_jax.cli import format_table
+from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
@@ -94,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

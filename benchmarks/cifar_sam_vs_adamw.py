@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from fastvit_jax.data import image_folder, load_arrays, spread
+from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.sharpness import lambda_max
@@ -127,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

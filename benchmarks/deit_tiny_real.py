@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fastvit_jax.data import image_folder
 from fastvit_jax.demo import bundled_model
+from fastvit_jax.errors import report_errors
 from fastvit_jax.sweep import run_sweep
 
 METRICS = ("random", "x_pre", "x_attn", "k", "q", "v")
@@ -95,4 +97,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

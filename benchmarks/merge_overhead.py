@@ -36,6 +36,7 @@ from bench_merging import machine  # noqa: E402
 
 import fastvit_jax.models.vit as vit_module  # noqa: E402
 from fastvit_jax.cli import format_table  # noqa: E402
+from fastvit_jax.errors import report_errors  # noqa: E402
 from fastvit_jax.flops import gflops  # noqa: E402
 from fastvit_jax.forward import DTYPES, make_forward  # noqa: E402
 from fastvit_jax.merge.plan import make_plan  # noqa: E402
@@ -155,4 +156,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.cli import format_table
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.demo import bundled_model
+from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
@@ -78,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

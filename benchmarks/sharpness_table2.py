@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import jax
 
 from fastvit_jax.cli import format_table
 from fastvit_jax.data import load_arrays, open_dataset, spread
+from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.sharpness import lambda_max
@@ -65,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastvit_jax.errors import report_errors
+
 
 def fastvit_train(args, optimizer: str, steps: int, warmup: int, out: Path) -> list[str]:
     return [sys.executable, "-m", "fastvit_jax.cli", "train", "--json", "--model", args.model, "--data", args.data,
@@ -87,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main, Path(__file__).name))

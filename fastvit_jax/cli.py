@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from fastvit_jax.errors import FastViTError
+from fastvit_jax.errors import FastViTError, report_errors
 
 
 # ---------------------------------------------------------------- output helpers
@@ -438,14 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "model", None) is None and args.command == "bench":
         args.model = "vit_small_patch16_224"
     warnings.filterwarnings("once", category=UserWarning)
-    try:
-        return args.fn(args) or 0
-    except FastViTError as e:
-        print(f"fastvit: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fastvit: interrupted", file=sys.stderr)
-        return 130
+    return report_errors(lambda: args.fn(args), "fastvit")
 
 
 if __name__ == "__main__":

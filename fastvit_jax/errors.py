@@ -1,5 +1,22 @@
 """One exception type for problems the user can fix; the CLI prints it as one line."""
 
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
 
 class FastViTError(Exception):
     """Bad input: a file, key, shape or option the user supplied. The message is the whole story."""
+
+
+def report_errors(fn: Callable[[], int | None], prog: str) -> int:
+    """Run fn; a FastViTError becomes one line on stderr (exit 2), Ctrl-C exit 130, not a traceback."""
+    try:
+        return fn() or 0
+    except FastViTError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
