@@ -51,6 +51,8 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls before timing")
+    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
+                   help="examples run at once inside a batch (fastvit_jax.forward); none = the whole batch")
     p.add_argument("--out", default="benchmarks/results/merging.json")
     p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
     args = p.parse_args(argv)
@@ -60,7 +62,7 @@ def main(argv=None):
         config = get_entry(name).config
         params = init_params(config)
         dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                            warmup_s=args.warmup_s)
+                            warmup_s=args.warmup_s, examples_per_step=args.examples_per_step)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
 
         def peer(method, r, skip):
@@ -76,7 +78,7 @@ def main(argv=None):
             for r in map(int, args.r.split(",")):
                 plan = make_plan(config.depth, config.grid, method, r)
                 res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                            warmup_s=args.warmup_s)
+                            warmup_s=args.warmup_s, examples_per_step=args.examples_per_step)
                 rows.append({"model": name, "method": method, "r": r, **res,
                              "speedup": res["images_per_s"] / dense["images_per_s"],
                              "ideal_speedup": dense["gflops"] / res["gflops"],

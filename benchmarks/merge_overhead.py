@@ -38,7 +38,7 @@ import fastvit_jax.models.vit as vit_module  # noqa: E402
 from fastvit_jax.cli import format_table  # noqa: E402
 from fastvit_jax.errors import report_errors  # noqa: E402
 from fastvit_jax.flops import gflops  # noqa: E402
-from fastvit_jax.forward import DTYPES, make_forward  # noqa: E402
+from fastvit_jax.forward import DTYPES, make_forward, resolve_examples_per_step  # noqa: E402
 from fastvit_jax.merge.plan import make_plan  # noqa: E402
 from fastvit_jax.models.vit import init_params  # noqa: E402
 from fastvit_jax.registry import get_entry  # noqa: E402
@@ -59,10 +59,11 @@ def free_merging():
         vit_module.apply_op = real
 
 
-def compiled_forward(config, plan, dtype, params, images, free: bool):
+def compiled_forward(config, plan, dtype, params, images, free: bool, per_step="auto"):
     """The project's jitted forward, traced now (under free_merging if asked), so later calls reuse
     that trace. The free one is built uncached (`__wrapped__`) so it never shares the real one's trace."""
-    fn = make_forward.__wrapped__(config, plan, dtype) if free else make_forward(config, plan, dtype)
+    args = (config, plan, dtype, per_step)
+    fn = make_forward.__wrapped__(*args) if free else make_forward(*args)
     with free_merging() if free else nullcontext():
         jax.block_until_ready(fn(params, images))
     return fn
@@ -84,6 +85,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=7, help="round-robin timing rounds (median taken)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
+                   help="examples run at once inside a batch (fastvit_jax.forward); none = the whole batch")
     p.add_argument("--out", default="benchmarks/results/merge_overhead.json")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -107,7 +110,8 @@ def main(argv=None):
         plan = make_plan(config.depth, config.grid, method, r)
         for free in ((False,) if method == "none" else (False, True)):
             t0 = time.perf_counter()
-            variants[(method, r, free)] = compiled_forward(config, plan, args.dtype, params, images, free)
+            variants[(method, r, free)] = compiled_forward(config, plan, args.dtype, params, images, free,
+                                                          args.examples_per_step)
             print(f"compiled {method} r={r}{' (free merging)' if free else ''} in {time.perf_counter() - t0:.1f}s",
                   file=sys.stderr)
 
@@ -150,6 +154,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "args": vars(args), "model": args.model,
+                               "examples_per_step": resolve_examples_per_step(args.examples_per_step, config, args.dtype),
                                "times_s": {f"{m} r={r}{' free' if f else ''}": t for (m, r, f), t in times.items()},
                                "rows": rows}, indent=2))
     print(f"wrote {out}")

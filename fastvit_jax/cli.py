@@ -39,6 +39,9 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="activation dtype")
+    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
+                   help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
+                        "on GPU/TPU; none = the whole batch")
 
 
 def add_merge_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +145,7 @@ def cmd_predict(args):
 
     params, config, pre = resolve_model(args)
     plan = plan_from_args(args, config, params)
-    forward = make_forward(config, plan, args.dtype)
+    forward = make_forward(config, plan, args.dtype, args.examples_per_step)
     names = label_names(config.num_classes)
     ds = Dataset([(Path(p), -1) for p in args.images])
     failed, results = [], []
@@ -171,7 +174,7 @@ def cmd_eval(args):
     params, config, pre = resolve_model(args)
     plan = plan_from_args(args, config, params)
     ds = open_dataset(args.data).limit(args.limit)
-    res = evaluate(make_forward(config, plan, args.dtype), params, ds, pre, batch_size=args.batch_size,
+    res = evaluate(make_forward(config, plan, args.dtype, args.examples_per_step), params, ds, pre, batch_size=args.batch_size,
                    progress=not args.no_progress)
     res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "plan": plan.summary()})
     text = format_table([res], ["method", "r", "top1", "top5", "images", "images_per_s", "gflops"])
@@ -185,7 +188,8 @@ def cmd_bench(args):
 
     params, config, _ = resolve_model(args, need_weights=args.checkpoint is not None)
     plan = plan_from_args(args, config, params)
-    res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype)
+    res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
+                  examples_per_step=args.examples_per_step)
     rows = [dict(name="dense", **res["dense"]), dict(name=f"{plan.method} r={plan.r}", **res["merged"])]
     text = (format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
             + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)"

@@ -86,3 +86,44 @@ def test_param_tree_is_google_tree(tiny_config):
     assert shapes["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel"] == (12, 64, 768)
     assert shapes["embedding/kernel"] == (16, 16, 3, 768)
     assert shapes["Transformer/posembed_input/pos_embedding"] == (1, 197, 768)
+
+
+@pytest.mark.parametrize("method", ["none", "tome", "lgtm"])
+def test_examples_per_step_matches_whole_batch_and_numpy(tiny_config, method):
+    """Stepping through the batch (2 + 2 + a remainder of 1) gives the whole-batch logits."""
+    flat = google_checkpoint(tiny_config)
+    params = checkpoint.unflatten(flat)
+    images = _images(tiny_config, 5)
+    plan = make_plan(tiny_config.depth, tiny_config.grid, method, 2, window=2)
+    whole = np.asarray(make_forward(tiny_config, plan, examples_per_step=None)(params, images))
+    stepped = np.asarray(make_forward(tiny_config, plan, examples_per_step=2)(params, images))
+    np.testing.assert_allclose(stepped, whole, atol=1e-5, rtol=1e-5)
+    if method == "none":
+        np.testing.assert_allclose(stepped, reference.forward(flat, images, heads=tiny_config.heads),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_random_metric_draws_fresh_features_in_every_step(tiny_config):
+    params = checkpoint.unflatten(google_checkpoint(tiny_config))
+    images = np.repeat(_images(tiny_config, 1), 4, axis=0)
+    plan = make_plan(tiny_config.depth, tiny_config.grid, "tome", 3, metric="random")
+    logits = np.asarray(make_forward(tiny_config, plan, examples_per_step=1)(params, images))
+    assert not np.allclose(logits[0], logits[1]) and not np.allclose(logits[1], logits[2])
+
+
+def test_auto_examples_per_step_fits_the_cache():
+    from fastvit_jax.forward import CPU_STEP_BYTES, auto_examples_per_step, resolve_examples_per_step
+
+    assert auto_examples_per_step(variant_config("S/16"), backend="cpu") == 8
+    assert auto_examples_per_step(variant_config("B/16"), backend="cpu") == 4
+    assert auto_examples_per_step(variant_config("B/16"), "bfloat16", backend="cpu") == 8
+    assert auto_examples_per_step(variant_config("H/14"), backend="cpu") == 1
+    for variant in ("Ti/16", "S/16", "B/16", "L/16"):
+        config = variant_config(variant)
+        n = auto_examples_per_step(config, backend="cpu")
+        assert n * (config.num_patches + 1) * config.mlp_dim * 4 <= CPU_STEP_BYTES
+    assert auto_examples_per_step(variant_config("S/16"), backend="gpu") is None
+    assert resolve_examples_per_step("none", variant_config("S/16")) is None
+    assert resolve_examples_per_step("3", variant_config("S/16")) == 3
+    with pytest.raises(Exception, match="positive integer, got 'x'"):
+        resolve_examples_per_step("x", variant_config("S/16"))
