@@ -4,6 +4,8 @@
         --methods tome,dfe,lgtm --r 8,13,16 --batch-size 32 --runs 5 --out benchmarks/results/merging_cpu.json
 
 Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON with the machine.
+All variants of a model, the peer's included, are compiled first and then timed in round-robin
+rounds (`--runs` of them), so a drift in machine speed hits them all alike.
 When torch and timm import, the same points are timed for the peer -- timm's ViT dense and with
 facebookresearch-style ToMe (benchmarks/timm_tome.py; DFE = ToMe with the first blocks skipped;
 LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from fastvit_jax.bench import time_forward
+from fastvit_jax.bench import forward_runner, speed_result, time_round_robin
 from fastvit_jax.cli import format_table
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
@@ -48,9 +51,9 @@ def main(argv=None):
     p.add_argument("--methods", default="tome,dfe,lgtm")
     p.add_argument("--r", default="8,13,16")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=5, help="round-robin rounds; each variant's median is reported")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls before timing")
+    p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls per variant before timing")
     p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
                    help="examples run at once inside a batch (fastvit_jax.forward); none = the whole batch")
     p.add_argument("--out", default="benchmarks/results/merging.json")
@@ -61,29 +64,30 @@ def main(argv=None):
     for name in args.models.split(","):
         config = get_entry(name).config
         params = init_params(config)
-        dense = time_forward(config, params, None, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                            warmup_s=args.warmup_s, examples_per_step=args.examples_per_step)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
-
-        def peer(method, r, skip):
-            if not use_peer or method not in ("none", "tome", "dfe"):
-                return None
-            model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=skip)
-            return timm_tome.time_model(model, args.batch_size, config.image_size, args.runs, warmup_s=args.warmup_s)
-
-        rows.append({"model": name, "method": "none", "r": 0, **dense, "speedup": 1.0, "ideal_speedup": 1.0,
-                     "peer_images_per_s": peer("none", 0, 0)})
-        print(f"{name} dense: {dense['images_per_s']:.1f} img/s", file=sys.stderr)
-        for method in args.methods.split(","):
-            for r in map(int, args.r.split(",")):
-                plan = make_plan(config.depth, config.grid, method, r)
-                res = time_forward(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                            warmup_s=args.warmup_s, examples_per_step=args.examples_per_step)
-                rows.append({"model": name, "method": method, "r": r, **res,
-                             "speedup": res["images_per_s"] / dense["images_per_s"],
-                             "ideal_speedup": dense["gflops"] / res["gflops"],
-                             "peer_images_per_s": peer(method, r, plan.skip)})
-                print(f"{name} {method} r={r}: {res['images_per_s']:.1f} img/s", file=sys.stderr)
+        points = [("none", 0)] + [(m, int(r)) for m in args.methods.split(",") for r in args.r.split(",")]
+        plans = {pt: make_plan(config.depth, config.grid, *pt) if pt[0] != "none" else None for pt in points}
+        runners, compile_s = {}, {}
+        for (method, r), plan in plans.items():
+            runners[("ours", method, r)], compile_s[(method, r)] = forward_runner(
+                config, params, plan, batch_size=args.batch_size, dtype=args.dtype,
+                examples_per_step=args.examples_per_step)
+            if use_peer and method in ("none", "tome", "dfe"):
+                model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=plan.skip if plan else 0)
+                runners[("peer", method, r)] = timm_tome.model_runner(model, args.batch_size, config.image_size)
+            print(f"{name} {method} r={r}: compiled in {compile_s[(method, r)]:.1f}s", file=sys.stderr)
+        times = time_round_robin(runners, args.runs, warmup_s=args.warmup_s,
+                                 progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
+        dense = None
+        for (method, r), plan in plans.items():
+            res = speed_result(config, plan, times[("ours", method, r)], compile_s[(method, r)],
+                               batch_size=args.batch_size, dtype=args.dtype, examples_per_step=args.examples_per_step)
+            dense = dense or res
+            peer = times.get(("peer", method, r))
+            rows.append({"model": name, "method": method, "r": r, **res,
+                         "speedup": res["images_per_s"] / dense["images_per_s"],
+                         "ideal_speedup": dense["gflops"] / res["gflops"],
+                         "peer_images_per_s": args.batch_size / statistics.median(peer) if peer else None})
     for row in rows:
         row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
         peer_ips = row.get("peer_images_per_s")

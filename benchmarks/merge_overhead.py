@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_merging import machine  # noqa: E402
 
 import fastvit_jax.models.vit as vit_module  # noqa: E402
+from fastvit_jax.bench import time_round_robin  # noqa: E402
 from fastvit_jax.cli import format_table  # noqa: E402
 from fastvit_jax.errors import report_errors  # noqa: E402
 from fastvit_jax.flops import gflops  # noqa: E402
@@ -115,16 +116,9 @@ def main(argv=None):
             print(f"compiled {method} r={r}{' (free merging)' if free else ''} in {time.perf_counter() - t0:.1f}s",
                   file=sys.stderr)
 
-    times = {key: [] for key in variants}
-    for key, fn in variants.items():  # warm-up: first calls after compile run slower on CPU
-        for _ in range(2):
-            jax.block_until_ready(fn(params, images))
-    for rnd in range(args.rounds):
-        for key, fn in variants.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(params, images))
-            times[key].append(time.perf_counter() - t0)
-        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    runners = {key: (lambda fn=fn: jax.block_until_ready(fn(params, images))) for key, fn in variants.items()}
+    times = time_round_robin(runners, args.rounds, warmup=2, warmup_s=0,
+                             progress=lambda i: print(f"round {i + 1}/{args.rounds} done", file=sys.stderr))
 
     def ips(method, r, free=False):
         return args.batch_size / statistics.median(times[(method, r, free and method != "none")])

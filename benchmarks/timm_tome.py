@@ -104,12 +104,10 @@ def logits(model, images_nhwc):
         return model(x).numpy()
 
 
-def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int = 2, warmup_s: float = 3.0) -> float:
-    """Median images/s of model on random input: on CUDA when torch sees a GPU (TF32 matmuls, as XLA
-    uses for float32 on GPUs, so both sides do the same arithmetic), else on all CPU cores."""
+def model_runner(model, batch_size: int, image_size: int):
+    """run(): one blocking forward of a random batch -- on CUDA when torch sees a GPU (TF32 matmuls, as
+    XLA uses for float32 on GPUs, so both sides do the same arithmetic), else on all CPU cores."""
     import os
-    import statistics
-    import time
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -118,17 +116,11 @@ def time_model(model, batch_size: int, image_size: int, runs: int, warmup: int =
     else:
         torch.set_num_threads(os.cpu_count() or 1)
     x = torch.randn(batch_size, 3, image_size, image_size, device="cuda" if cuda else "cpu")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        t_end, done = time.perf_counter() + warmup_s, 0
-        while done < warmup or time.perf_counter() < t_end:  # same warm-up rule as fastvit_jax.bench
+
+    def run():
+        with torch.inference_mode():
             model(x)
-            done += 1
-        sync()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return batch_size / statistics.median(times)
+        if cuda:
+            torch.cuda.synchronize()
+
+    return run

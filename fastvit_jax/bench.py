@@ -1,9 +1,15 @@
-"""Throughput of the jit-compiled forward: compile time reported apart, median over runs."""
+"""Throughput of the jit-compiled forward: compile time reported apart, median over runs.
+
+`time_forward` times one configuration. `time_round_robin` times several in interleaved rounds, so
+a change in machine speed during the run (frequent on shared CPUs) hits all of them alike and the
+ratios between them stay sound.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -14,39 +20,78 @@ from fastvit_jax.forward import make_forward, resolve_examples_per_step
 from fastvit_jax.merge.plan import MergePlan
 
 
-def time_forward(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32, runs: int = 50,
-                 warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0,
-                 examples_per_step="auto") -> dict:
-    """images_per_s (median run), compile_s (first call), gflops (analytic, per image).
-
-    Warm-up runs at least `warmup` calls and `warmup_s` seconds: on CPU the first seconds of a
-    process run measurably slower (thread pools, allocator), which would bias whatever is timed first."""
+def forward_runner(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32,
+                   dtype: str = "float32", seed: int = 0, examples_per_step="auto") -> tuple[Callable, float]:
+    """(run, compile_s): run() does one blocking forward of a random batch; compiled already."""
     forward = make_forward(config, plan, dtype, examples_per_step)
-    images = np.random.default_rng(seed).standard_normal(
-        (batch_size, config.image_size, config.image_size, 3)).astype(np.float32)
-    images = jax.device_put(images)
+    images = jax.device_put(np.random.default_rng(seed).standard_normal(
+        (batch_size, config.image_size, config.image_size, 3)).astype(np.float32))
+
+    def run():
+        jax.block_until_ready(forward(params, images))
+
     t0 = time.perf_counter()
-    jax.block_until_ready(forward(params, images))
-    compile_s = time.perf_counter() - t0
-    t_end, done = time.perf_counter() + warmup_s, 1
+    run()
+    return run, time.perf_counter() - t0
+
+
+def warm_up(run: Callable, warmup: int = 2, warmup_s: float = 3.0) -> None:
+    """At least `warmup` calls and `warmup_s` seconds: on CPU the first seconds of a process run
+    measurably slower (thread pools, allocator), which would bias whatever is timed first."""
+    t_end, done = time.perf_counter() + warmup_s, 0
     while done < warmup or time.perf_counter() < t_end:
-        jax.block_until_ready(forward(params, images))
+        run()
         done += 1
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(forward(params, images))
-        times.append(time.perf_counter() - t0)
+
+
+def time_round_robin(runners: dict, rounds: int, warmup: int = 2, warmup_s: float = 3.0,
+                     progress: Callable[[int], None] | None = None) -> dict:
+    """{name: [seconds per call, one per round]}: each round calls every runner once, in order."""
+    for run in runners.values():
+        warm_up(run, warmup, warmup_s)
+    times = {name: [] for name in runners}
+    for i in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+        if progress:
+            progress(i)
+    return times
+
+
+def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile_s: float, *,
+                 batch_size: int, dtype: str = "float32", examples_per_step="auto") -> dict:
     med = statistics.median(times)
     return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
-            "median_s": med, "runs": runs, "batch_size": batch_size, "dtype": dtype,
+            "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": dtype,
             "examples_per_step": resolve_examples_per_step(examples_per_step, config, dtype)}
 
 
+def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,
+                  warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0,
+                  examples_per_step="auto") -> dict:
+    """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch."""
+    runners, compile_s = {}, {}
+    for name, plan in plans.items():
+        runners[name], compile_s[name] = forward_runner(config, params, plan, batch_size=batch_size, dtype=dtype,
+                                                        seed=seed, examples_per_step=examples_per_step)
+    times = time_round_robin(runners, runs, warmup, warmup_s)
+    return {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size, dtype=dtype,
+                               examples_per_step=examples_per_step)
+            for name, plan in plans.items()}
+
+
+def time_forward(config: ViTConfig, params, plan: MergePlan | None, **kw) -> dict:
+    """images_per_s (median run), compile_s (first call), gflops (analytic, per image).
+    Keywords as `time_forwards`."""
+    return time_forwards(config, params, {"forward": plan}, **kw)["forward"]
+
+
 def compare(config: ViTConfig, params, plan: MergePlan, **kw) -> dict:
-    """Dense vs merged side by side: measured speedup and the ideal (FLOPs ratio) speedup."""
-    dense = time_forward(config, params, None, **kw)
-    merged = time_forward(config, params, plan, **kw)
+    """Dense vs merged, timed round-robin: measured speedup and the ideal (FLOPs ratio) speedup."""
+    res = time_forwards(config, params, {"dense": None, "merged": plan}, **kw)
+    dense, merged = res["dense"], res["merged"]
     return {"dense": dense, "merged": merged,
             "speedup": merged["images_per_s"] / dense["images_per_s"],
             "ideal_speedup": dense["gflops"] / merged["gflops"],

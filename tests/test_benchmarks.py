@@ -69,6 +69,22 @@ def test_cifar_study_on_tiny_data(tmp_path, capsys):
     assert (out / "accuracy_drop_vs_r.png").exists() and "dense top-1" in (out / "summary.md").read_text()
 
 
+def test_bench_merging_round_robin_table(tmp_path, capsys):
+    out = tmp_path / "bm.json"
+    script("bench_merging").main(["--models", "vit_cifar_patch4_32", "--methods", "tome,lgtm", "--r", "2,4",
+                                  "--batch-size", "3", "--runs", "2", "--warmup-s", "0", "--no-peer",
+                                  "--examples-per-step", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["r"]) for r in rows] == [("none", 0), ("tome", 2), ("tome", 4), ("lgtm", 2), ("lgtm", 4)]
+    assert all(r["runs"] == 2 and r["examples_per_step"] == 2 and r["peer_images_per_s"] is None for r in rows)
+    dense = rows[0]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["images_per_s"] / dense["images_per_s"])
+        assert r["ideal_speedup"] == pytest.approx(dense["gflops"] / r["gflops"])
+    assert rows[2]["gflops"] < rows[1]["gflops"] < dense["gflops"]
+    assert "lgtm" in capsys.readouterr().out
+
+
 def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
     from fastvit_jax.flops import gflops
     from fastvit_jax.merge.plan import make_plan
