@@ -148,7 +148,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "args": vars(args), "model": args.model,
-                               "examples_per_step": resolve_examples_per_step(args.examples_per_step, config, args.dtype),
+                               "examples_per_step": resolve_examples_per_step(args.examples_per_step, config),
                                "times_s": {f"{m} r={r}{' free' if f else ''}": t for (m, r, f), t in times.items()},
                                "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -65,7 +65,7 @@ def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile
     med = statistics.median(times)
     return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
             "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": dtype,
-            "examples_per_step": resolve_examples_per_step(examples_per_step, config, dtype)}
+            "examples_per_step": resolve_examples_per_step(examples_per_step, config)}
 
 
 def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,

@@ -26,18 +26,20 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CPU_STEP_BYTES = 10 * 2**20
 
 
-def auto_examples_per_step(config: ViTConfig, dtype: str = "float32", backend: str | None = None) -> int | None:
-    """Examples per step for `make_forward(..., examples_per_step="auto")`: None (whole batch) off CPU."""
+def auto_examples_per_step(config: ViTConfig, backend: str | None = None) -> int | None:
+    """Examples per step for `make_forward(..., examples_per_step="auto")`: None (whole batch) off CPU.
+    Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (measured: 8 examples
+    beat 16 for a bfloat16 ViT-S/16)."""
     if (backend or jax.default_backend()) != "cpu":
         return None
-    hidden_bytes = (config.num_patches + 1) * config.mlp_dim * jnp.dtype(DTYPES[dtype]).itemsize
+    hidden_bytes = (config.num_patches + 1) * config.mlp_dim * 4
     return max(1, CPU_STEP_BYTES // hidden_bytes)
 
 
-def resolve_examples_per_step(value, config: ViTConfig, dtype: str = "float32") -> int | None:
+def resolve_examples_per_step(value, config: ViTConfig) -> int | None:
     """"auto" | None/"none"/0 (whole batch) | a positive int -> int or None."""
     if value == "auto":
-        return auto_examples_per_step(config, dtype)
+        return auto_examples_per_step(config)
     if value in (None, "none", 0, "0"):
         return None
     try:
@@ -74,7 +76,7 @@ def make_forward(config: ViTConfig, plan: MergePlan | None = None, dtype: str = 
     examples_per_step: "auto" (a cache-sized slice on CPU, the whole batch elsewhere), None for the
     whole batch, or a count. Logits do not depend on it beyond float rounding (~1e-5)."""
     model = VisionTransformer(config, plan, DTYPES[dtype])
-    per_step = resolve_examples_per_step(examples_per_step, config, dtype)
+    per_step = resolve_examples_per_step(examples_per_step, config)
 
     @jax.jit
     def forward(params, images, merge_key=None):

@@ -116,7 +116,7 @@ def test_auto_examples_per_step_fits_the_cache():
 
     assert auto_examples_per_step(variant_config("S/16"), backend="cpu") == 8
     assert auto_examples_per_step(variant_config("B/16"), backend="cpu") == 4
-    assert auto_examples_per_step(variant_config("B/16"), "bfloat16", backend="cpu") == 8
+    assert auto_examples_per_step(variant_config("L/16"), backend="cpu") == 3
     assert auto_examples_per_step(variant_config("H/14"), backend="cpu") == 1
     for variant in ("Ti/16", "S/16", "B/16", "L/16"):
         config = variant_config(variant)
