@@ -52,12 +52,14 @@ def resolve_examples_per_step(value, config: ViTConfig) -> int | None:
 
 
 def in_steps(fn, images, merge_key, per_step: int | None):
-    """fn(images, key) over the batch `per_step` examples at a time; the remainder is one last step.
+    """fn(images, key) over the batch at most `per_step` examples at a time; a remainder is one last step.
 
     Step i gets fold_in(key, i), so the `random` metric draws fresh features for every example."""
     batch = images.shape[0]
     if per_step is None or batch <= per_step:
         return fn(images, merge_key)
+    # Equal steps where the batch allows (32 at most 17 -> 2 x 16): a remainder compiles the model twice.
+    per_step = -(-batch // -(-batch // per_step))
     steps, rest = divmod(batch, per_step)
     head = images[: steps * per_step].reshape((steps, per_step) + images.shape[1:])
     keys = jax.vmap(lambda i: jax.random.fold_in(merge_key, i))(jnp.arange(steps))

@@ -127,3 +127,13 @@ def test_auto_examples_per_step_fits_the_cache():
     assert resolve_examples_per_step("3", variant_config("S/16")) == 3
     with pytest.raises(Exception, match="positive integer, got 'x'"):
         resolve_examples_per_step("x", variant_config("S/16"))
+
+
+@pytest.mark.parametrize("batch,per_step,sizes", [(32, 17, [16] * 32), (5, 2, [2, 2, 2, 2, 1]), (3, 8, [3] * 3),
+                                                  (7, 3, [3] * 6 + [1])])
+def test_in_steps_balances_the_steps(batch, per_step, sizes):
+    from fastvit_jax.forward import in_steps
+
+    step_size = lambda x, key: jnp.full((x.shape[0],), x.shape[0])  # each example reports its step's size
+    got = in_steps(step_size, jnp.zeros((batch, 2)), jax.random.PRNGKey(0), per_step)
+    assert got.tolist() == sizes
