@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import jax
 
-from fastvit_jax.bench import forward_runner, speed_result, time_round_robin
-from fastvit_jax.cli import format_table
+from fastvit_jax.bench import time_forwards
+from fastvit_jax.cli import add_examples_per_step_arg, format_table
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
@@ -54,8 +53,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5, help="round-robin rounds; each variant's median is reported")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls per variant before timing")
-    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
-                   help="examples run at once inside a batch (fastvit_jax.forward); none = the whole batch")
+    add_examples_per_step_arg(p)
     p.add_argument("--out", default="benchmarks/results/merging.json")
     p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
     args = p.parse_args(argv)
@@ -67,27 +65,22 @@ def main(argv=None):
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
         points = [("none", 0)] + [(m, int(r)) for m in args.methods.split(",") for r in args.r.split(",")]
         plans = {pt: make_plan(config.depth, config.grid, *pt) if pt[0] != "none" else None for pt in points}
-        runners, compile_s = {}, {}
+        peers = {}
         for (method, r), plan in plans.items():
-            runners[("ours", method, r)], compile_s[(method, r)] = forward_runner(
-                config, params, plan, batch_size=args.batch_size, dtype=args.dtype,
-                examples_per_step=args.examples_per_step)
             if use_peer and method in ("none", "tome", "dfe"):
                 model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=plan.skip if plan else 0)
-                runners[("peer", method, r)] = timm_tome.model_runner(model, args.batch_size, config.image_size)
-            print(f"{name} {method} r={r}: compiled in {compile_s[(method, r)]:.1f}s", file=sys.stderr)
-        times = time_round_robin(runners, args.runs, warmup_s=args.warmup_s,
-                                 progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
-        dense = None
-        for (method, r), plan in plans.items():
-            res = speed_result(config, plan, times[("ours", method, r)], compile_s[(method, r)],
-                               batch_size=args.batch_size, dtype=args.dtype, examples_per_step=args.examples_per_step)
-            dense = dense or res
-            peer = times.get(("peer", method, r))
-            rows.append({"model": name, "method": method, "r": r, **res,
-                         "speedup": res["images_per_s"] / dense["images_per_s"],
-                         "ideal_speedup": dense["gflops"] / res["gflops"],
-                         "peer_images_per_s": args.batch_size / statistics.median(peer) if peer else None})
+                peers[("peer", method, r)] = timm_tome.model_runner(model, args.batch_size, config.image_size)
+        print(f"{name}: compiling {len(plans)} variants", file=sys.stderr)
+        res = time_forwards(config, params, plans, batch_size=args.batch_size, runs=args.runs, warmup_s=args.warmup_s,
+                            dtype=args.dtype, examples_per_step=args.examples_per_step, others=peers,
+                            progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
+        dense = res[("none", 0)]
+        for method, r in plans:
+            ours, peer = res[(method, r)], res.get(("peer", method, r))
+            rows.append({"model": name, "method": method, "r": r, **ours,
+                         "speedup": ours["images_per_s"] / dense["images_per_s"],
+                         "ideal_speedup": dense["gflops"] / ours["gflops"],
+                         "peer_images_per_s": peer["images_per_s"] if peer else None})
     for row in rows:
         row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
         peer_ips = row.get("peer_images_per_s")

@@ -36,7 +36,7 @@ from bench_merging import machine  # noqa: E402
 
 import fastvit_jax.models.vit as vit_module  # noqa: E402
 from fastvit_jax.bench import time_round_robin  # noqa: E402
-from fastvit_jax.cli import format_table  # noqa: E402
+from fastvit_jax.cli import add_examples_per_step_arg, format_table  # noqa: E402
 from fastvit_jax.errors import report_errors  # noqa: E402
 from fastvit_jax.flops import gflops  # noqa: E402
 from fastvit_jax.forward import DTYPES, make_forward, resolve_examples_per_step  # noqa: E402
@@ -86,8 +86,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=7, help="round-robin timing rounds (median taken)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
-                   help="examples run at once inside a batch (fastvit_jax.forward); none = the whole batch")
+    add_examples_per_step_arg(p)
     p.add_argument("--out", default="benchmarks/results/merge_overhead.json")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -70,16 +70,24 @@ def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile
 
 def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,
                   warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0,
-                  examples_per_step="auto") -> dict:
-    """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch."""
+                  examples_per_step="auto", others: dict | None = None, progress=None) -> dict:
+    """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch.
+
+    others: {name: run()} timed in the same rounds (a peer library's model); each gets
+    {"images_per_s", "median_s", "runs"} in the result."""
     runners, compile_s = {}, {}
     for name, plan in plans.items():
         runners[name], compile_s[name] = forward_runner(config, params, plan, batch_size=batch_size, dtype=dtype,
                                                         seed=seed, examples_per_step=examples_per_step)
-    times = time_round_robin(runners, runs, warmup, warmup_s)
-    return {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size, dtype=dtype,
-                               examples_per_step=examples_per_step)
-            for name, plan in plans.items()}
+    runners.update(others or {})
+    times = time_round_robin(runners, runs, warmup, warmup_s, progress)
+    results = {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size, dtype=dtype,
+                                  examples_per_step=examples_per_step)
+               for name, plan in plans.items()}
+    for name in others or {}:
+        med = statistics.median(times[name])
+        results[name] = {"images_per_s": batch_size / med, "median_s": med, "runs": len(times[name])}
+    return results
 
 
 def time_forward(config: ViTConfig, params, plan: MergePlan | None, **kw) -> dict:

@@ -39,6 +39,11 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="activation dtype")
+    add_examples_per_step_arg(p)
+
+
+def add_examples_per_step_arg(p: argparse.ArgumentParser) -> None:
+    """--examples-per-step, shared with the benchmark scripts (see fastvit_jax.forward)."""
     p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
                    help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
                         "on GPU/TPU; none = the whole batch")
