@@ -7,77 +7,62 @@ Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON wi
 All variants of a model, the peer's included, are compiled first and then timed in round-robin
 rounds (`--runs` of them), so a drift in machine speed hits them all alike.
 When torch and timm import, the same points are timed for the peer -- timm's ViT dense and with
-facebookresearch-style ToMe (benchmarks/timm_tome.py; DFE = ToMe with the first blocks skipped;
+facebookresearch-style ToMe (fastvit_jax/peers/timm_tome.py; DFE = ToMe with the first blocks skipped;
 LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
-import warnings
 from pathlib import Path
 
-import jax
-
+from fastvit_jax.arguments import add_merge_args, add_speed_args, merge_points
 from fastvit_jax.bench import time_forwards
-from fastvit_jax.cli import add_examples_per_step_arg, format_table
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
+from fastvit_jax.report import format_table, machine, write_json
 
 try:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import timm_tome  # noqa: E402  (peer; needs torch + timm)
+    from fastvit_jax.peers import timm_tome  # needs torch + timm
 except ImportError:
     timm_tome = None
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
-            "date": time.strftime("%Y-%m-%d")}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="vit_small_patch16_224,vit_base_patch16_224")
-    p.add_argument("--methods", default="tome,dfe,lgtm")
-    p.add_argument("--r", default="8,13,16")
+    add_merge_args(p, several=True, r="8,13,16", targets=False)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--runs", type=int, default=5, help="round-robin rounds; each variant's median is reported")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--warmup-s", type=float, default=3.0, help="seconds of warm-up calls per variant before timing")
-    add_examples_per_step_arg(p)
+    add_speed_args(p)
     p.add_argument("--out", default="benchmarks/results/merging.json")
     p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)
     rows = []
     for name in args.models.split(","):
         config = get_entry(name).config
         params = init_params(config)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
-        points = [("none", 0)] + [(m, int(r)) for m in args.methods.split(",") for r in args.r.split(",")]
-        plans = {pt: make_plan(config.depth, config.grid, *pt) if pt[0] != "none" else None for pt in points}
+        plans = {("none", 0): None} | {(o.method, o.r): make_plan(config, o) for o in merge_points(args)}
         peers = {}
         for (method, r), plan in plans.items():
             if use_peer and method in ("none", "tome", "dfe"):
-                model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=plan.skip if plan else 0)
+                model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=plan.skip if plan else 0,
+                                             prop_attn=plan.prop_attn if plan else True)
                 peers[("peer", method, r)] = timm_tome.model_runner(model, args.batch_size, config.image_size)
         print(f"{name}: compiling {len(plans)} variants", file=sys.stderr)
         res = time_forwards(config, params, plans, batch_size=args.batch_size, runs=args.runs, warmup_s=args.warmup_s,
                             dtype=args.dtype, examples_per_step=args.examples_per_step, others=peers,
                             progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
         dense = res[("none", 0)]
-        for method, r in plans:
+        for (method, r), plan in plans.items():
             ours, peer = res[(method, r)], res.get(("peer", method, r))
-            rows.append({"model": name, "method": method, "r": r, **ours,
+            rows.append({"model": name, "method": method, "r": r, **ours, "clamped": bool(plan and plan.clamped),
+                         "options": plan.options.to_dict() if plan else None,
                          "speedup": ours["images_per_s"] / dense["images_per_s"],
                          "ideal_speedup": dense["gflops"] / ours["gflops"],
                          "peer_images_per_s": peer["images_per_s"] if peer else None})
@@ -87,10 +72,7 @@ def main(argv=None):
         row["vs_peer"] = row["images_per_s"] / peer_ips if peer_ips else None
     print(format_table(rows, ["model", "method", "r", "images_per_s", "gflops", "speedup", "ideal_speedup",
                               "speedup_vs_ideal", "peer_images_per_s", "vs_peer", "compile_s"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, {'machine': machine(), 'args': vars(args), 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
+from fastvit_jax.arguments import add_merge_args, merge_points
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.report import pyplot, save_figure
 from fastvit_jax.sharpness import lambda_max
 from fastvit_jax.sweep import run_sweep
 
@@ -37,9 +39,7 @@ def sharpness_rows(params, config, images, labels, rs: list[int], out: Path, ite
         if (method, rr, skip) in done:
             continue
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            plan = make_plan(config.depth, config.grid, method, rr, skip=skip)
+        plan = make_plan(config, MergeOptions(method, rr, skip=skip))
         res = lambda_max(config, params, images, labels, plan=plan, micro_batch=math.gcd(len(images), 256), iters=iters,
                          method="lanczos", progress=False)
         rows.append({"method": method, "r": rr, "skip": skip, "lambda_max": res.lambda_max,
@@ -50,12 +50,7 @@ def sharpness_rows(params, config, images, labels, rs: list[int], out: Path, ite
 
 
 def plot_drop(summary: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6, 4.2))
     for (name, s), style in zip(summary.items(), ("-", "--")):
         for method in METHODS:
             pts = sorted((r for r in s["sweep"] if r["method"] == method or r["r"] == 0), key=lambda r: r["gflops"])
@@ -66,10 +61,7 @@ def plot_drop(summary: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("CIFAR-10 test: accuracy lost to merging, AdamW vs SAM")
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"accuracy_drop_vs_r.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, out, "accuracy_drop_vs_r")
 
 
 def md(summary: dict) -> str:
@@ -95,8 +87,7 @@ def main(argv=None):
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")
     p.add_argument("--model", default="vit_cifar_patch2_28", help="architecture of --adamw/--sam files")
     p.add_argument("--models", default="adamw,sam", help="which of the pair to measure now (each part resumes)")
-    p.add_argument("--r", default="0,8,16,24,32", help="r values of the accuracy sweep")
-    p.add_argument("--window", type=int, default=7, help="LGTM window (the 14 x 14 grid splits into 2 x 2 windows)")
+    add_merge_args(p, several=True, r="0,8,16,24,32", targets=False)  # the accuracy sweep
     p.add_argument("--sharp-r", default="16,32", help="r values of the merged lambda_max (skip 0 and 2 each)")
     p.add_argument("--sharp-images", type=int, default=256)
     p.add_argument("--lanczos-steps", type=int, default=12)
@@ -108,11 +99,11 @@ def main(argv=None):
     for name, path in (("adamw", args.adamw), ("sam", args.sam)):
         if name not in args.models.split(","):
             continue
-        params, config, pre = load_model(f"vit_cifar_{name}" if path is None else "vit_cifar_patch4_32", path)
-        rs = [int(r) for r in args.r.split(",")]
-        for methods, points in ((["tome"], [0]), (list(METHODS), [r for r in rs if r > 0])):  # r = 0 is dense: once
-            rows = run_sweep(params, config, pre, ds, out / name / "sweep", methods, points, batch_size=256,
-                             bench_runs=5, plan_kw={"window": args.window}, title=f"CIFAR-10 ViT ({name})")
+        params, config, pre = load_model(f"vit_cifar_{name}" if path is None else args.model, path)
+        grid = merge_points(args)  # r = 0 is dense: measured once
+        points = [grid[0].replace(method="tome", r=0)] + [o for o in grid if o.r > 0]
+        rows = run_sweep(params, config, pre, ds, out / name / "sweep", points, batch_size=256, bench_runs=5,
+                         title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)
         sharp = sharpness_rows(params, config, images, labels, [int(r) for r in args.sharp_r.split(",")], out / name / "sharpness.json",
                                args.lanczos_steps)

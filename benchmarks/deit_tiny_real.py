@@ -21,16 +21,11 @@ from pathlib import Path
 from fastvit_jax.data import image_folder
 from fastvit_jax.demo import bundled_model
 from fastvit_jax.errors import report_errors
+from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.report import markdown_table as md_table
 from fastvit_jax.sweep import run_sweep
 
 METRICS = ("random", "x_pre", "x_attn", "k", "q", "v")
-
-
-def md_table(rows, cols):
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
-                     ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
 
 
 def matched(rows, targets):
@@ -64,16 +59,17 @@ def main(argv=None):
         for d in sorted(p for p in out.iterdir() if (p / "results.jsonl").exists()):
             remeasure_speed(params, config, d, runs=args.bench_runs, plot=d.name == "sweep", title=kw["title"])
     summary = {}
-    summary["sweep"] = run_sweep(params, config, pre, ds, out / "sweep", ["tome", "dfe", "lgtm"], list(range(0, 17, 2)), **kw)
+    grid = [MergeOptions(m, r) for m in ("tome", "dfe", "lgtm") for r in range(0, 17, 2)]
+    summary["sweep"] = run_sweep(params, config, pre, ds, out / "sweep", grid, **kw)
     summary["metrics"] = []
     for m in METRICS:
-        rows = run_sweep(params, config, pre, ds, out / f"metric_{m}", ["tome", "drop"], [8],
-                         plan_kw={"metric": m}, plot=False, **kw)
+        rows = run_sweep(params, config, pre, ds, out / f"metric_{m}",
+                         [MergeOptions(method, 8, metric=m) for method in ("tome", "drop")], plot=False, **kw)
         summary["metrics"] += rows
     summary["skip"] = []
     for s in range(4):
-        summary["skip"] += run_sweep(params, config, pre, ds, out / f"skip_{s}", ["dfe", "lgtm"], [10],
-                                     plan_kw={"skip": s}, plot=False, **kw)
+        summary["skip"] += run_sweep(params, config, pre, ds, out / f"skip_{s}",
+                                     [MergeOptions(method, 10, skip=s) for method in ("dfe", "lgtm")], plot=False, **kw)
     dense = next(r for r in summary["sweep"] if r["r"] == 0)
     for r in summary["skip"]:
         r["acc_loss"] = dense["top1"] - r["top1"]

@@ -13,31 +13,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from fastvit_jax import checkpoint
 
-from fastvit_jax.cli import format_table
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.demo import bundled_model
 from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
+from fastvit_jax.merge.options import DEFAULT_WINDOW, MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
+from fastvit_jax.report import format_table, write_json
 from fastvit_jax.visualize import final_sources, region_stats, token_map
 
 
 def matched_lgtm(config, tokens: int, skip: int, window: int):
     """The LGTM plan (given skip and window) whose final token count is closest to `tokens`."""
-    with warnings.catch_warnings():  # high r saturates some windows: expected while scanning r
-        warnings.simplefilter("ignore")
-        plans = [make_plan(config.depth, config.grid, "lgtm", r, skip=skip, window=window)
-                 for r in range(1, 80)]
+    plans = [make_plan(config, MergeOptions("lgtm", r, skip=skip, window=window)) for r in range(1, 80)]
     return min(plans, key=lambda p: abs(p.final_tokens - tokens))
 
 
@@ -49,7 +45,7 @@ def main(argv=None):
     p.add_argument("--model", help="registry name (default: the bundled DeiT-Tiny)")
     p.add_argument("--checkpoint", help="checkpoint file (e.g. a ViT-L/16-384 .npz, as the paper's figure)")
     p.add_argument("--image-size", type=int, help="bundled model at this resolution (posemb resized)")
-    p.add_argument("--window", type=int, default=7, help="initial LGTM window")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window")
     p.add_argument("--skip", type=int, default=2, help="DFE skip of the second LGTM plan")
     p.add_argument("--out", default="benchmarks/results/deit_tiny/regions")
     args = p.parse_args(argv)
@@ -59,7 +55,7 @@ def main(argv=None):
         params, config = checkpoint.load(asset_path(get_entry(DEFAULT_MODEL).bundled), config)
         pre = dataclasses.replace(pre, size=args.image_size)
     images, _ = load_arrays(spread(image_folder(args.data), args.num_images), pre)
-    tome = make_plan(config.depth, config.grid, "tome", args.tome_r)
+    tome = make_plan(config, MergeOptions("tome", args.tome_r))
     plans = [tome, matched_lgtm(config, tome.final_tokens, 0, args.window),
              matched_lgtm(config, tome.final_tokens, args.skip, args.window)]
     rows = []
@@ -71,12 +67,10 @@ def main(argv=None):
                 stats.append(region_stats(token_map(src, config.grid)))
         rows.append({"method": plan.method, "r": plan.r, "skip": plan.skip, "image_size": config.image_size, "final_tokens": plan.final_tokens,
                      **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}, "images": len(stats)})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"regions_{config.image_size}.json").write_text(json.dumps(rows, indent=2))
+    out = write_json(Path(args.out) / f"regions_{config.image_size}.json", rows)
     print(format_table(rows, ["method", "r", "skip", "final_tokens", "merged_tokens", "connected_share",
                               "mean_extent", "images"]))
-    print(f"wrote {out / f'regions_{config.image_size}.json'}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import jax
 
-from fastvit_jax.cli import format_table
 from fastvit_jax.data import load_arrays, open_dataset, spread
 from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.report import format_table
 from fastvit_jax.sharpness import lambda_max
 
 
@@ -52,7 +53,7 @@ def main(argv=None):
         key = (method, int(r), int(skip))
         if key in done:
             continue
-        plan = make_plan(config.depth, config.grid, method, int(r), skip=int(skip))
+        plan = make_plan(config, MergeOptions(method, int(r), skip=int(skip)))
         t0 = time.perf_counter()
         res = lambda_max(config, params, images, labels, plan=plan, micro_batch=args.micro_batch,
                          iters=args.iters, method=args.solver, seed=0)

@@ -7,6 +7,7 @@ computed as (||sum_i h_i / ||h_i|| ||^2 - n) / (n (n - 1)).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import jax
@@ -16,6 +17,7 @@ import numpy as np
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.report import pyplot, save_figure, write_json
 
 STAGES = ("x_pre", "x_attn", "x_post")  # attention input (after LayerNorm_0), inside (before out), after residual
 
@@ -60,40 +62,20 @@ def posemb_similarity(params, grid: tuple[int, int], refs: list[tuple[int, int]]
 
 
 def plot_analysis(token_stats: dict, merged: dict[str, list], posemb: dict, out_dir: str | Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     written = []
-
-    def save(fig, stem):
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(out_dir / f"{stem}.{ext}", dpi=150)
-            written.append(out_dir / f"{stem}.{ext}")
-        plt.close(fig)
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for stage, label in zip(STAGES, ("$X_{preAttn}$", "$X_{Attn}$", "$X_{postAttn}$")):
         ax.plot(range(len(token_stats[stage])), token_stats[stage], "o-", ms=4, label=label)
-    ax.set_xlabel("block")
-    ax.set_ylabel("mean pairwise cosine similarity")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save(fig, "token_similarity")
+    _label(ax, "mean pairwise cosine similarity")
+    written += save_figure(fig, out_dir, "token_similarity")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in merged.items():
         pts = [(i, v) for i, v in enumerate(values) if v is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=4, label=name)
-    ax.set_xlabel("block")
-    ax.set_ylabel("cosine similarity of merged pairs")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save(fig, "merged_similarity")
+    _label(ax, "cosine similarity of merged pairs")
+    written += save_figure(fig, out_dir, "merged_similarity")
 
     fig, axes = plt.subplots(1, len(posemb), figsize=(3 * len(posemb), 3))
     for ax, (ref, sim) in zip(np.atleast_1d(axes), posemb.items()):
@@ -101,5 +83,32 @@ def plot_analysis(token_stats: dict, merged: dict[str, list], posemb: dict, out_
         ax.scatter([ref[1]], [ref[0]], c="r", s=12)
         ax.set_title(f"patch {ref}")
         ax.axis("off")
-    save(fig, "posemb_similarity")
-    return written
+    return written + save_figure(fig, out_dir, "posemb_similarity")
+
+
+def _label(ax, ylabel: str) -> None:
+    ax.set_xlabel("block")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def run_analysis(config: ViTConfig, params, images, plans: list[MergePlan], out_dir: str | Path) -> tuple[dict, list[dict]]:
+    """Figures 2-4 for `images`: writes analysis.json, analysis.csv and the plots (PNG + SVG) to out_dir.
+    Returns the JSON payload and one row per block (dense stages, then each plan's merged similarity)."""
+    out = Path(out_dir)
+    dense = block_statistics(config, None, params, images)
+    merged = {f"{p.method} r={p.r}": block_statistics(config, p, params, images)["merged"] for p in plans}
+    posemb = posemb_similarity(params, config.grid)
+    result = {"token_similarity": {k: dense[k] for k in STAGES}, "merged_similarity": merged,
+              "posemb_similarity": {f"{i},{j}": m.tolist() for (i, j), m in posemb.items()}, "images": len(images),
+              "plans": [p.summary() for p in plans]}
+    write_json(out / "analysis.json", result)
+    rows = [{"block": i, **{k: dense[k][i] for k in STAGES}, **{n: m[i] for n, m in merged.items()}}
+            for i in range(config.depth)]
+    with open(out / "analysis.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["block", *STAGES, *merged])
+        w.writeheader()
+        w.writerows(rows)
+    plot_analysis(dense, merged, posemb, out)
+    return result, rows

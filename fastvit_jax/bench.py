@@ -103,4 +103,4 @@ def compare(config: ViTConfig, params, plan: MergePlan, **kw) -> dict:
     return {"dense": dense, "merged": merged,
             "speedup": merged["images_per_s"] / dense["images_per_s"],
             "ideal_speedup": dense["gflops"] / merged["gflops"],
-            "plan": plan.summary()}
+            "clamped": plan.clamped, "options": plan.options.to_dict(), "plan": plan.summary()}

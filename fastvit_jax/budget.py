@@ -1,56 +1,73 @@
-"""Budget-driven compression: the smallest r whose plan meets a GFLOPs or speedup target."""
+"""Budget-driven compression: the smallest r whose plan meets a GFLOPs or speedup target.
+
+Every search takes MergeOptions (the method and all other settings) and returns the same options
+with r chosen, so the result can be stored, printed and turned into a plan like any other.
+"""
 
 from __future__ import annotations
 
-import warnings
+from typing import Callable
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.flops import gflops
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 
 
-def _plan(config: ViTConfig, method: str, r: int, plan_kw: dict) -> MergePlan:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return make_plan(config.depth, config.grid, method, r, **plan_kw)
-
-
-def smallest_r(config: ViTConfig, method: str, meets, plan_kw: dict | None = None, r_max: int | None = None) -> MergePlan:
+def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergePlan], bool],
+               r_max: int | None = None) -> MergeOptions:
     """Binary search over r for the first plan with meets(plan) True (cost falls as r grows)."""
-    plan_kw = plan_kw or {}
+    if options.method == "none":
+        raise FastViTError("--target-gflops/--target-speedup need --method (tome, dfe, lgtm or drop)")
     r_max = r_max or config.num_patches // 2
-    if meets(_plan(config, method, 0, plan_kw)):
-        return _plan(config, method, 0, plan_kw)
-    if not meets(_plan(config, method, r_max, plan_kw)):
-        raise FastViTError(f"{method}: no r <= {r_max} meets the budget (best plan: "
-                           f"{gflops(config, _plan(config, method, r_max, plan_kw)):.3f} GFLOPs)")
+    plan = lambda r: make_plan(config, options.replace(r=r))  # noqa: E731
+    if meets(plan(0)):
+        return options.replace(r=0)
+    if not meets(plan(r_max)):
+        raise FastViTError(f"{options.method}: no r <= {r_max} meets the budget (best plan: "
+                           f"{gflops(config, plan(r_max)):.3f} GFLOPs)")
     lo, hi = 0, r_max  # meets(lo) False, meets(hi) True
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if meets(_plan(config, method, mid, plan_kw)):
+        if meets(plan(mid)):
             hi = mid
         else:
             lo = mid
-    return _plan(config, method, hi, plan_kw)
+    return options.replace(r=hi)
 
 
-def plan_for_gflops(config: ViTConfig, method: str, target: float, plan_kw: dict | None = None) -> MergePlan:
+def options_for_gflops(config: ViTConfig, options: MergeOptions, target: float) -> MergeOptions:
     """Analytic: no data, no timing."""
-    return smallest_r(config, method, lambda p: gflops(config, p) <= target, plan_kw)
+    return smallest_r(config, options, lambda p: gflops(config, p) <= target)
 
 
-def plan_for_speedup(config: ViTConfig, method: str, target: float, params=None, *, measured: bool = True,
-                     plan_kw: dict | None = None, batch_size: int = 32, runs: int = 5) -> MergePlan:
-    """Smallest r with speedup >= target: measured on this machine (jit forward) or by the FLOPs ratio."""
+def options_for_speedup(config: ViTConfig, options: MergeOptions, target: float, params=None, *,
+                        measured: bool = True, batch_size: int = 32, runs: int = 5) -> MergeOptions:
+    """Smallest r with speedup >= target: measured on this machine (jit forward) or by the FLOPs ratio.
+    Measuring needs params (random ones do: the time does not depend on the values)."""
     dense = gflops(config)
     if not measured:
-        return smallest_r(config, method, lambda p: dense / gflops(config, p) >= target, plan_kw)
+        return smallest_r(config, options, lambda p: dense / gflops(config, p) >= target)
     from fastvit_jax.bench import time_forward
 
+    if params is None:
+        from fastvit_jax.models.vit import init_params
+
+        params = init_params(config)
     base = time_forward(config, params, None, batch_size=batch_size, runs=runs)["images_per_s"]
 
     def meets(plan):
         return time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"] >= target * base
 
-    return smallest_r(config, method, meets, plan_kw)
+    return smallest_r(config, options, meets)
+
+
+def options_for_target(config: ViTConfig, options: MergeOptions, *, gflops_target: float | None = None,
+                       speedup_target: float | None = None, measured: bool = True, params=None) -> MergeOptions:
+    """options unchanged without a target; else r chosen for the GFLOPs or the speedup target."""
+    if gflops_target is not None:
+        return options_for_gflops(config, options, gflops_target)
+    if speedup_target is not None:
+        return options_for_speedup(config, options, speedup_target, params, measured=measured)
+    return options

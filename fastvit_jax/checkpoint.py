@@ -194,6 +194,29 @@ def load(path: str | os.PathLike, config: ViTConfig | None = None) -> tuple[dict
 
 
 # ---------------------------------------------------------------- downloads
+def describe(path: str | os.PathLike) -> dict:
+    """What `fastvit inspect` shows: the config inferred from the shapes, the parameter count and
+    every key with its shape."""
+    params = read_params(path)
+    config, flat = infer_config(params), flatten(params)
+    cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
+                                          "num_classes", "pre_logits")}
+    cfg["variant"] = config.variant
+    return {"file": str(path), "config": cfg, "parameters": sum(int(v.size) for v in flat.values()),
+            "keys": {k: list(v.shape) for k, v in flat.items()}}
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None) -> dict:
+    """Any readable checkpoint -> Google-layout .npz or orbax (fmt None: npz when dst ends in .npz)."""
+    params = read_params(src)
+    config = infer_config(params)
+    check_params(params, config, str(src))
+    fmt = fmt or ("npz" if Path(dst).suffix == ".npz" else "orbax")
+    out = save_npz(params, dst) if fmt == "npz" else save_orbax(params, dst)
+    return {"src": str(src), "dst": str(out), "format": fmt, "variant": config.variant,
+            "image_size": config.image_size, "num_classes": config.num_classes}
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
 

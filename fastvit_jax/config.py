@@ -44,6 +44,11 @@ class ViTConfig:
         return (side, side)
 
     @property
+    def num_prefix(self) -> int:
+        """Tokens before the patch tokens (the class token); merging never touches them."""
+        return 1
+
+    @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 

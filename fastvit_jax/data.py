@@ -52,9 +52,15 @@ def label_names(num_classes: int, class_names: list[str] | None = None) -> list[
 
 
 # ---------------------------------------------------------------- preprocessing
+FAMILIES = ("inception", "deit", "crop")  # preprocessing families, see Preprocess
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google).
+    """Two steps: `pixels` resizes/crops an image to (size, size, 3) uint8, `normalise` maps those
+    pixels to the model's input; calling the object does both.
+
+    family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google).
     family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std.
     family "crop": shorter side to round(size / crop_pct) (bilinear), center crop, [-1, 1] (the CIFAR
     models trained here on random size x size crops of 32 x 32 images: crop_pct = 28/32)."""
@@ -63,19 +69,30 @@ class Preprocess:
     size: int = 224
     crop_pct: float = 0.9
 
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: {', '.join(FAMILIES)}")
+
     def __call__(self, img: Image.Image) -> np.ndarray:
+        return self.normalise(self.pixels(img))
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """The pixels the model sees, (size, size, 3) uint8."""
         img = img.convert("RGB")
         if self.family == "inception":
             img = img.resize((self.size, self.size), Image.BILINEAR)
-            return np.asarray(img, np.float32) / 127.5 - 1.0
-        if self.family == "deit":
-            img = _resize_shorter(img, math.floor(self.size / self.crop_pct), Image.BICUBIC)
-            img = _center_crop(img, self.size)
-            return (np.asarray(img, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        if self.family == "crop":
+        elif self.family == "deit":
+            img = _center_crop(_resize_shorter(img, math.floor(self.size / self.crop_pct), Image.BICUBIC), self.size)
+        else:
             img = _center_crop(_resize_shorter(img, self.train_size, Image.BILINEAR), self.size)
-            return np.asarray(img, np.float32) / 127.5 - 1.0
-        raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: inception, deit, crop")
+        return np.asarray(img, np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels -> float32 model input."""
+        x = np.asarray(pixels, np.float32)
+        if self.family == "deit":
+            return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        return x / 127.5 - 1.0
 
     @property
     def train_size(self) -> int:

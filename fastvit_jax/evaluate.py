@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -66,3 +67,20 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
         "failed": failed,
         "devices": len(jax.devices()) if mesh is not None else 1,
     }
+
+
+def top_predictions(probs: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
+    """The k most probable classes of one image, most probable first (ties: lower index first)."""
+    top = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": names[i], "prob": float(probs[i])} for i in top]
+
+
+def predict(forward, params, paths: list, preprocess, names: list[str], *, batch_size: int = 32
+            ) -> tuple[list[dict], list]:
+    """Top-5 per image: ([{"image", "top5"}], [(path, why) for unreadable images])."""
+    ds = Dataset([(Path(p), -1) for p in paths])
+    failed, results = [], []
+    for b in batches(ds, preprocess, min(len(ds), batch_size), failed=failed):
+        probs = np.asarray(jax.nn.softmax(forward(params, b.images)[: b.count]))
+        results += [{"image": path, "top5": top_predictions(pr, names)} for path, pr in zip(b.paths, probs)]
+    return results, failed

@@ -37,7 +37,7 @@ def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k"
 
 def model_macs(config: ViTConfig, plan: MergePlan | None = None) -> dict[str, int]:
     """MACs per image, by part, plus 'total'."""
-    plan = plan or make_plan(config.depth, config.grid)
+    plan = plan or make_plan(config)
     parts = {"patch_embed": config.num_patches * config.patch * config.patch * 3 * config.width}
     for op in plan.ops:
         for k, v in block_macs(config, op.tokens_in, op.tokens_out, op, plan.metric).items():

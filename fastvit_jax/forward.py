@@ -1,10 +1,10 @@
 """Jit-compiled forward functions, one per (config, plan, dtype, examples per step).
 
 On CPU a batch runs a few examples at a time (`lax.map` over slices of the batch, inside the one
-jitted function). At batch 32 a ViT-S/16 MLP's hidden activation is 39 MB for 197 tokens; it spills
-from the 32 MiB L3 and the MLP matmuls ran at ~190 GFLOP/s against ~400 GFLOP/s for slices whose
-activation stays in cache (BENCHMARKS §2). Stepping made the dense ViT-S/16 forward ~1.35x faster
-there. Accelerators keep the whole batch in one step: they want the parallelism, not the cache.
+jitted function): a whole batch's MLP hidden activation spills from the last-level cache, and the
+MLP matmuls run much slower than on slices whose activation stays in cache (measurements:
+BENCHMARKS.md section 2). Accelerators keep the whole batch in one step: they want the
+parallelism, not the cache.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from fastvit_jax.models.vit import VisionTransformer
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Size of one step's MLP hidden activation (tokens x mlp_dim) on CPU: a third of a 32 MiB L3,
-# where the measured optimum lay for both ViT-S/16 (8 examples) and ViT-B/16 (4 examples).
+# where the measured optimum lay for ViT-S/16 and ViT-B/16 (BENCHMARKS.md section 2).
 CPU_STEP_BYTES = 10 * 2**20
 
 
 def auto_examples_per_step(config: ViTConfig, backend: str | None = None) -> int | None:
     """Examples per step for `make_forward(..., examples_per_step="auto")`: None (whole batch) off CPU.
-    Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (measured: 8 examples
-    beat 16 for a bfloat16 ViT-S/16)."""
+    Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (BENCHMARKS.md section 2)."""
     if (backend or jax.default_backend()) != "cpu":
         return None
     hidden_bytes = (config.num_patches + 1) * config.mlp_dim * 4
@@ -76,7 +75,7 @@ def make_forward(config: ViTConfig, plan: MergePlan | None = None, dtype: str = 
     """jit(params, images[, merge_key]) -> logits for this config and plan.
 
     examples_per_step: "auto" (a cache-sized slice on CPU, the whole batch elsewhere), None for the
-    whole batch, or a count. Logits do not depend on it beyond float rounding (~1e-5)."""
+    whole batch, or a count. Logits do not depend on it beyond float rounding."""
     model = VisionTransformer(config, plan, DTYPES[dtype])
     per_step = resolve_examples_per_step(examples_per_step, config)
 

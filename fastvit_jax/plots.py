@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastvit_jax.report import pyplot, save_figure
+
 
 def pareto_front(points: list[tuple[float, float]], lower_x_better: bool) -> list[int]:
     """Indices of points not dominated: higher y, and lower (or higher) x."""
@@ -19,12 +21,7 @@ def pareto_front(points: list[tuple[float, float]], lower_x_better: bool) -> lis
 
 def plot_sweep(rows: list[dict], out_dir: str | Path, title: str = "") -> list[Path]:
     """top-1 vs GFLOPs and top-1 vs images/s, one curve per method, the Pareto front circled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
+    plt = pyplot()
     written = []
     for xkey, xlabel, lower_better, stem in (("gflops", "GFLOPs (MACs / 1e9)", True, "top1_vs_gflops"),
                                              ("images_per_s", "images / s", False, "top1_vs_throughput")):
@@ -42,10 +39,5 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, title: str = "") -> list[P
         ax.legend()
         if title:
             ax.set_title(title)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            path = out_dir / f"{stem}.{ext}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
-        plt.close(fig)
+        written += save_figure(fig, out_dir, stem)
     return written

@@ -36,14 +36,11 @@ _AUGREG_FT = {
 }
 _TIMM_SIZE = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
 
-PREPROCESSING = ("inception", "deit", "crop")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     name: str
     config: ViTConfig
-    preprocessing: str  # "inception": resize to res, [-1, 1]; "deit": resize+center crop, ImageNet mean/std
+    preprocessing: str  # a family of data.FAMILIES
     url: str | None  # official file; None when weights come only through checkpoints_convert
     label_set: str = "imagenet1k"  # "imagenet1k" | "imagenet21k"
     crop_pct: float = 0.9  # deit and crop preprocessing only
@@ -114,3 +111,10 @@ def get_entry(name: str) -> ModelEntry:
         close = [n for n in REGISTRY if name.split("_")[0] in n][:8]
         raise FastViTError(f"unknown model {name!r}; e.g. {', '.join(close or sorted(REGISTRY)[:8])} "
                            f"(`fastvit models` lists all)") from None
+
+
+def model_rows() -> list[dict]:
+    """One row per registered model, as `fastvit models` lists them."""
+    return [{"name": e.name, "variant": e.config.variant, "res": e.config.image_size,
+             "classes": e.config.num_classes, "preprocessing": e.preprocessing,
+             "file": "bundled" if e.bundled else (e.filename or "(convert)"), "url": e.url} for e in REGISTRY.values()]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.models.vit import VisionTransformer
 
 
@@ -157,3 +157,26 @@ def lambda_max(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray
     if method == "lanczos":
         return lanczos(hvp, params, key, steps=iters, progress=progress)
     return power_iteration(hvp, params, key, iters=iters, tol=tol, progress=progress)
+
+
+def measure(config: ViTConfig, params, preprocess, data: str, plan: MergePlan | None = None, *, num_images: int = 64,
+            micro_batch: int = 8, iters: int = 20, tol: float = 1e-3, seed: int = 0, solver: str = "power",
+            progress: bool = True) -> dict:
+    """lambda_max on `num_images` labelled images spread over the data set (`fastvit sharpness`)."""
+    import time
+
+    from fastvit_jax.data import load_arrays, open_dataset, spread
+
+    ds = open_dataset(data)
+    if len(ds) < num_images:
+        raise FastViTError(f"--num-images {num_images} but {data} has {len(ds)} images")
+    images, labels = load_arrays(spread(ds, num_images), preprocess, require_labels=True)
+    if len(images) % micro_batch:
+        raise FastViTError(f"{len(images)} readable images is not a multiple of --micro-batch {micro_batch}")
+    t0 = time.perf_counter()
+    res = lambda_max(config, params, images, labels, plan=plan, micro_batch=micro_batch, iters=iters, tol=tol,
+                     seed=seed, method=solver, progress=progress)
+    plan = plan or make_plan(config)
+    return {"lambda_max": res.lambda_max, "iterations": res.iterations, "hvps": res.hvps, "converged": res.converged,
+            "method": plan.method, "r": plan.r, "skip": plan.skip, "clamped": plan.clamped, "solver": solver,
+            "images": num_images, "wall_s": time.perf_counter() - t0}

@@ -1,8 +1,9 @@
 """Accuracy/FLOPs/speed over (method, r) points, appended as each finishes so a sweep resumes.
 
 DIR/results.jsonl is the record (one JSON object per finished point); DIR/results.csv mirrors it.
-On restart, points already in results.jsonl are skipped; a corrupt (half-written) last line is
-ignored with a warning.
+Every row stores the MergeOptions that produced it; on restart, points whose options are already in
+results.jsonl are skipped, and remeasuring rebuilds each plan from its stored options. A corrupt
+(half-written) last line is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -20,25 +21,13 @@ from fastvit_jax.errors import FastViTError
 from fastvit_jax.evaluate import evaluate
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
-from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.merge.options import MergeOptions, parse_r  # noqa: F401  (parse_r: the --r syntax)
+from fastvit_jax.merge.plan import MergePlan, make_plan
+from fastvit_jax.plots import plot_sweep
 
-CSV_COLUMNS = ["method", "r", "top1", "top5", "gflops", "images_per_s", "images", "skip", "metric", "tokens_final"]
+CSV_COLUMNS = [
+    "method", "r", "top1", "top5", "gflops", "images_per_s", "images", "skip", "metric", "tokens_final", "clamped"]
 CACHE_BYTES = 1.5e9  # preprocessed float32 images kept in memory across points (2500 at 224 px, all CIFAR)
-
-
-def parse_r(spec: str) -> list[int]:
-    """'0:24:2' -> 0, 2, ..., 24 (end inclusive); '8,13,16' -> [8, 13, 16]."""
-    try:
-        if ":" in spec:
-            parts = [int(x) for x in spec.split(":")]
-            start, stop = parts[0], parts[1]
-            step = parts[2] if len(parts) > 2 else 1
-            if step <= 0:
-                raise ValueError
-            return list(range(start, stop + 1, step))
-        return [int(x) for x in spec.split(",")]
-    except ValueError:
-        raise FastViTError(f"bad --r {spec!r}: use START:STOP[:STEP] (inclusive) or a comma list") from None
 
 
 def read_done(path: Path) -> list[dict]:
@@ -79,35 +68,43 @@ def _rewrite(out_dir: Path, rows: list[dict]) -> None:
         _append(out_dir, row)
 
 
-def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, methods: list[str], rs: list[int], *,
-              batch_size: int = 32, bench_runs: int = 5, plan_kw: dict | None = None, progress: bool = True,
-              plot: bool = True, title: str = "") -> list[dict]:
+def point_row(config, plan: MergePlan, res: dict, speed: dict) -> dict:
+    """One finished point: accuracy, cost, and the options that produced it (stored whole)."""
+    return {"method": plan.method, "r": plan.r, "top1": res["top1"], "top5": res["top5"],
+            "gflops": gflops(config, plan), "images_per_s": speed["images_per_s"], "images": res["labelled"],
+            "skip": plan.skip, "metric": plan.metric, "tokens_final": plan.final_tokens, "clamped": plan.clamped,
+            "options": plan.options.to_dict(), "plan": plan.summary()}
+
+
+def row_options(row: dict, path: Path) -> MergeOptions:
+    if "options" not in row:
+        raise FastViTError(f"{path}: a row for {row.get('method')} r={row.get('r')} has no 'options' (written by "
+                           f"an older fastvit); sweep into a new --out, or add the options to each row")
+    return MergeOptions.from_dict(row["options"])
+
+
+def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
+              batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
+              title: str = "") -> list[dict]:
+    """Evaluate and time each MergeOptions point; points whose options are already in out_dir are kept."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_done(out_dir / "results.jsonl")
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
-    finished = {(r["method"], r["r"]) for r in done}
-    points = [(m, r) for m in methods for r in rs if (m, r) not in finished]
+    finished = {row_options(row, out_dir / "results.jsonl") for row in done}
+    todo = [o for o in points if o not in finished]
     rows = list(done)
     fits = len(ds) * config.image_size ** 2 * 3 * 4 <= CACHE_BYTES
-    cache = list(batches(ds, preprocess, batch_size)) if points and fits else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # clamping is reported in each row's plan
-        for method, r in tqdm(points, desc="sweep", unit="point", disable=not progress):
-            plan = make_plan(config.depth, config.grid, method, r, **(plan_kw or {}))
-            forward = make_forward(config, plan)
-            res = evaluate(forward, params, ds, preprocess, batch_size=batch_size, cached=cache,
-                           desc=f"{method} r={r}", progress=progress, data_parallel=False)
-            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
-            row = {"method": method, "r": r, "top1": res["top1"], "top5": res["top5"],
-                   "gflops": gflops(config, plan), "images_per_s": speed["images_per_s"], "images": res["labelled"],
-                   "skip": plan.skip, "metric": plan.metric, "tokens_final": plan.final_tokens,
-                   "plan": plan.summary()}
-            _append(out_dir, row)
-            rows.append(row)
+    cache = list(batches(ds, preprocess, batch_size)) if todo and fits else None
+    for options in tqdm(todo, desc="sweep", unit="point", disable=not progress):
+        plan = make_plan(config, options)
+        res = evaluate(make_forward(config, plan), params, ds, preprocess, batch_size=batch_size, cached=cache,
+                       desc=options.label, progress=progress, data_parallel=False)
+        speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
+        row = point_row(config, plan, res, speed)
+        _append(out_dir, row)
+        rows.append(row)
     if plot and rows:
-        from fastvit_jax.plots import plot_sweep
-
         plot_sweep(rows, out_dir, title)
     return rows
 
@@ -115,20 +112,13 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, meth
 def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
                     progress: bool = True, plot: bool = True, title: str = "") -> list[dict]:
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
-    results.jsonl/.csv and the plots; accuracy columns are kept."""
+    results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
     rows = read_done(out_dir / "results.jsonl")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
-            p = row.get("plan", {})
-            plan = make_plan(config.depth, config.grid, row["method"], row["r"], skip=row.get("skip"),
-                             window=p.get("window") or 7, metric=row.get("metric", "k"),
-                             prop_attn=p.get("prop_attn", True))
-            row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"]
+    for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
+        plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
+        row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"]
     _rewrite(out_dir, rows)
     if plot and rows:
-        from fastvit_jax.plots import plot_sweep
-
         plot_sweep(rows, out_dir, title)
     return rows

@@ -6,6 +6,7 @@ are drawn, so contiguous merged regions show as flat areas.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -25,8 +26,6 @@ def token_map(source: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def final_sources(config: ViTConfig, plan: MergePlan, params, images: np.ndarray) -> np.ndarray:
     """Source matrices of the final tokens: (tokens, patches) for one preprocessed image (H, W, 3),
     (B, tokens, patches) for a batch (B, H, W, 3)."""
-    import dataclasses
-
     plan = dataclasses.replace(plan, track_source=True)
     model = VisionTransformer(config, plan)
     batch = images if images.ndim == 4 else images[None]
@@ -81,10 +80,21 @@ def render(panels: list[tuple[str, np.ndarray]], out: str | Path) -> Path:
     return out
 
 
-def model_rgb(img: Image.Image, preprocess) -> np.ndarray:
-    """The pixels the model sees, as uint8 RGB (undoing the normalisation)."""
-    from fastvit_jax.data import IMAGENET_MEAN, IMAGENET_STD
+def model_rgb(img: Image.Image, preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels the model sees as uint8 RGB, the model input made from them)."""
+    rgb = preprocess.pixels(img)
+    return rgb, preprocess.normalise(rgb)
 
-    x = preprocess(img)
-    rgb = (x + 1) * 127.5 if preprocess.family == "inception" else (x * IMAGENET_STD + IMAGENET_MEAN) * 255
-    return np.clip(rgb, 0, 255).round().astype(np.uint8), x
+
+def paint_plans(config: ViTConfig, params, img: Image.Image, preprocess, plans: list[MergePlan],
+                out: str | Path) -> tuple[Path, dict]:
+    """The input and, per plan, its final tokens painted, side by side in one image at `out`.
+    Returns the path and {method: {"r", "skip", region_stats...}}."""
+    rgb, x = model_rgb(img, preprocess)
+    panels, stats = [("input", rgb)], {}
+    for plan in plans:
+        ids = token_map(final_sources(config, plan, params, x), config.grid)
+        stats[plan.method] = {"r": plan.r, "skip": plan.skip, **region_stats(ids)}
+        title = f"{plan.method} r={plan.r} skip={plan.skip}: {stats[plan.method]['tokens']} tokens"
+        panels.append((title, paint(rgb, ids, config.patch)))
+    return render(panels, out), stats

@@ -103,7 +103,7 @@ def local_groups(metric, pos, r_window, window, grid):
 # ------------------------------------------------------------------ forward
 def forward(flat, images, *, heads, gelu_exact=False, plan=None, metric_name="k", prop_attn=True):
     """Logits for images (B, H, W, 3). plan: list per block of None | ("global", r) |
-    ("local", r_window, window, grid) | ("drop", r)."""
+    ("local", r_window, window, grid) | ("drop", r) | ("truncate", tokens_out)."""
     return np.stack([_forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn)
                      for img in np.asarray(images, np.float64)])
 
@@ -152,6 +152,8 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn):
                 groups = [[0]] + [[t + 1 for t in g] for g in groups]
                 x, size, pos = combine(groups, x, size, pos)
                 merged = True
+            elif op[0] == "truncate":  # free merging: the first tokens survive, nothing else changes
+                x, size, pos = x[:op[1]], size[:op[1]], pos[:op[1]]
             elif op[0] == "drop":
                 norms = np.linalg.norm(metric, axis=-1)
                 order = sorted(range(1, len(x)), key=lambda i: (norms[i], -i))
@@ -175,6 +177,8 @@ def plan_ops(plan):
             ops.append(None)
         elif op.kind == "local":
             ops.append(("local", op.r, op.window, op.grid))
+        elif op.kind == "truncate":
+            ops.append(("truncate", op.tokens_out))
         else:
             ops.append((op.kind, op.r))
     return ops

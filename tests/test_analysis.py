@@ -8,6 +8,7 @@ import numpy as np
 from conftest import TINY, google_checkpoint
 from fastvit_jax import analysis, checkpoint
 from fastvit_jax.cli import main
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import VisionTransformer
 from fastvit_jax.registry import asset_path
@@ -23,7 +24,7 @@ def test_mean_pairwise_cosine_by_loops():
 def test_block_statistics_match_intermediates():
     params = checkpoint.unflatten(google_checkpoint(TINY))
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
-    plan = make_plan(TINY.depth, TINY.grid, "tome", 5)
+    plan = make_plan(TINY, MergeOptions("tome", 5))
     stats = analysis.block_statistics(TINY, plan, params, images)
     _, inter = VisionTransformer(TINY, plan).apply({"params": params}, images, mutable=["intermediates"])
     blk = inter["intermediates"]["Transformer"]["encoderblock_2"]

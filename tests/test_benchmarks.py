@@ -87,13 +87,14 @@ def test_bench_merging_round_robin_table(tmp_path, capsys):
 
 def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
     from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
 
     mod, out = script("merge_overhead"), tmp_path / "mo.json"
     config = REGISTRY["vit_cifar_patch4_32"].config
-    target = gflops(config, make_plan(config.depth, config.grid, "lgtm", 4))
+    target = gflops(config, make_plan(config, MergeOptions("lgtm", 4)))
     lo, hi = mod.tome_bracket(config, target)
-    g = [gflops(config, make_plan(config.depth, config.grid, "tome", r)) for r in (lo, hi)]
+    g = [gflops(config, make_plan(config, MergeOptions("tome", r))) for r in (lo, hi)]
     assert hi == lo + 1 and g[0] > target >= g[1]
     mod.main(["--model", "vit_cifar_patch4_32", "--methods", "lgtm", "--r", "4", "--batch-size", "2",
               "--rounds", "2", "--out", str(out)])

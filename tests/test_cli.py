@@ -59,9 +59,10 @@ def test_predict_matches_library(setup, capsys):
     path = sorted(imgs.iterdir())[0]
     _, out, _ = run(capsys, "predict", str(path), "--checkpoint", str(ckpt), "--method", "tome", "--r", "8", "--json")
     params, cfg2 = checkpoint.load(ckpt)
+    from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
 
-    logits = make_forward(cfg2, make_plan(2, cfg2.grid, "tome", 8))(params, Preprocess("inception", 224)(load_image(path))[None])
+    logits = make_forward(cfg2, make_plan(cfg2, MergeOptions("tome", 8)))(params, Preprocess("inception", 224)(load_image(path))[None])
     probs = np.asarray(jax.nn.softmax(logits))[0]
     top = json.loads(out)[0]["top5"]
     assert top[0]["index"] == int(np.argmax(probs))
@@ -141,3 +142,59 @@ def test_sharpness_json(capsys):
     res = json.loads(out)
     assert code == 0 and {"lambda_max", "iterations", "hvps", "method", "r"} <= set(res)
     assert res["method"] == "none" and 1 <= res["iterations"] <= 6 and np.isfinite(res["lambda_max"])
+
+
+def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
+    cfg, ckpt, imgs = setup  # depth 2, 197 tokens: block 1 can merge at most (107 - 1) // 2 = 53 of r = 90
+    code, out, err = run(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(imgs), "--method", "tome",
+                         "--r", "90", "--no-progress", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["clamped"] and res["plan"]["tokens"] == [197, 107, 54]
+    assert res["options"] == {"method": "tome", "r": 90, "skip": None, "window": 7, "transition": None,
+                              "metric": "k", "prop_attn": True}
+    assert err.count("fastvit: note: tome r=90: some blocks merge fewer than r tokens") == 1
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(imgs), "--method", "tome",
+                       "--r", "90", "--no-progress")
+    assert out.splitlines()[0].split()[-1] == "clamped" and out.splitlines()[1].split()[-1] == "True"
+
+
+def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_path, monkeypatch):
+    """--target-speedup (measured by default) times with the command's params: a result, not a traceback.
+    Timing is replaced by the FLOPs ratio here so the search is deterministic; the real timing path
+    runs in test_target_speedup_measured_end_to_end."""
+    from fastvit_jax import bench
+    from fastvit_jax.flops import gflops
+    from fastvit_jax.registry import asset_path
+
+    cfg, ckpt, imgs = setup
+    timed = []
+
+    def fake_time_forward(config, params, plan, **kw):
+        assert params["head"]["kernel"].shape == (32, 1000)  # the checkpoint's params, not None
+        timed.append(plan)
+        return {"images_per_s": 1.0 / gflops(config, plan)}
+
+    monkeypatch.setattr(bench, "time_forward", fake_time_forward)
+    code, out, _ = run(capsys, "sharpness", "--checkpoint", str(ckpt), "--data", str(asset_path("images")),
+                       "--num-images", "2", "--micro-batch", "2", "--iters", "2", "--method", "tome",
+                       "--target-speedup", "1.1", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["r"] > 0 and len(timed) > 2
+    code, out, _ = run(capsys, "visualize", str(sorted(imgs.iterdir())[0]), "--checkpoint", str(ckpt), "--method",
+                       "lgtm", "--target-speedup", "1.1", "--out", str(tmp_path / "v.png"), "--json")
+    assert code == 0 and json.loads(out)["regions"]["lgtm"]["r"] > 0
+
+
+@pytest.mark.slow
+def test_target_speedup_measured_end_to_end(capsys):
+    """Real timing on the bundled CIFAR model: a chosen r, or one clear line if no r is fast enough here."""
+    from fastvit_jax.registry import asset_path
+
+    code, out, err = run(capsys, "sharpness", "--model", "vit_cifar_adamw", "--data", str(asset_path("images")),
+                         "--num-images", "2", "--micro-batch", "2", "--iters", "1", "--method", "tome",
+                         "--target-speedup", "1.1", "--json")
+    assert "Traceback" not in err
+    if code == 0:
+        assert json.loads(out)["r"] > 0
+    else:
+        assert code == 2 and "meets the budget" in err and err.count("\n") == 1

@@ -1,13 +1,12 @@
 """Analytic MACs against the paper's numbers and XLA's own count of the compiled forward."""
 
-import warnings
-
 import numpy as np
 import pytest
 
 from fastvit_jax.config import variant_config
 from fastvit_jax.flops import gflops, model_macs, xla_flops
 from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 
@@ -19,10 +18,9 @@ def test_dense_gflops_as_in_the_paper():
 
 
 def test_tome_vit_b_r16():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plan = make_plan(12, (14, 14), "tome", 16)
-    assert round(gflops(variant_config("B/16"), plan), 1) == 8.8  # ToMe paper: 8.78
+    cfg = variant_config("B/16")
+    plan = make_plan(cfg, MergeOptions("tome", 16))
+    assert round(gflops(cfg, plan), 1) == 8.8  # ToMe paper: 8.78
 
 
 def test_block_formula_by_hand():
@@ -41,7 +39,7 @@ def test_block_formula_by_hand():
 def test_matches_xla_cost_analysis(method):
     cfg = variant_config("Ti/16")
     params = init_params(cfg)
-    plan = make_plan(12, cfg.grid, method, 8)
+    plan = make_plan(cfg, MergeOptions(method, 8))
     xla = xla_flops(make_forward(cfg, plan), params, np.zeros((1, 224, 224, 3), np.float32)) / 2
     ours = model_macs(cfg, plan)["total"]
     assert abs(xla / ours - 1) < 0.03, (xla, ours)

@@ -11,8 +11,9 @@ from conftest import google_checkpoint
 from fastvit_jax import checkpoint
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.local import local_merge
-from fastvit_jax.merge.plan import make_plan, sort_grid
+from fastvit_jax.merge.local import local_merge, sort_grid
+from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.merge.state import TokenState, initial_state, merge_into
 from fastvit_jax.models.vit import VisionTransformer
 
@@ -107,7 +108,7 @@ def test_local_matches_reference(m_tokens, grid_in, window, r):
 def test_merged_model_matches_reference(tiny_config, method, r, metric, kw):
     flat = google_checkpoint(tiny_config)
     params = checkpoint.unflatten(flat)
-    plan = make_plan(tiny_config.depth, tiny_config.grid, method, r, metric=metric, **kw)
+    plan = make_plan(tiny_config, MergeOptions(method, r, metric=metric, **kw))
     images = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     got = make_forward(tiny_config, plan)(params, images)
     want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan),
@@ -118,7 +119,7 @@ def test_merged_model_matches_reference(tiny_config, method, r, metric, kw):
 @pytest.mark.parametrize("method", ["tome", "lgtm", "drop"])
 def test_examples_merge_independently(tiny_config, method):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
-    plan = make_plan(tiny_config.depth, tiny_config.grid, method, 6, window=3)
+    plan = make_plan(tiny_config, MergeOptions(method, 6, window=3))
     images = np.random.default_rng(4).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     fwd = make_forward(tiny_config, plan)
     batch = np.asarray(fwd(params, images))
@@ -130,7 +131,7 @@ def test_examples_merge_independently(tiny_config, method):
 
 def test_random_metric_reproducible(tiny_config):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
-    plan = make_plan(tiny_config.depth, tiny_config.grid, "tome", 6, metric="random")
+    plan = make_plan(tiny_config, MergeOptions("tome", 6, metric="random"))
     images = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     fwd = make_forward(tiny_config, plan)
     a = fwd(params, images, jax.random.PRNGKey(1))
@@ -145,13 +146,9 @@ def test_random_metric_reproducible(tiny_config):
 def test_merge_invariants(method, r, window, seed):
     """Sizes sum to the patch count (+ cls), each token is the size-weighted mean of its sources,
     the cls token is never merged, and no block merges more than half its tokens."""
-    import warnings
-
     from conftest import TINY as tiny_config
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plan = make_plan(tiny_config.depth, tiny_config.grid, method, r, window=window, track_source=True)
+    plan = make_plan(tiny_config, MergeOptions(method, r, window=window), track_source=True)
     for op in plan.ops:
         assert op.tokens_in - op.tokens_out <= (op.tokens_in - 1) // 2 or op.kind == "local"
         assert op.tokens_out >= 2

@@ -10,6 +10,7 @@ from conftest import google_checkpoint
 from fastvit_jax import checkpoint
 from fastvit_jax.config import variant_config
 from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 
 
@@ -62,7 +63,7 @@ def test_dense_plans_are_bit_identical(tiny_config):
     images = _images(tiny_config, 3)
     base = np.asarray(make_forward(tiny_config)(params, images))
     for method in ("none", "tome", "dfe", "lgtm", "drop"):
-        plan = make_plan(tiny_config.depth, tiny_config.grid, method, 0)
+        plan = make_plan(tiny_config, MergeOptions(method, 0))
         np.testing.assert_array_equal(np.asarray(make_forward(tiny_config, plan)(params, images)), base)
 
 
@@ -94,7 +95,7 @@ def test_examples_per_step_matches_whole_batch_and_numpy(tiny_config, method):
     flat = google_checkpoint(tiny_config)
     params = checkpoint.unflatten(flat)
     images = _images(tiny_config, 5)
-    plan = make_plan(tiny_config.depth, tiny_config.grid, method, 2, window=2)
+    plan = make_plan(tiny_config, MergeOptions(method, 2, window=2))
     whole = np.asarray(make_forward(tiny_config, plan, examples_per_step=None)(params, images))
     stepped = np.asarray(make_forward(tiny_config, plan, examples_per_step=2)(params, images))
     np.testing.assert_allclose(stepped, whole, atol=1e-5, rtol=1e-5)
@@ -106,7 +107,7 @@ def test_examples_per_step_matches_whole_batch_and_numpy(tiny_config, method):
 def test_random_metric_draws_fresh_features_in_every_step(tiny_config):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
     images = np.repeat(_images(tiny_config, 1), 4, axis=0)
-    plan = make_plan(tiny_config.depth, tiny_config.grid, "tome", 3, metric="random")
+    plan = make_plan(tiny_config, MergeOptions("tome", 3, metric="random"))
     logits = np.asarray(make_forward(tiny_config, plan, examples_per_step=1)(params, images))
     assert not np.allclose(logits[0], logits[1]) and not np.allclose(logits[1], logits[2])
 

@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent("""
     from fastvit_jax.data import Dataset, Preprocess
     from fastvit_jax.evaluate import evaluate
     from fastvit_jax.forward import make_forward
+    from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
     from PIL import Image
 
@@ -32,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(11)]
     ds = Dataset([((lambda im=im: im), int(i % 10)) for i, im in enumerate(imgs)])
-    plan = make_plan(2, cfg.grid, "tome", 3)
+    plan = make_plan(cfg, MergeOptions("tome", 3))
     fwd = make_forward(cfg, plan)
     res = evaluate(fwd, params, ds, Preprocess("inception", 32), batch_size=3, progress=False)
     x = np.stack([Preprocess("inception", 32)(im) for im in imgs])
@@ -66,23 +67,39 @@ def test_four_devices_equal_one(tmp_path):
     np.testing.assert_allclose(four["logits"], one["logits"], atol=1e-5)
 
 
+def _plan(cfg, options, r):
+    from fastvit_jax.merge.plan import make_plan
+
+    return make_plan(cfg, options.replace(r=r))
+
+
 def test_budget_gflops_is_smallest_r():
+    from fastvit_jax.merge.options import MergeOptions
+
     cfg = variant_config("S/16")
-    plan = budget.plan_for_gflops(cfg, "tome", 3.0)
+    tome = budget.options_for_gflops(cfg, MergeOptions("tome"), 3.0)
+    plan = _plan(cfg, tome, tome.r)
     assert gflops(cfg, plan) <= 3.0
-    worse = budget._plan(cfg, "tome", plan.r - 1, {})
+    worse = _plan(cfg, tome, plan.r - 1)
     assert gflops(cfg, worse) > 3.0
-    lg = budget.plan_for_gflops(cfg, "lgtm", 3.0)
-    assert lg.method == "lgtm" and gflops(cfg, lg) <= 3.0 < gflops(cfg, budget._plan(cfg, "lgtm", lg.r - 1, {}))
+    lgtm = budget.options_for_gflops(cfg, MergeOptions("lgtm", window=6), 3.0)
+    lg = _plan(cfg, lgtm, lgtm.r)
+    assert lg.method == "lgtm" and gflops(cfg, lg) <= 3.0 < gflops(cfg, _plan(cfg, lgtm, lg.r - 1))
+    assert lgtm.window == 6  # the search keeps every other option
 
 
 def test_budget_speedup_by_flops_and_impossible():
+    from fastvit_jax.merge.options import MergeOptions
+
     cfg = variant_config("S/16")
-    plan = budget.plan_for_speedup(cfg, "dfe", 1.5, measured=False)
+    dfe = budget.options_for_speedup(cfg, MergeOptions("dfe"), 1.5, measured=False)
+    plan = _plan(cfg, dfe, dfe.r)
     assert gflops(cfg) / gflops(cfg, plan) >= 1.5
-    assert gflops(cfg) / gflops(cfg, budget._plan(cfg, "dfe", plan.r - 1, {})) < 1.5
+    assert gflops(cfg) / gflops(cfg, _plan(cfg, dfe, plan.r - 1)) < 1.5
     with pytest.raises(FastViTError, match="no r <= 98 meets the budget"):
-        budget.plan_for_gflops(cfg, "dfe", 0.1)
+        budget.options_for_gflops(cfg, MergeOptions("dfe"), 0.1)
+    with pytest.raises(FastViTError, match="need --method"):
+        budget.options_for_gflops(cfg, MergeOptions(), 1.0)
 
 
 def test_target_gflops_cli(capsys):

@@ -2,26 +2,23 @@
 
 Skipped unless torch and timm are installed (they are not part of CI)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from conftest import google_checkpoint  # noqa: E402
 from fastvit_jax import checkpoint  # noqa: E402
 from fastvit_jax.config import variant_config  # noqa: E402
 from fastvit_jax.forward import make_forward  # noqa: E402
+from fastvit_jax.merge.options import MergeOptions  # noqa: E402
 from fastvit_jax.merge.plan import make_plan  # noqa: E402
 
 
 @pytest.mark.parametrize("r", [0, 8, 16])
 def test_tome_matches_timm_peer(r):
-    import timm_tome
+    from fastvit_jax.peers import timm_tome
 
     config = variant_config("S/16")
     params = checkpoint.unflatten(google_checkpoint(config, seed=3))
@@ -29,7 +26,7 @@ def test_tome_matches_timm_peer(r):
     peer = timm_tome.make_model("vit_small_patch16_224", r)
     timm_tome.load_google_params(peer, params)
     want = timm_tome.logits(peer, images)
-    got = np.asarray(make_forward(config, make_plan(12, config.grid, "tome", r))(params, images))
+    got = np.asarray(make_forward(config, make_plan(config, MergeOptions("tome", r)))(params, images))
     softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
     p_got, p_want = softmax(got), softmax(want)
     np.testing.assert_array_equal(np.argsort(-p_got, -1)[:, :5], np.argsort(-p_want, -1)[:, :5])

@@ -4,8 +4,14 @@ import warnings
 
 import pytest
 
+from fastvit_jax.config import variant_config
+
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import lgtm_transition, make_plan
+
+
+S16, L16 = variant_config("S/16"), variant_config("L/16")  # depth 12 and 24, both a 14 x 14 grid
 
 
 def tokens(plan):
@@ -14,24 +20,25 @@ def tokens(plan):
 
 def test_tome_depth12_r16():
     # ToMe ViT-S/16: 197 - 16 per block; the last block is clamped to (21 - 1) // 2 = 10.
-    with pytest.warns(UserWarning, match="fewer than r"):
-        plan = make_plan(12, (14, 14), "tome", 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # clamping is data (plan.clamped), never a warning
+        plan = make_plan(S16, MergeOptions("tome", 16))
     assert tokens(plan) == [197, 181, 165, 149, 133, 117, 101, 85, 69, 53, 37, 21, 11]
     assert plan.skip == 0 and plan.clamped
 
 
 def test_dfe_defaults_skip_depth_over_6():
-    plan = make_plan(12, (14, 14), "dfe", 8)
+    plan = make_plan(S16, MergeOptions("dfe", 8))
     assert plan.skip == 2
     assert [op.kind for op in plan.ops[:3]] == ["none", "none", "global"]
     assert tokens(plan) == [197, 197, 197] + [197 - 8 * i for i in range(1, 11)]
-    assert make_plan(24, (14, 14), "dfe", 8).skip == 4
+    assert make_plan(L16, MergeOptions("dfe", 8)).skip == 4
 
 
 def test_lgtm_depth12_r8():
     # After skip 2: window 7 on the 14x14 grid = 4 windows, ceil(8/4) = 2 merges each; the window
     # grows by one per block until it exceeds round(sqrt(tokens)) (13 > round(sqrt(156)) = 12).
-    plan = make_plan(12, (14, 14), "lgtm", 8)
+    plan = make_plan(S16, MergeOptions("lgtm", 8))
     kinds = [(op.kind, op.window, op.num_windows, op.r) for op in plan.ops]
     assert kinds[:2] == [("none", 0, 0, 0)] * 2
     assert kinds[2:8] == [("local", w, 4, 2) for w in range(7, 13)]
@@ -44,7 +51,7 @@ def test_lgtm_depth12_r8():
 
 
 def test_lgtm_depth24():
-    plan = make_plan(24, (14, 14), "lgtm", 8)
+    plan = make_plan(L16, MergeOptions("lgtm", 8))
     assert plan.skip == 4
     assert [op.kind for op in plan.ops].count("local") == plan.transition == lgtm_transition((14, 14), 8, 7, 20)
     assert all(op.kind == "none" for op in plan.ops[:4])
@@ -53,7 +60,7 @@ def test_lgtm_depth24():
 
 
 def test_explicit_transition_and_window():
-    plan = make_plan(12, (14, 14), "lgtm", 8, skip=1, window=4, transition=2)
+    plan = make_plan(S16, MergeOptions("lgtm", 8, skip=1, window=4, transition=2))
     assert [op.kind for op in plan.ops] == ["none", "local", "local"] + ["global"] * 9
     assert plan.ops[1].window == 4 and plan.ops[1].num_windows == 16 and plan.ops[1].r == 1
     assert plan.ops[2].window == 5
@@ -66,13 +73,13 @@ def test_explicit_transition_and_window():
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(FastViTError, match=msg):
-        make_plan(12, (14, 14), **kw)
+        make_plan(S16, MergeOptions(**kw))
 
 
 def test_plan_is_hashable_and_static():
-    a = make_plan(12, (14, 14), "lgtm", 8)
-    b = make_plan(12, (14, 14), "lgtm", 8)
+    a = make_plan(S16, MergeOptions("lgtm", 8))
+    b = make_plan(S16, MergeOptions("lgtm", 8))
     assert a == b and hash(a) == hash(b)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_plan(12, (14, 14), "tome", 8)  # no clamp, no warning
+        make_plan(S16, MergeOptions("tome", 8))  # no clamp, no warning

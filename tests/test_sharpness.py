@@ -7,6 +7,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fastvit_jax.config import ViTConfig
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.sharpness import classification_loss, lambda_max, lanczos, make_hvp, power_iteration
@@ -74,7 +75,7 @@ def test_lambda_max_dense_equals_r0_and_lanczos_agrees():
     params = init_params(MICRO, jax.random.PRNGKey(3))
     images, labels = _data(8, seed=1)
     dense = lambda_max(MICRO, params, images, labels, micro_batch=4, iters=200, tol=1e-6, progress=False)
-    r0 = lambda_max(MICRO, params, images, labels, plan=make_plan(1, MICRO.grid, "tome", 0), micro_batch=4,
+    r0 = lambda_max(MICRO, params, images, labels, plan=make_plan(MICRO, MergeOptions("tome", 0)), micro_batch=4,
                     iters=200, tol=1e-6, progress=False)
     assert dense.lambda_max == r0.lambda_max
     lz = lambda_max(MICRO, params, images, labels, micro_batch=4, iters=40, method="lanczos", progress=False)

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint, sweep
+from fastvit_jax import sweep
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.plots import pareto_front
 
 
@@ -39,9 +40,9 @@ def tiny_setup(tmp_path):
     return tmp_path / "m.npz", imgs
 
 
-def _sweep(ckpt, imgs, out, r="0:8:4"):
+def _sweep(ckpt, imgs, out, r="0:8:4", extra=()):
     return main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome,lgtm", "--r", r,
-                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json"])
+                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json", *extra])
 
 
 def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
@@ -59,7 +60,8 @@ def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
         f.write('{"method": "tome", "r": 8, "top1"')
     evaluated = []
     real_make_plan = sweep.make_plan
-    monkeypatch.setattr(sweep, "make_plan", lambda *a, **k: evaluated.append((a[2], a[3])) or real_make_plan(*a, **k))
+    monkeypatch.setattr(sweep, "make_plan", lambda config, options, **k: evaluated.append((options.method, options.r))
+                        or real_make_plan(config, options, **k))
     with pytest.warns(UserWarning, match="corrupt last line"):
         assert _sweep(ckpt, imgs, out, r="0:8:4") == 0
     assert evaluated == [("tome", 8), ("lgtm", 8)]
@@ -77,3 +79,47 @@ def test_remeasure_keeps_accuracy(tiny_setup, tmp_path, capsys):
     after = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["method"], r["r"], r["top1"]) for r in after] == [(r["method"], r["r"], r["top1"]) for r in before]
     assert all(r["images_per_s"] > 0 for r in after)
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_sweep_resumes_only_points_with_the_same_options(tiny_setup, tmp_path, capsys, monkeypatch):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "sweep"
+    assert _sweep(ckpt, imgs, out, r="0,4") == 0
+    assert _rows(out)[1]["options"] == MergeOptions("tome", 4).to_dict()
+    evaluated = []
+    real_make_plan = sweep.make_plan
+    monkeypatch.setattr(sweep, "make_plan", lambda config, options, **k: evaluated.append(options)
+                        or real_make_plan(config, options, **k))
+    assert _sweep(ckpt, imgs, out, r="0,4") == 0
+    assert evaluated == []  # same command: nothing redone
+    assert _sweep(ckpt, imgs, out, r="4", extra=["--metric", "v"]) == 0
+    assert evaluated == [MergeOptions("tome", 4, metric="v"), MergeOptions("lgtm", 4, metric="v")]
+    assert len(_rows(out)) == 6
+
+
+def test_remeasure_rebuilds_plans_from_stored_options(tiny_setup, tmp_path, capsys, monkeypatch):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "s"
+    assert _sweep(ckpt, imgs, out, r="4", extra=["--window", "3", "--transition", "1", "--no-prop-attn"]) == 0
+    seen = []
+    real_make_plan = sweep.make_plan
+    monkeypatch.setattr(sweep, "make_plan", lambda config, options, **k: seen.append(options)
+                        or real_make_plan(config, options, **k))
+    assert main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--out", str(out), "--remeasure-speed",
+                 "--bench-runs", "1", "--batch-size", "2", "--json"]) == 0
+    want = [MergeOptions(m, 4, window=3, transition=1, prop_attn=False) for m in ("tome", "lgtm")]
+    assert seen == want and [r["plan"]["transition"] for r in _rows(out)] == [0, 1]
+
+
+def test_rows_without_options_are_refused(tiny_setup, tmp_path, capsys):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"method": "tome", "r": 4, "top1": 0.5}) + "\n")
+    code = _sweep(ckpt, imgs, out, r="4")
+    err = capsys.readouterr().err
+    assert code == 2 and "has no 'options'" in err and err.count("\n") == 1

@@ -7,6 +7,7 @@ import numpy as np
 from conftest import TINY, google_checkpoint
 from fastvit_jax import checkpoint
 from fastvit_jax.cli import main
+from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.registry import asset_path
 from fastvit_jax.visualize import final_sources, paint, region_stats, token_map
@@ -16,7 +17,7 @@ def test_paint_uses_source_regions():
     rng = np.random.default_rng(0)
     params = checkpoint.unflatten(google_checkpoint(TINY))
     x = rng.uniform(-1, 1, (32, 32, 3)).astype(np.float32)
-    plan = make_plan(TINY.depth, TINY.grid, "lgtm", 6, window=3)
+    plan = make_plan(TINY, MergeOptions("lgtm", 6, window=3))
     source = final_sources(TINY, plan, params, x)
     assert source.shape == (plan.final_tokens, 64)
     ids = token_map(source, TINY.grid)
@@ -54,3 +55,16 @@ def test_region_stats_by_hand():
     stats = region_stats(ids)
     # multi-patch tokens: 0 (connected, spans 4), 1 (connected, spans 3), 2 (split, spans 4)
     assert stats == {"tokens": 4, "merged_tokens": 3, "connected_share": 2 / 3, "mean_extent": (4 + 3 + 4) / 3}
+
+
+def test_cifar_colours_are_the_input_pixels(tmp_path, capsys):
+    """The `crop` family (pixels in [-1, 1], center 28 of 32): the input panel is the image's own pixels."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "cifar.png")
+    code = main(["visualize", str(tmp_path / "cifar.png"), "--model", "vit_cifar_adamw", "--method", "tome",
+                 "--r", "8", "--out", str(tmp_path / "v.png"), "--json"])
+    assert code == 0
+    panel = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))[22:22 + 28, 8:8 + 28]
+    np.testing.assert_array_equal(panel, rgb[2:30, 2:30])

@@ -29,6 +29,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
     """
     if op.kind == "none" or op.r == 0:
         return state, None
+    if op.kind == "truncate":  # free merging: the token counts of the plan, no merge cost
+        return jax.tree_util.tree_map(lambda t: t[:, :op.tokens_out], state), None
     if op.kind == "drop":
         drop = lambda s, m: drop_lowest_norm(s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None

@@ -52,7 +52,7 @@ def match(metric: jax.Array, r: int, *, class_token: bool = True, distill_token:
         scores = scores.at[:, 0].set(-jnp.inf)
     node_max = scores.max(axis=-1)
     # First B index attaining the max (argmax's tie rule). Two plain reductions: XLA:CPU runs the
-    # variadic max+index reduce of argmax ~4-8x slower.
+    # variadic max+index reduce of argmax several times slower (BENCHMARKS.md section 2).
     num_b = scores.shape[-1]
     node_idx = jnp.min(jnp.where(scores == node_max[:, None], jnp.arange(num_b), num_b), axis=-1)
     src_idx, unm_idx = split_top(node_max, r)

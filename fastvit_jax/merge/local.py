@@ -1,5 +1,8 @@
 """Local merging (LGTM): bipartite matching inside w x w windows of the patch grid, per example.
 
+The static window geometry (the grid tokens are sorted onto, window counts, how many real tokens
+each window can merge) lives here too: `plan.make_plan` asks it how many tokens a local block merges.
+
 Before each local block the patch tokens are re-sorted onto a 2D grid by their tracked location
 (rows by mean row, then each row by mean column), the grid is padded bottom/right to multiples of w
 and cut into windows. Sorting, padding and window partition are one gather of the similarity
@@ -17,10 +20,65 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.plan import real_merges, window_counts
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
+# ---------------------------------------------------------------- window geometry (static)
+def num_windows(grid: tuple[int, int], window: int) -> int:
+    """Windows of a (rows, cols) grid padded bottom/right to multiples of `window`."""
+    return math.ceil(grid[0] / window) * math.ceil(grid[1] / window)
+
+
+@lru_cache(maxsize=None)
+def sort_grid(num_tokens: int, patch_grid: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the grid that num_tokens patch tokens are re-sorted onto (aspect kept)."""
+    gh, gw = patch_grid
+    if num_tokens >= gh * gw:
+        return patch_grid
+    cols = min(gw, max(1, math.ceil(gw * math.sqrt(num_tokens / (gh * gw)))))
+    return (math.ceil(num_tokens / cols), cols)
+
+
+@lru_cache(maxsize=None)
+def window_counts(num_tokens: int, grid: tuple[int, int], window: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Per window, (real A, real B, pad A, pad B) slot counts.
+
+    Tokens fill the grid row-major (slots >= num_tokens are padding); the grid is padded
+    bottom/right to multiples of `window`; within a window the real tokens come first, then the
+    padding, and A = even slots, B = odd slots.
+    """
+    rows, cols = grid
+    counts = []
+    for wr in range(math.ceil(rows / window)):
+        for wc in range(math.ceil(cols / window)):
+            real = sum(1 for k in range(window * window)
+                       if (i := wr * window + k // window) < rows and (j := wc * window + k % window) < cols
+                       and i * cols + j < num_tokens)
+            # real tokens occupy slots [0, real), padding [real, w*w)
+            pad_a = sum(1 for k in range(real, window * window) if k % 2 == 0)
+            counts.append(((real + 1) // 2, real // 2, pad_a, window * window - real - pad_a))
+    return tuple(counts)
+
+
+def real_merges(real_a: int, real_b: int, r_window: int) -> int:
+    """Real pairs one window merges: real A tokens, as many as r_window allows, if any real B exists."""
+    return min(r_window, real_a) if real_b else 0
+
+
+def local_merges(num_tokens: int, grid: tuple[int, int], window: int, r_window: int) -> tuple[int, int]:
+    """(r_window clamped to what every window can do, real tokens merged in the block).
+
+    Real tokens merge only with real tokens and pads only with pads (bipartite.match with `valid`),
+    so a window merges min(r_window, real A tokens) real pairs (0 if it has no real B token) and
+    fills the rest of its r_window merges with pad pairs.
+    """
+    counts = window_counts(num_tokens, grid, window)
+    capacity = min((ra if rb else 0) + (pa if pb else 0) for ra, rb, pa, pb in counts)
+    rw = min(r_window, capacity)
+    return rw, sum(real_merges(ra, rb, rw) for ra, rb, _, _ in counts)
+
+
+# ---------------------------------------------------------------- the local merge (traced)
 @lru_cache(maxsize=None)
 def window_layout(num_tokens: int, grid: tuple[int, int], window: int) -> tuple[np.ndarray, np.ndarray]:
     """Static layout: for each (window, slot) the row-major grid slot it reads, and whether it is real.

@@ -23,7 +23,7 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.apply import apply_op
 from fastvit_jax.merge.metrics import random_metric
-from fastvit_jax.merge.plan import BlockOp, MergePlan, make_plan
+from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
 
 Dtype = Any
@@ -32,12 +32,12 @@ Dtype = Any
 class HeadsProjection(nn.Module):
     """Google's query/key/value parameters -- kernel (width, heads, head_dim), bias (heads, head_dim) --
     applied so the output is heads-first (B, heads, N, head_dim): the layout XLA's batched matmuls
-    want (on CPU the attention products run ~2x faster than with (B, N, heads, head_dim)).
+    want on CPU (BENCHMARKS.md section 2).
 
     Also returns the mean over heads (B, N, head_dim), the merge feature of ToMe's "k" metric,
-    written as a sum of the contiguous per-head slices: `mean(axis=1)` became a reduce that XLA:CPU
-    fused badly (~8 ms per block for ViT-S/16 at batch 32, ~12% of a ToMe forward). A matmul with
-    mean_h(kernel) is as fast but adds real FLOPs. Unused (dense blocks), XLA drops it."""
+    written as a sum of the contiguous per-head slices: XLA:CPU fused `mean(axis=1)` badly, and a
+    matmul with mean_h(kernel) is as fast but adds real FLOPs (BENCHMARKS.md section 2). Unused
+    (dense blocks), XLA drops it."""
 
     heads: int
     head_dim: int
@@ -163,7 +163,7 @@ class Encoder(nn.Module):
 
 
 def dense_plan(config: ViTConfig) -> MergePlan:
-    return make_plan(config.depth, config.grid)
+    return make_plan(config)
 
 
 class VisionTransformer(nn.Module):

@@ -1,0 +1,125 @@
+"""Command-line argument groups shared by `fastvit` and the benchmark scripts: every flag is
+defined here once, and merge flags become one MergeOptions value (`merge_options`, `merge_points`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fastvit_jax.data import FAMILIES
+from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
+
+DTYPE_CHOICES = ("float32", "bfloat16")
+
+
+def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
+    p.add_argument("--checkpoint", required=checkpoint_required,
+                   help="checkpoint: Google .npz, orbax directory, or timm .safetensors/.pth")
+    p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from --checkpoint, "
+                                    "or the bundled deit_tiny_patch16_224 when no checkpoint is given")
+    p.add_argument("--preprocessing", choices=FAMILIES, help="override the model's preprocessing")
+    p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
+    p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
+    add_speed_args(p)
+
+
+def load_model(args, need_weights: bool = True):
+    """(params, config, preprocess) from --checkpoint/--model and the overrides."""
+    from fastvit_jax.hub import load_model
+
+    return load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
+                      crop_pct=args.crop_pct, random_weights=not need_weights)
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """--dtype and --examples-per-step (see fastvit_jax.forward)."""
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="activation dtype")
+    p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
+                   help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
+                        "on GPU/TPU; none = the whole batch")
+
+
+def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods: str = "tome,dfe,lgtm",
+                   r: str = "0:16:2", targets: bool = True) -> None:
+    """The merge options. several=False: one point (--method, --r N, budget targets); several=True:
+    a grid of points (--methods LIST, --r SPEC) read by `merge_points`."""
+    g = p.add_argument_group("token merging")
+    if several:
+        g.add_argument("--methods", "--method", dest="methods", default=methods,
+                       help=f"comma-separated methods from {', '.join(METHODS)}")
+        g.add_argument("--r", "--r-values", dest="r", default=r,
+                       help="tokens merged per block: START:STOP[:STEP] (inclusive) or a comma list")
+    else:
+        g.add_argument("--method", choices=METHODS, default="none")
+        g.add_argument("--r", type=int, default=0, help="tokens merged per block (per layer for local: spread over windows)")
+    g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
+    g.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window size")
+    g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
+    g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
+    g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
+    if targets and not several:
+        g.add_argument("--target-gflops", type=float, help="pick the smallest r whose plan has at most X GFLOPs")
+        g.add_argument("--target-speedup", type=float, help="pick the smallest r reaching X times the dense speed")
+        g.add_argument("--speedup-by", choices=["measured", "flops"], default="measured",
+                       help="--target-speedup judged by timing the jit forward here, or by the FLOPs ratio")
+
+
+def _options(args, method: str, r: int) -> MergeOptions:
+    return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
+                        metric=args.metric, prop_attn=not args.no_prop_attn)
+
+
+def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:
+    """The one point of `add_merge_args(several=False)`, for `method` if given. With a config, r is
+    chosen by --target-gflops / --target-speedup when one is given (params: for timing)."""
+    options = _options(args, method or args.method, args.r)
+    if config is None or not has_target(args):
+        return options
+    from fastvit_jax import budget
+
+    return budget.options_for_target(config, options, gflops_target=args.target_gflops, params=params,
+                                     speedup_target=args.target_speedup, measured=args.speedup_by == "measured")
+
+
+def has_target(args) -> bool:
+    return getattr(args, "target_gflops", None) is not None or getattr(args, "target_speedup", None) is not None
+
+
+def merge_points(args) -> list[MergeOptions]:
+    """The grid of `add_merge_args(several=True)`: every method at every r, in that order."""
+    return [_options(args, m, r) for m in parse_methods(args.methods) for r in parse_r(args.r)]
+
+
+def add_sharpness_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="labelled image folder, packed .npz, or tfds:NAME[:SPLIT]")
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=8, help="images per HVP micro-batch (memory)")
+    p.add_argument("--iters", type=int, default=20, help="max HVPs per power-iteration run / Lanczos steps")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative change to stop power iteration")
+    p.add_argument("--solver", choices=["power", "lanczos"], default="power")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """`fastvit train` and `fastvit finetune`; read back by `train_config`."""
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="labelled image folder (class folders or synset-named files)")
+    p.add_argument("--optimizer", choices=["adamw", "sam", "asam"], default="sam")
+    p.add_argument("--rho", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
+
+
+def train_config(args):
+    from fastvit_jax.train import TrainConfig
+
+    return TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
+                       steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
+                       seed=args.seed, augment=not args.no_augment)

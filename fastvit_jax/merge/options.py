@@ -1,0 +1,123 @@
+"""MergeOptions: what the user asks of token merging, as one frozen value.
+
+Parsed once from the command line (`fastvit_jax.arguments`), stored whole in every result row and
+JSON output (`to_dict` / `from_dict`), and turned into a static per-block schedule by
+`make_plan(config, options)`. Options say what was asked; the plan says what each block does
+(`skip=None` and `transition=None` are resolved there).
+
+Methods (paper, Algorithm 1):
+  none  dense model
+  tome  ToMe: global merging of r tokens in every block from `skip` (default 0)
+  dfe   Dense Feature Extractor: ToMe, but the first `skip` blocks (default depth // 6) do not merge
+  lgtm  DFE + Local-Global Token Merging: after the skip, `transition` blocks merge inside windows
+        (the window grows by one each block), then global merging
+  drop  remove the r tokens with the lowest feature norm, per block from `skip` (default 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+from fastvit_jax.errors import FastViTError
+
+METHODS = ("none", "tome", "dfe", "lgtm", "drop")
+METRICS = ("k", "q", "v", "x_pre", "x_attn", "random")
+DEFAULT_WINDOW = 7  # the paper's initial LGTM window: 2 x 2 windows on a 14 x 14 grid
+SKIPPING_METHODS = ("dfe", "lgtm")  # methods whose default skip is depth // 6
+
+
+def _whole(name: str, value, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise FastViTError(f"{name} must be an integer, got {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeOptions:
+    method: str = "none"
+    r: int = 0  # tokens merged per block (for local blocks: spread over the windows)
+    skip: int | None = None  # blocks without merging at the start; None: depth // 6 for dfe/lgtm, else 0
+    window: int = DEFAULT_WINDOW  # initial LGTM window
+    transition: int | None = None  # number of local LGTM blocks; None: computed as in Algorithm 1
+    metric: str = "k"  # similarity feature
+    prop_attn: bool = True  # proportional attention (+ log(size) on the attention logits)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.metric not in METRICS:
+            raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
+        for name in ("r", "window", "skip", "transition"):
+            object.__setattr__(self, name, _whole(name, getattr(self, name), allow_none=name in ("skip", "transition")))
+        if self.r < 0:
+            raise FastViTError(f"r must be a non-negative integer, got {self.r}")
+        if self.window < 2:
+            raise FastViTError(f"window must be >= 2, got {self.window}")
+        if self.skip is not None and self.skip < 0:
+            raise FastViTError(f"skip must be >= 0, got {self.skip}")
+        if self.transition is not None and self.transition < 0:
+            raise FastViTError(f"transition must be >= 0, got {self.transition}")
+        object.__setattr__(self, "prop_attn", bool(self.prop_attn))
+
+    def replace(self, **changes) -> "MergeOptions":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_skip(self, depth: int) -> int:
+        skip = self.skip if self.skip is not None else (depth // 6 if self.method in SKIPPING_METHODS else 0)
+        if skip > depth:
+            raise FastViTError(f"skip must be in [0, {depth}], got {skip}")
+        return skip
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} r={self.r}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MergeOptions":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise FastViTError(f"unknown merge option(s) {', '.join(unknown)}; "
+                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**d)
+
+
+def parse_r(spec: str) -> list[int]:
+    """'0:24:2' -> 0, 2, ..., 24 (end inclusive); '8,13,16' -> [8, 13, 16]."""
+    try:
+        if ":" in spec:
+            parts = [int(x) for x in spec.split(":")]
+            start, stop = parts[0], parts[1]
+            step = parts[2] if len(parts) > 2 else 1
+            if step <= 0 or len(parts) > 3:
+                raise ValueError
+            return list(range(start, stop + 1, step))
+        return [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise FastViTError(f"bad --r {spec!r}: use START:STOP[:STEP] (inclusive) or a comma list") from None
+
+
+def parse_methods(spec: str) -> list[str]:
+    """'tome,dfe' -> ['tome', 'dfe'], each checked against METHODS."""
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise FastViTError(f"bad --methods {spec!r}: allowed: {', '.join(METHODS)} (comma-separated)")
+    return methods
+
+
+def parse_points(spec: str) -> list[MergeOptions]:
+    """'none:0,tome:8' -> [MergeOptions('none', 0), MergeOptions('tome', 8)]."""
+    try:
+        pairs = [item.split(":") for item in spec.split(",")]
+        return [MergeOptions(method, int(r)) for method, r in pairs]
+    except ValueError:
+        raise FastViTError(f"bad configurations {spec!r}: use METHOD:R,... (e.g. none:0,tome:8)") from None
