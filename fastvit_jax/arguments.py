@@ -111,6 +111,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="resumable states kept (the newest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--no-augment", action="store_true")

@@ -172,7 +172,8 @@ def cmd_finetune(args):
         raise FastViTError("fastvit train needs --model (the architecture), e.g. vit_cifar_patch4_32")
     params, config, pre = arguments.load_model(args, need_weights=not from_scratch or args.checkpoint is not None)
     images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre.for_training(), require_labels=True)
-    res = train(config, params, images, labels, arguments.train_config(args), args.out, progress=not args.json)
+    res = train(config, params, images, labels, arguments.train_config(args), args.out, progress=not args.json,
+                keep_checkpoints=args.keep_checkpoints)
     emit(args, res, f"wrote {res['out']} after {res['steps']} steps ({res['wall_s']:.0f} s"
                     + (f", resumed from step {res['resumed_from']}" if res["resumed_from"] else "") + ")")
 

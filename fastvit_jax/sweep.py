@@ -1,20 +1,26 @@
 """Accuracy/FLOPs/speed over (method, r) points, appended as each finishes so a sweep resumes.
 
 DIR/results.jsonl is the record (one JSON object per finished point); DIR/results.csv mirrors it.
-Every row stores the MergeOptions that produced it; on restart, points whose options are already in
-results.jsonl are skipped, and remeasuring rebuilds each plan from its stored options. A corrupt
-(half-written) last line is ignored with a warning.
+Every row stores the MergeOptions that produced it, and DIR/settings.json everything else that
+changes the numbers (weights, images, preprocessing, batch size): a rerun with other settings is
+refused, and on restart points whose options are already in results.jsonl are skipped.
+Remeasuring rebuilds each plan from its stored options. A corrupt (half-written) last line is
+ignored with a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from fastvit_jax import checkpoint
 from fastvit_jax.bench import time_forward
 from fastvit_jax.data import Dataset, batches
 from fastvit_jax.errors import FastViTError
@@ -68,10 +74,10 @@ def _rewrite(out_dir: Path, rows: list[dict]) -> None:
         _append(out_dir, row)
 
 
-def point_row(config, plan: MergePlan, res: dict, speed: dict) -> dict:
+def point_row(config, plan: MergePlan, measured: dict) -> dict:
     """One finished point: accuracy, cost, and the options that produced it (stored whole)."""
-    return {"method": plan.method, "r": plan.r, "top1": res["top1"], "top5": res["top5"],
-            "gflops": gflops(config, plan), "images_per_s": speed["images_per_s"], "images": res["labelled"],
+    return {"method": plan.method, "r": plan.r, "top1": measured["top1"], "top5": measured["top5"],
+            "gflops": gflops(config, plan), "images_per_s": measured["images_per_s"], "images": measured["images"],
             "skip": plan.skip, "metric": plan.metric, "tokens_final": plan.final_tokens, "clamped": plan.clamped,
             "options": plan.options.to_dict(), "plan": plan.summary()}
 
@@ -83,25 +89,83 @@ def row_options(row: dict, path: Path) -> MergeOptions:
     return MergeOptions.from_dict(row["options"])
 
 
+def same_numbers(plan: MergePlan) -> tuple:
+    """Plans with equal keys give equal numbers (every dense plan is the same model), so each key is measured once."""
+    return (plan.ops,) if plan.is_dense else (plan.ops, plan.metric, plan.prop_attn)
+
+
+def fingerprint(*parts) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+    return h.hexdigest()
+
+
+def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int) -> dict:
+    """Everything besides the merge options that changes a sweep's numbers: the weights, the images
+    (which files, with which labels), their preprocessing, the batch size images/s is timed at."""
+    flat = checkpoint.flatten(params)
+    weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
+    # Files by their last two path parts (class folder, file name), so the same set read from another
+    # place or machine is still the same; decoded-on-the-fly sets (tfds, packed) by position.
+    items = fingerprint(*(f"{i if callable(src) else '/'.join(Path(src).parts[-2:])}:{label}"
+                          for i, (src, label) in enumerate(ds.items)))
+    return {"model": {"config": dataclasses.asdict(config), "weights": weights},
+            "data": {"images": len(ds), "items": items},
+            "preprocess": dataclasses.asdict(preprocess), "batch_size": batch_size}
+
+
+def _dotted(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(out_dir: Path, settings: dict, *, only_given: bool = False, have_rows: bool = False) -> None:
+    """out_dir/settings.json records what its rows were measured with: a sweep with other settings is
+    refused (one line naming what differs), never mixed in. only_given: compare just the keys in `settings`."""
+    file = out_dir / "settings.json"
+    if not file.exists():
+        if have_rows:
+            raise FastViTError(f"{out_dir} holds results but no settings.json (written by an older fastvit): "
+                               f"sweep into a new --out")
+        if not only_given:
+            file.write_text(json.dumps(settings, indent=1))
+        return
+    saved, now = _dotted(json.loads(file.read_text())), _dotted(json.loads(json.dumps(settings)))
+    keys = now if only_given else sorted(set(saved) | set(now))
+    diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+    if diff:
+        raise FastViTError(f"{out_dir} holds a sweep measured with other settings ({'; '.join(diff[:3])}); "
+                           f"use another --out for these settings")
+
+
 def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
               title: str = "") -> list[dict]:
-    """Evaluate and time each MergeOptions point; points whose options are already in out_dir are kept."""
+    """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
+    settings) are kept, duplicates run once, and plans that give the same numbers are measured once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_done(out_dir / "results.jsonl")
+    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size), have_rows=bool(done))
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
-    finished = {row_options(row, out_dir / "results.jsonl") for row in done}
-    todo = [o for o in points if o not in finished]
+    finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
+    todo = [o for o in dict.fromkeys(points) if o not in finished]
+    measured = {same_numbers(make_plan(config, o)): row for o, row in finished.items()}
     rows = list(done)
     fits = len(ds) * config.image_size ** 2 * 3 * 4 <= CACHE_BYTES
     cache = list(batches(ds, preprocess, batch_size)) if todo and fits else None
     for options in tqdm(todo, desc="sweep", unit="point", disable=not progress):
         plan = make_plan(config, options)
-        res = evaluate(make_forward(config, plan), params, ds, preprocess, batch_size=batch_size, cached=cache,
-                       desc=options.label, progress=progress, data_parallel=False)
-        speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
-        row = point_row(config, plan, res, speed)
+        if same_numbers(plan) not in measured:
+            res = evaluate(make_forward(config, plan), params, ds, preprocess, batch_size=batch_size, cached=cache,
+                           desc=options.label, progress=progress, data_parallel=False)
+            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
+            measured[same_numbers(plan)] = {"top1": res["top1"], "top5": res["top5"], "images": res["labelled"],
+                                            "images_per_s": speed["images_per_s"]}
+        row = point_row(config, plan, measured[same_numbers(plan)])
         _append(out_dir, row)
         rows.append(row)
     if plot and rows:
@@ -115,6 +179,7 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
     rows = read_done(out_dir / "results.jsonl")
+    check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True, have_rows=bool(rows))
     for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
         plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
         row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -83,39 +87,85 @@ def _state_dir(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
-def _save_state(path: Path, params, opt_state, step: int) -> None:
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def complete_steps(path: Path) -> list[int]:
+    """Steps with a finished checkpoint, oldest first. What an interrupted save leaves behind (orbax's
+    `step_N.orbax-checkpoint-tmp-*` folders) is removed."""
+    if not path.exists():
+        return []
+    steps = []
+    for p in path.iterdir():
+        if m := STEP_DIR.match(p.name):
+            steps.append(int(m.group(1)))
+        elif ".orbax-checkpoint-tmp" in p.name:
+            shutil.rmtree(p, ignore_errors=True)
+    return sorted(steps)
+
+
+def run_settings(config: ViTConfig, tc: TrainConfig, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Everything that changes the trajectory: a state saved under other settings is never resumed."""
+    sample = np.ascontiguousarray(np.asarray(images).reshape(len(images), -1)[:, ::61])
+    digest = hashlib.blake2b(np.asarray(labels).tobytes() + sample.tobytes(), digest_size=16).hexdigest()
+    recipe = {k: v for k, v in dataclasses.asdict(tc).items() if k != "ckpt_every"}
+    return {"model": dataclasses.asdict(config), "train": recipe,
+            "data": {"images": list(np.shape(images)), "fingerprint": digest}}
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """Record the run's settings next to its states; refuse to resume states of another run."""
+    file = path / "settings.json"
+    if file.exists():
+        saved = json.loads(file.read_text())
+        diff = [f"{part}.{k}: {saved.get(part, {}).get(k)!r} there, {v!r} now" for part, d in settings.items()
+                for k, v in d.items() if saved.get(part, {}).get(k) != v]
+        if diff:
+            raise FastViTError(f"{path} holds the state of a run with other settings ({'; '.join(diff[:3])}); "
+                               f"rerun with the same settings to resume, or delete {path} / choose another --out")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(settings, indent=1))
+
+
+def _save_state(path: Path, params, opt_state, step: int, keep: int) -> None:
+    """Save step's state, then delete all but the newest `keep` (at least 1) complete ones."""
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path.absolute() / f"step_{step}", {"params": params, "opt_state": opt_state,
                                                        "step": jnp.asarray(step)}, force=True)
+    for old in complete_steps(path)[:-max(keep, 1)]:
+        shutil.rmtree(path / f"step_{old}", ignore_errors=True)
 
 
 def _latest_state(path: Path, params, opt_state):
     import orbax.checkpoint as ocp
 
-    steps = sorted(int(p.name.split("_")[1]) for p in path.glob("step_*")) if path.exists() else []
-    for step in reversed(steps):  # newest readable one (a crash may leave the last one incomplete)
+    for step in reversed(complete_steps(path)):  # newest readable one (a crash may leave the last one damaged)
         target = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0)}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 state = ckptr.restore(path.absolute() / f"step_{step}", abstract)
             return state["params"], state["opt_state"], int(state["step"])
-        except Exception:  # incomplete directory: try the previous one
+        except Exception:  # a damaged directory: try the previous one
             continue
     return params, opt_state, 0
 
 
 def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc: TrainConfig, out: str | Path,
-          *, progress: bool = True, log_every: int = 50) -> dict:
+          *, progress: bool = True, log_every: int = 50, keep_checkpoints: int = 2) -> dict:
     """Train on in-memory (images, labels); resume from OUT.state if present; write OUT (.npz or orbax).
-    Images may be larger than config.image_size: batches are then random (or center) crops of them."""
+    Images may be larger than config.image_size: batches are then random (or center) crops of them.
+    Every ckpt_every steps the state goes to OUT.state/step_N (the newest keep_checkpoints are kept);
+    a rerun with the same settings continues from the newest complete one."""
     out = Path(out)
     opt = make_optimizer(tc)
     loss_fn = classification_loss(config)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     opt_state = opt.init(params)
+    _check_settings(_state_dir(out), run_settings(config, tc, images, labels))
     params, opt_state, start = _latest_state(_state_dir(out), params, opt_state)
 
     size, base_key = config.image_size, jax.random.PRNGKey(tc.seed)
@@ -143,7 +193,7 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
             losses.append((step, float(loss)))
             bar.set_postfix(loss=f"{float(loss):.4f}")
         if (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
-            _save_state(_state_dir(out), params, opt_state, step + 1)
+            _save_state(_state_dir(out), params, opt_state, step + 1, keep_checkpoints)
     params = jax.tree_util.tree_map(np.asarray, params)
     timed = tc.steps - start - 1
     steps_per_s = timed / (time.perf_counter() - t_first) if t_first and timed > 0 else None

@@ -58,13 +58,10 @@ def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
     # an interrupted write leaves half a line; a restart with more r redoes nothing that finished
     with open(out / "results.jsonl", "a") as f:
         f.write('{"method": "tome", "r": 8, "top1"')
-    evaluated = []
-    real_make_plan = sweep.make_plan
-    monkeypatch.setattr(sweep, "make_plan", lambda config, options, **k: evaluated.append((options.method, options.r))
-                        or real_make_plan(config, options, **k))
+    evaluated = _count_evaluations(monkeypatch)
     with pytest.warns(UserWarning, match="corrupt last line"):
         assert _sweep(ckpt, imgs, out, r="0:8:4") == 0
-    assert evaluated == [("tome", 8), ("lgtm", 8)]
+    assert evaluated == ["tome r=8", "lgtm r=8"]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and len((out / "results.csv").read_text().splitlines()) == 7
 
@@ -81,6 +78,13 @@ def test_remeasure_keeps_accuracy(tiny_setup, tmp_path, capsys):
     assert all(r["images_per_s"] > 0 for r in after)
 
 
+def _count_evaluations(monkeypatch) -> list:
+    """Labels of the points the sweep evaluates from now on."""
+    evaluated, real = [], sweep.evaluate
+    monkeypatch.setattr(sweep, "evaluate", lambda *a, **k: evaluated.append(k["desc"]) or real(*a, **k))
+    return evaluated
+
+
 def _rows(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
@@ -90,14 +94,11 @@ def test_sweep_resumes_only_points_with_the_same_options(tiny_setup, tmp_path, c
     out = tmp_path / "sweep"
     assert _sweep(ckpt, imgs, out, r="0,4") == 0
     assert _rows(out)[1]["options"] == MergeOptions("tome", 4).to_dict()
-    evaluated = []
-    real_make_plan = sweep.make_plan
-    monkeypatch.setattr(sweep, "make_plan", lambda config, options, **k: evaluated.append(options)
-                        or real_make_plan(config, options, **k))
+    evaluated = _count_evaluations(monkeypatch)
     assert _sweep(ckpt, imgs, out, r="0,4") == 0
     assert evaluated == []  # same command: nothing redone
     assert _sweep(ckpt, imgs, out, r="4", extra=["--metric", "v"]) == 0
-    assert evaluated == [MergeOptions("tome", 4, metric="v"), MergeOptions("lgtm", 4, metric="v")]
+    assert evaluated == ["tome r=4", "lgtm r=4"] and _rows(out)[-1]["options"]["metric"] == "v"
     assert len(_rows(out)) == 6
 
 
@@ -122,4 +123,39 @@ def test_rows_without_options_are_refused(tiny_setup, tmp_path, capsys):
     (out / "results.jsonl").write_text(json.dumps({"method": "tome", "r": 4, "top1": 0.5}) + "\n")
     code = _sweep(ckpt, imgs, out, r="4")
     err = capsys.readouterr().err
-    assert code == 2 and "has no 'options'" in err and err.count("\n") == 1
+    assert code == 2 and "older fastvit" in err and err.count("\n") == 1
+
+
+def test_duplicates_and_the_dense_point_run_once(tiny_setup, tmp_path, capsys, monkeypatch):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "d"
+    evaluated = _count_evaluations(monkeypatch)
+    assert _sweep(ckpt, imgs, out, r="0,4,4") == 0
+    assert evaluated == ["tome r=0", "tome r=4", "lgtm r=4"]  # lgtm r=0 is the same dense model
+    rows = _rows(out)
+    assert [(r["method"], r["r"]) for r in rows] == [("tome", 0), ("tome", 4), ("lgtm", 0), ("lgtm", 4)]
+    assert (rows[0]["top1"], rows[0]["images_per_s"]) == (rows[2]["top1"], rows[2]["images_per_s"])
+
+
+@pytest.mark.parametrize("spec,msg", [("16:0", "empty range"), ("-2,4", "r must be >= 0"), ("a", "bad --r")])
+def test_bad_r_ranges(spec, msg):
+    with pytest.raises(FastViTError, match=msg):
+        sweep.parse_r(spec)
+
+
+def test_other_settings_into_the_same_out_are_refused(tiny_setup, tmp_path, capsys):
+    ckpt, imgs = tiny_setup
+    out = tmp_path / "s"
+    assert _sweep(ckpt, imgs, out, r="4") == 0
+    capsys.readouterr()
+    for extra, what in ((["--limit", "2"], "data.images: 3 there, 2 now"), (["--batch-size", "3"], "batch_size"),
+                        (["--preprocessing", "deit"], "preprocess.family: 'inception' there, 'deit' now")):
+        code = main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome", "--r", "4",
+                     "--out", str(out), "--bench-runs", "1", "--json", *(["--batch-size", "2"] if "--batch-size" not in extra else []), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "other settings" in err and what in err and err.count("\n") == 1, err
+    other = tmp_path / "other.npz"
+    np.savez(other, **google_checkpoint(ViTConfig(width=32, depth=2, heads=2, mlp_dim=64, patch=16, image_size=224,
+                                                  num_classes=1000), seed=1))
+    assert _sweep(other, imgs, out, r="4") == 2 and "model.weights" in capsys.readouterr().err
+    assert len(_rows(out)) == 2

@@ -1,5 +1,7 @@
 """SAM against hand-computed steps; training resumes to exactly the uninterrupted result."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from fastvit_jax import checkpoint, train as train_mod
 from fastvit_jax.config import ViTConfig
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.sam import sam
 
@@ -72,6 +75,101 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, optimizer):
     for k, v in checkpoint.flatten(a).items():
         np.testing.assert_allclose(checkpoint.flatten(b)[k], v, rtol=1e-6, atol=1e-7)
     assert not np.allclose(checkpoint.flatten(a)["head/kernel"], np.asarray(params["head"]["kernel"]))
+
+
+def _micro_run(seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((16, 16, 16, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 16).astype(np.int32)
+    return init_params(MICRO, jax.random.PRNGKey(0)), images, labels
+
+
+def _same_params(a_path, b_path):
+    a, _ = checkpoint.load(a_path)
+    b, _ = checkpoint.load(b_path)
+    for k, v in checkpoint.flatten(a).items():
+        np.testing.assert_array_equal(checkpoint.flatten(b)[k], v)
+
+
+def test_resume_skips_interrupted_saves_and_prunes(tmp_path):
+    """What a kill during a save leaves (orbax's tmp folder, a damaged step folder) is passed over and
+    cleaned; the newest complete state resumes; only the newest `keep_checkpoints` states stay."""
+    params, images, labels = _micro_run()
+    tc = train_mod.TrainConfig(lr=1e-2, steps=6, batch_size=4, ckpt_every=1)
+    train_mod.train(MICRO, params, images, labels, tc, tmp_path / "straight.npz", progress=False)
+    state = tmp_path / "straight.npz.state"
+    assert sorted(p.name for p in state.glob("step_*")) == ["step_4", "step_5"]  # keep_checkpoints=2
+    out = tmp_path / "cut.npz"
+    real_indices = train_mod.batch_indices
+
+    def crash_at_3(n, batch_size, seed, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_indices(n, batch_size, seed, step)
+
+    train_mod.batch_indices = crash_at_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.train(MICRO, params, images, labels, tc, out, progress=False, keep_checkpoints=3)
+    finally:
+        train_mod.batch_indices = real_indices
+    cut = tmp_path / "cut.npz.state"
+    (cut / "step_5.orbax-checkpoint-tmp-1764041234").mkdir()  # a save killed half way
+    (cut / "step_4").mkdir()  # a folder with nothing readable in it
+    res = train_mod.train(MICRO, params, images, labels, tc, out, progress=False)
+    assert res["resumed_from"] == 3 and not list(cut.glob("*tmp*"))
+    _same_params(tmp_path / "straight.npz", out)
+
+
+def test_state_of_other_settings_is_never_resumed(tmp_path):
+    params, images, labels = _micro_run()
+    tc = train_mod.TrainConfig(lr=1e-2, steps=3, batch_size=4, ckpt_every=1)
+    train_mod.train(MICRO, params, images, labels, tc, tmp_path / "m.npz", progress=False)
+    with pytest.raises(FastViTError, match=r"other settings \(train.lr: 0.01 there, 0.02 now\)"):
+        train_mod.train(MICRO, params, images, labels, dataclasses.replace(tc, lr=2e-2), tmp_path / "m.npz",
+                        progress=False)
+    with pytest.raises(FastViTError, match="data.fingerprint"):
+        train_mod.train(MICRO, params, images, (labels + 1) % 3, tc, tmp_path / "m.npz", progress=False)
+
+
+KILL_SCRIPT = """
+import sys, jax, numpy as np
+from fastvit_jax import train as t
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.models.vit import init_params
+MICRO = ViTConfig(width=8, depth=1, heads=2, mlp_dim=8, patch=8, image_size=16, num_classes=3)
+rng = np.random.default_rng(0)
+images = rng.standard_normal((16, 16, 16, 3)).astype(np.float32)
+labels = rng.integers(0, 3, 16).astype(np.int32)
+tc = t.TrainConfig(optimizer="sam", lr=1e-2, steps=int(sys.argv[2]), batch_size=4, ckpt_every=1)
+print(t.train(MICRO, init_params(MICRO, jax.random.PRNGKey(0)), images, labels, tc, sys.argv[1], progress=False)["resumed_from"])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_resumes_to_the_same_parameters(tmp_path):
+    """A training process killed (SIGKILL, no clean-up) at random moments, then rerun until it finishes,
+    ends with exactly the parameters of an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    cmd = lambda out: [sys.executable, str(script), str(tmp_path / out), "40"]  # noqa: E731
+    subprocess.run(cmd("straight.npz"), check=True, capture_output=True)
+    rng = np.random.default_rng(7)
+    for kill in range(3):
+        proc = subprocess.Popen(cmd("killed.npz"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and not list((tmp_path / "killed.npz.state").glob(f"step_{8 * (kill + 1)}*")):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.5))
+        proc.kill()
+        proc.wait()
+    done = subprocess.run(cmd("killed.npz"), check=True, capture_output=True, text=True)
+    assert int(done.stdout.split()[-1]) > 0  # it resumed
+    _same_params(tmp_path / "straight.npz", tmp_path / "killed.npz")
 
 
 @pytest.mark.parametrize("src,size", [(16, 16), (20, 16)])

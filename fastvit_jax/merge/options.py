@@ -99,10 +99,15 @@ def parse_r(spec: str) -> list[int]:
             step = parts[2] if len(parts) > 2 else 1
             if step <= 0 or len(parts) > 3:
                 raise ValueError
-            return list(range(start, stop + 1, step))
-        return [int(x) for x in spec.split(",")]
+            values = list(range(start, stop + 1, step))
+        else:
+            values = [int(x) for x in spec.split(",")]
     except ValueError:
         raise FastViTError(f"bad --r {spec!r}: use START:STOP[:STEP] (inclusive) or a comma list") from None
+    if not values or min(values) < 0:
+        raise FastViTError(f"bad --r {spec!r}: " + ("an empty range (START > STOP)" if not values else
+                                                     "r must be >= 0"))
+    return list(dict.fromkeys(values))  # each r once
 
 
 def parse_methods(spec: str) -> list[str]:
