@@ -24,10 +24,16 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
 
 def load_model(args, need_weights: bool = True):
     """(params, config, preprocess) from --checkpoint/--model and the overrides."""
+    import sys
+
     from fastvit_jax.hub import load_model
 
-    return load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
-                      crop_pct=args.crop_pct, random_weights=not need_weights)
+    notes: list[str] = []
+    loaded = load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
+                        crop_pct=args.crop_pct, random_weights=not need_weights, notes=notes)
+    for note in notes:
+        print(f"fastvit: note: {note}", file=sys.stderr)
+    return loaded
 
 
 def add_speed_args(p: argparse.ArgumentParser) -> None:
@@ -124,3 +130,13 @@ def train_config(args):
     return TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                        steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
                        seed=args.seed, augment=not args.no_augment)
+
+
+def model_meta(args) -> dict | None:
+    """What `fastvit convert --model NAME` writes into the file: the entry's GELU and preprocessing."""
+    if not getattr(args, "model", None):
+        return None
+    from fastvit_jax.registry import get_entry
+
+    e = get_entry(args.model)
+    return {"family": e.name, "gelu": e.config.gelu, "preprocessing": e.preprocessing, "crop_pct": e.crop_pct}

@@ -7,6 +7,7 @@ key and shape against the model.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -63,23 +64,48 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FastViTError(f"{path}: not a readable .npz checkpoint (truncated or corrupt: {e})") from None
 
 
-def save_npz(params: dict, path: str | os.PathLike) -> Path:
-    """Write params as a Google-layout .npz (flat '/'-joined keys, float32)."""
+# What a file is (model family, GELU, preprocessing), beside the params under one extra key that
+# Google-layout readers load as one more (unused) array: JSON text as uint8.
+META_KEY = "fastvit_meta"
+TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def _meta_array(meta: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+
+
+def _read_meta(flat: dict, source) -> dict | None:
+    raw = flat.pop(META_KEY, None)
+    if raw is None:
+        return None
+    try:
+        return json.loads(np.asarray(raw, np.uint8).tobytes().decode())
+    except (ValueError, UnicodeDecodeError):
+        raise FastViTError(f"{source}: key {META_KEY} is not the JSON fastvit writes there") from None
+
+
+def save_npz(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write params as a Google-layout .npz (flat '/'-joined keys, float32), plus `meta` if given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    if meta:
+        flat[META_KEY] = _meta_array(meta)
     with open(path, "wb") as f:
         np.savez(f, **flat)
     return path
 
 
 # ---------------------------------------------------------------- orbax
-def save_orbax(params: dict, path: str | os.PathLike) -> Path:
+def save_orbax(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
+    tree = jax.tree_util.tree_map(np.asarray, params)
+    if meta:
+        tree = {**tree, META_KEY: _meta_array(meta)}
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, jax.tree_util.tree_map(np.asarray, params), force=True)
+        ckptr.save(path, tree, force=True)
     return path
 
 
@@ -95,18 +121,23 @@ def read_orbax(path: str | os.PathLike) -> dict:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def read_params(path: str | os.PathLike) -> dict:
-    """Nested params from .npz, an orbax directory, or a timm .safetensors/.pth (converted on the fly)."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict | None]:
+    """(nested params, what the file says it is or None) from .npz, an orbax directory, or a timm
+    .safetensors/.pth (converted on the fly; DeiT/timm weights: exact GELU, deit preprocessing)."""
     path = Path(path)
     if not path.exists():
         raise FastViTError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        return read_orbax(path)
-    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+    if path.suffix in TORCH_SUFFIXES and not path.is_dir():
         from checkpoints_convert.timm_vit import convert_file
 
-        return convert_file(path)
-    return unflatten(read_npz(path))
+        return convert_file(path), {"family": "deit", "gelu": "exact", "preprocessing": "deit", "crop_pct": 0.9}
+    flat = flatten(read_orbax(path)) if path.is_dir() else read_npz(path)
+    meta = _read_meta(flat, path)
+    return unflatten(flat), meta
+
+
+def read_params(path: str | os.PathLike) -> dict:
+    return read_checkpoint(path)[0]
 
 
 # ---------------------------------------------------------------- config inference
@@ -171,15 +202,15 @@ def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") ->
         raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
 
 
-def load(path: str | os.PathLike, config: ViTConfig | None = None) -> tuple[dict, ViTConfig]:
-    """Read a checkpoint and return (params, config).
+def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta: bool = False):
+    """Read a checkpoint and return (params, config), and the file's own description when with_meta.
 
-    Without config, the architecture is inferred from the shapes. With one, the file is checked
-    against it; position embeddings are resized when only the resolution differs, and a
-    representation layer (pre_logits) present in the file is used.
+    Without config, the architecture is inferred from the shapes (GELU from the file's description,
+    else tanh). With one, the file is checked against it; position embeddings are resized when only
+    the resolution differs, and a representation layer (pre_logits) present in the file is used.
     """
-    params = read_params(path)
-    found = infer_config(params, gelu=config.gelu if config else "tanh")
+    params, meta = read_checkpoint(path)
+    found = infer_config(params, gelu=config.gelu if config else (meta or {}).get("gelu", "tanh"))
     if config is None:
         config = found
     else:
@@ -190,31 +221,38 @@ def load(path: str | os.PathLike, config: ViTConfig | None = None) -> tuple[dict
             pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"]), config.grid)
     check_params(params, config, str(path))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    return params, config
+    return (params, config, meta) if with_meta else (params, config)
 
 
 # ---------------------------------------------------------------- downloads
 def describe(path: str | os.PathLike) -> dict:
     """What `fastvit inspect` shows: the config inferred from the shapes, the parameter count and
     every key with its shape."""
-    params = read_params(path)
+    params, meta = read_checkpoint(path)
     config, flat = infer_config(params), flatten(params)
     cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
                                           "num_classes", "pre_logits")}
     cfg["variant"] = config.variant
-    return {"file": str(path), "config": cfg, "parameters": sum(int(v.size) for v in flat.values()),
+    return {"file": str(path), "config": cfg, "meta": meta, "parameters": sum(int(v.size) for v in flat.values()),
             "keys": {k: list(v.shape) for k, v in flat.items()}}
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None) -> dict:
-    """Any readable checkpoint -> Google-layout .npz or orbax (fmt None: npz when dst ends in .npz)."""
-    params = read_params(src)
-    config = infer_config(params)
+GOOGLE_META = {"family": "google", "gelu": "tanh", "preprocessing": "inception"}
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, meta: dict | None = None) -> dict:
+    """Any readable checkpoint -> Google-layout .npz or orbax (fmt None: npz when dst ends in .npz).
+    The output says what it is: `meta` if given, else the source's own description, else Google's
+    (timm/DeiT sources describe themselves); "assumed" in the result says when that was a guess."""
+    params, found = read_checkpoint(src)
+    meta = meta or found or GOOGLE_META
+    config = infer_config(params, gelu=meta.get("gelu", "tanh"))
     check_params(params, config, str(src))
     fmt = fmt or ("npz" if Path(dst).suffix == ".npz" else "orbax")
-    out = save_npz(params, dst) if fmt == "npz" else save_orbax(params, dst)
+    out = save_npz(params, dst, meta) if fmt == "npz" else save_orbax(params, dst, meta)
     return {"src": str(src), "dst": str(out), "format": fmt, "variant": config.variant,
-            "image_size": config.image_size, "num_classes": config.num_classes}
+            "image_size": config.image_size, "num_classes": config.num_classes, "meta": meta,
+            "assumed": meta is GOOGLE_META}
 
 
 def cache_dir() -> Path:

@@ -102,11 +102,13 @@ def cmd_inspect(args):
 
 @command("convert", "convert a checkpoint (timm/DeiT .safetensors/.pth, .npz, orbax) to .npz or orbax",
          arg("src"), arg("dst", help="OUT.npz, or a directory for orbax"),
-         arg("--format", choices=["npz", "orbax"], help="default: npz if DST ends in .npz, else orbax"))
+         arg("--format", choices=["npz", "orbax"], help="default: npz if DST ends in .npz, else orbax"),
+         arg("--model", help="registered model the file is (its GELU and preprocessing are written into DST)"))
 def cmd_convert(args):
-    res = convert(args.src, args.dst, args.format)
+    res = convert(args.src, args.dst, args.format, meta=arguments.model_meta(args))
     emit(args, res, f"wrote {res['dst']} ({res['format']}, {res['variant']}, {res['image_size']}px, "
-                    f"{res['num_classes']} classes)")
+                    f"{res['num_classes']} classes; {res['meta']['gelu']} GELU, {res['meta']['preprocessing']} "
+                    f"preprocessing{', assumed: pass --model to say what it is' if res['assumed'] else ''})")
 
 
 @command("predict", "top-5 classes of images", arg("images", nargs="+"), MODEL, MERGE)
@@ -127,7 +129,7 @@ def cmd_eval(args):
     params, config, pre = arguments.load_model(args)
     plan = merge_plan(args, config, params)
     res = evaluate(model_forward(args, config, plan), params, open_dataset(args.data).limit(args.limit), pre,
-                   batch_size=args.batch_size, progress=not args.no_progress)
+                   batch_size=args.batch_size, progress=not args.no_progress, num_classes=config.num_classes)
     res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "clamped": plan.clamped,
                 "options": plan.options.to_dict(), "plan": plan.summary()})
     text = format_table([res], ["method", "r", "top1", "top5", "images", "images_per_s", "gflops", "clamped"])

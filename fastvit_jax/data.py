@@ -145,6 +145,15 @@ class Dataset:
         return self if not n else dataclasses.replace(self, items=self.items[:n])
 
 
+def check_labels(labels, num_classes: int, name: str) -> None:
+    """Labels must index the model's classes; -1 (unlabelled) is allowed."""
+    labels = np.asarray(labels)
+    bad = labels >= num_classes
+    if bad.any():
+        raise FastViTError(f"{name}: {int(bad.sum())} of {len(labels)} labels are >= the model's {num_classes} "
+                           f"classes (up to {int(labels.max())}): is this data set labelled for another model?")
+
+
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTS
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax.data import Dataset, batches
+from fastvit_jax.data import Dataset, batches, check_labels
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -17,8 +17,16 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=-1)
 
 
+def _correct(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
+    """(top-1 correct, top-5 correct, labelled) among the labelled images (label >= 0)."""
+    mask = labels >= 0
+    return (int(topk_correct(logits[mask], labels[mask], 1).sum()),
+            int(topk_correct(logits[mask], labels[mask], 5).sum()), int(mask.sum()))
+
+
 def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, progress: bool = True,
-             desc: str = "eval", data_parallel: bool = True, cached: list | None = None) -> dict:
+             desc: str = "eval", data_parallel: bool = True, cached: list | None = None,
+             num_classes: int | None = None) -> dict:
     """Run forward(params, images) over ds. Returns top1, top5 (fractions over labelled images),
     images, labelled, images_per_s (model time after the first, compiling, batch), compile_s,
     failed, devices.
@@ -26,9 +34,12 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
     With several devices (and data_parallel), each batch is sharded over all of them and params are
     replicated; the batch size is rounded up to a multiple of the device count and the padding masked.
     `cached`: already preprocessed batches to use instead of reading ds (sweeps reuse them).
+    num_classes: refuse labels >= it before evaluating.
     """
     from fastvit_jax import parallel
 
+    if num_classes is not None:  # labels the head cannot predict would score 0 without a word
+        check_labels([label for _, label in ds.items], num_classes, ds.name)
     mesh = None
     if data_parallel and len(jax.devices()) > 1:
         mesh = parallel.data_mesh()
@@ -48,12 +59,8 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
                 compile_s, first = dt, False
             else:
                 model_s += dt
-            labels = b.labels[: b.count]
-            mask = labels >= 0
-            correct1 += int(topk_correct(logits[mask], labels[mask], 1).sum())
-            correct5 += int(topk_correct(logits[mask], labels[mask], 5).sum())
-            labelled += int(mask.sum())
-            seen += b.count
+            c1, c5, n = _correct(logits, b.labels[: b.count])
+            correct1, correct5, labelled, seen = correct1 + c1, correct5 + c5, labelled + n, seen + b.count
             bar.update(b.count)
             bar.set_postfix(top1=f"{correct1 / max(labelled, 1):.3f}")
     timed = seen - min(seen, batch_size)

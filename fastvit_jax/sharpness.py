@@ -165,12 +165,13 @@ def measure(config: ViTConfig, params, preprocess, data: str, plan: MergePlan | 
     """lambda_max on `num_images` labelled images spread over the data set (`fastvit sharpness`)."""
     import time
 
-    from fastvit_jax.data import load_arrays, open_dataset, spread
+    from fastvit_jax.data import check_labels, load_arrays, open_dataset, spread
 
     ds = open_dataset(data)
     if len(ds) < num_images:
         raise FastViTError(f"--num-images {num_images} but {data} has {len(ds)} images")
     images, labels = load_arrays(spread(ds, num_images), preprocess, require_labels=True)
+    check_labels(labels, config.num_classes, ds.name)
     if len(images) % micro_batch:
         raise FastViTError(f"{len(images)} readable images is not a multiple of --micro-batch {micro_batch}")
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fastvit_jax import checkpoint
 from fastvit_jax.bench import time_forward
-from fastvit_jax.data import Dataset, batches
+from fastvit_jax.data import Dataset, batches, check_labels
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.evaluate import evaluate
 from fastvit_jax.flops import gflops
@@ -148,6 +148,7 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
     settings) are kept, duplicates run once, and plans that give the same numbers are measured once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
     check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size), have_rows=bool(done))
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid

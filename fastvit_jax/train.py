@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fastvit_jax import checkpoint
 from fastvit_jax.config import ViTConfig
+from fastvit_jax.data import check_labels
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.sam import sam
 from fastvit_jax.sharpness import classification_loss
@@ -165,6 +166,7 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
     loss_fn = classification_loss(config)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     opt_state = opt.init(params)
+    check_labels(labels, config.num_classes, "training labels")
     _check_settings(_state_dir(out), run_settings(config, tc, images, labels))
     params, opt_state, start = _latest_state(_state_dir(out), params, opt_state)
 

@@ -131,6 +131,10 @@ def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):
     res = json.loads(out)
     # Measured here: 0.7960 top-1 / 0.9460 top-5 on all 1000 (timm reports 0.796 / 0.946).
     assert res["images"] == 200 and res["top1"] > 0.7
+    # The converted file says it is DeiT (exact GELU, deit preprocessing): no --model needed.
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "deit.npz"), "--limit", "200", "--json",
+                         "--data", str(shared_dir / "data" / "imagenet-samples"), "--no-progress", "--batch-size", "50")
+    assert (json.loads(out)["top1"], json.loads(out)["top5"]) == (res["top1"], res["top5"]) and "note" not in err
 
 
 def test_sharpness_json(capsys):
@@ -198,3 +202,39 @@ def test_target_speedup_measured_end_to_end(capsys):
         assert json.loads(out)["r"] > 0
     else:
         assert code == 2 and "meets the budget" in err and err.count("\n") == 1
+
+
+def test_files_say_what_they_are(setup, capsys, tmp_path):
+    """A Google file without a description gets a note naming the defaults; `convert --model` writes the
+    description as one extra key, which a plain np.load (as Google's own loader) still reads."""
+    cfg, ckpt, imgs = setup
+    code, _, err = run(capsys, "predict", str(sorted(imgs.iterdir())[0]), "--checkpoint", str(ckpt))
+    assert code == 0 and "does not say what model it is: assumed a Google ViT (tanh GELU, inception" in err
+    for dst in ("described.npz", "described_orbax"):
+        code, out, _ = run(capsys, "convert", str(ckpt), str(tmp_path / dst), "--model", "deit_tiny_patch16_224")
+        assert code == 0 and "exact GELU, deit preprocessing" in out
+        from fastvit_jax.hub import load_model
+
+        notes = []
+        _, config, pre = load_model(path=tmp_path / dst, notes=notes)
+        assert (config.gelu, pre.family, notes) == ("exact", "deit", [])
+    with np.load(tmp_path / "described.npz") as z:
+        original = dict(np.load(ckpt))
+        assert set(z.files) == set(original) | {checkpoint.META_KEY}
+        for k, v in original.items():
+            np.testing.assert_array_equal(z[k], v)
+    code, out, _ = run(capsys, "convert", str(ckpt), str(tmp_path / "plain.npz"))
+    assert "assumed" in out and json.loads(run(capsys, "inspect", str(tmp_path / "plain.npz"), "--json")[1])["meta"][
+        "gelu"] == "tanh"
+
+
+def test_labels_outside_the_head_are_refused(tmp_path, capsys):
+    from conftest import TINY  # 10 classes
+
+    np.savez(tmp_path / "tiny.npz", **google_checkpoint(TINY))
+    (tmp_path / "imgs").mkdir()
+    for name in ("n01440764_a.png", "n01530575_b.png"):  # ImageNet classes 0 and 10
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / name)
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "tiny.npz"), "--data", str(tmp_path / "imgs"),
+                       "--no-progress")
+    assert code == 2 and "1 of 2 labels are >= the model's 10 classes" in err and err.count("\n") == 2  # note + error
