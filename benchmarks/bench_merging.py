@@ -13,11 +13,15 @@ LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from fastvit_jax.arguments import add_merge_args, add_speed_args, merge_points
+from fastvit_jax.arguments import (
+    ArgumentParser,
+    add_merge_args,
+    add_speed_args,
+    merge_points,
+)
 from fastvit_jax.bench import time_forwards
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
@@ -32,7 +36,7 @@ except ImportError:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="vit_small_patch16_224,vit_base_patch16_224")
     add_merge_args(p, several=True, r="8,13,16", targets=False)
     p.add_argument("--batch-size", type=int, default=32)

@@ -12,17 +12,16 @@ then summary.json, summary.md and accuracy_drop_vs_r.{png,svg}. Every part is re
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from fastvit_jax.arguments import ArgumentParser, add_merge_args, merge_points
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
-from fastvit_jax.arguments import add_merge_args, merge_points
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.report import pyplot, save_figure
@@ -81,7 +80,7 @@ def md(summary: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/cifar10/test")
     p.add_argument("--adamw", help="AdamW checkpoint (default: bundled vit_cifar_adamw)")
     p.add_argument("--sam", help="SAM checkpoint (default: bundled vit_cifar_sam)")

@@ -13,11 +13,11 @@ GFLOPs (paper Table 8) picked from the sweep. The bundled model is used; 1000 im
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from fastvit_jax.arguments import ArgumentParser
 from fastvit_jax.data import image_folder
 from fastvit_jax.demo import bundled_model
 from fastvit_jax.errors import report_errors
@@ -41,7 +41,7 @@ def matched(rows, targets):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/imagenet-samples")
     p.add_argument("--out", default="benchmarks/results/deit_tiny")
     p.add_argument("--limit", type=int)

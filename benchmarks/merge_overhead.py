@@ -19,7 +19,6 @@ gives, with no merging cost on either side.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastvit_jax.arguments import add_merge_args, add_speed_args, merge_points
+from fastvit_jax.arguments import (
+    ArgumentParser,
+    add_merge_args,
+    add_speed_args,
+    merge_points,
+)
 from fastvit_jax.bench import time_round_robin
 from fastvit_jax.errors import report_errors
 from fastvit_jax.flops import gflops
@@ -75,7 +79,7 @@ def compile_variants(config, points, args, params, images) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_small_patch16_224")
     add_merge_args(p, several=True, r="8,13,16", targets=False)
     p.add_argument("--batch-size", type=int, default=32)

@@ -11,7 +11,6 @@ Writes regions_<size>.json and prints a table. --image-size 384 mirrors the pape
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastvit_jax import checkpoint
-
+from fastvit_jax.arguments import ArgumentParser
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.demo import bundled_model
 from fastvit_jax.errors import report_errors
@@ -38,7 +37,7 @@ def matched_lgtm(config, tokens: int, skip: int, window: int):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/imagenet-samples")
     p.add_argument("--num-images", type=int, default=200)
     p.add_argument("--tome-r", type=int, default=13)

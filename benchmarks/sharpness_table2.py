@@ -13,7 +13,6 @@ Images are spread over the classes; labels come from the file names.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import jax
 
+from fastvit_jax.arguments import ArgumentParser
 from fastvit_jax.data import load_arrays, open_dataset, spread
 from fastvit_jax.errors import report_errors
 from fastvit_jax.hub import load_model
@@ -31,7 +31,7 @@ from fastvit_jax.sharpness import lambda_max
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="registry name (default: the bundled DeiT-Tiny)")
     p.add_argument("--checkpoint")
     p.add_argument("--random-weights", action="store_true", help="the --model architecture, randomly initialised")

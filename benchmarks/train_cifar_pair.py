@@ -11,7 +11,6 @@ Writes OUT/{adamw,sam}.npz, OUT/{adamw,sam}.json (train results) and OUT/recipe.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastvit_jax.arguments import ArgumentParser
 from fastvit_jax.errors import report_errors
 
 
@@ -40,7 +40,7 @@ def run_json(cmd: list[str], log: Path) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--model", default="vit_cifar_patch2_28")
     p.add_argument("--budget-s", type=float, default=480)

@@ -4,11 +4,54 @@ defined here once, and merge flags become one MergeOptions value (`merge_options
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fastvit_jax.data import FAMILIES
-from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
+from fastvit_jax.merge.options import (
+    DEFAULT_WINDOW,
+    METHODS,
+    METRICS,
+    MergeOptions,
+    parse_methods,
+    parse_r,
+)
 
 DTYPE_CHOICES = ("float32", "bfloat16")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A bad command line gets one line, `PROG: error: ...` (exit 2), not a usage dump."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
 
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
@@ -17,15 +60,13 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from --checkpoint, "
                                     "or the bundled deit_tiny_patch16_224 when no checkpoint is given")
     p.add_argument("--preprocessing", choices=FAMILIES, help="override the model's preprocessing")
-    p.add_argument("--crop-pct", type=float, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
+    p.add_argument("--crop-pct", type=fraction, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
     add_speed_args(p)
 
 
 def load_model(args, need_weights: bool = True):
     """(params, config, preprocess) from --checkpoint/--model and the overrides."""
-    import sys
-
     from fastvit_jax.hub import load_model
 
     notes: list[str] = []
@@ -63,8 +104,8 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
     g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
     if targets and not several:
-        g.add_argument("--target-gflops", type=float, help="pick the smallest r whose plan has at most X GFLOPs")
-        g.add_argument("--target-speedup", type=float, help="pick the smallest r reaching X times the dense speed")
+        g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
+        g.add_argument("--target-speedup", type=positive_float, help="pick the smallest r reaching X times the dense speed")
         g.add_argument("--speedup-by", choices=["measured", "flops"], default="measured",
                        help="--target-speedup judged by timing the jit forward here, or by the FLOPs ratio")
 
@@ -97,10 +138,10 @@ def merge_points(args) -> list[MergeOptions]:
 
 def add_sharpness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="labelled image folder, packed .npz, or tfds:NAME[:SPLIT]")
-    p.add_argument("--num-images", type=int, default=64)
-    p.add_argument("--micro-batch", type=int, default=8, help="images per HVP micro-batch (memory)")
-    p.add_argument("--iters", type=int, default=20, help="max HVPs per power-iteration run / Lanczos steps")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative change to stop power iteration")
+    p.add_argument("--num-images", type=positive_int, default=64)
+    p.add_argument("--micro-batch", type=positive_int, default=8, help="images per HVP micro-batch (memory)")
+    p.add_argument("--iters", type=positive_int, default=20, help="max HVPs per power-iteration run / Lanczos steps")
+    p.add_argument("--tol", type=positive_float, default=1e-3, help="relative change to stop power iteration")
     p.add_argument("--solver", choices=["power", "lanczos"], default="power")
     p.add_argument("--seed", type=int, default=0)
 
@@ -113,13 +154,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=positive_int, default=100)
     p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ckpt-every", type=int, default=50, help="save resumable state every K steps")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="resumable states kept (the newest)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--ckpt-every", type=positive_int, default=50, help="save resumable state every K steps")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="resumable states kept (the newest)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--out", required=True, help="OUT.npz (Google layout) or a directory (orbax)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from fastvit_jax import arguments
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
-from fastvit_jax.data import image_folder, label_names, load_arrays, load_image, open_dataset, pack_dataset, spread
+from fastvit_jax.data import (
+    image_folder,
+    label_names,
+    load_arrays,
+    load_image,
+    open_dataset,
+    pack_dataset,
+    spread,
+)
 from fastvit_jax.demo import run_demo
 from fastvit_jax.errors import FastViTError, report_errors
 from fastvit_jax.evaluate import evaluate, predict
@@ -45,8 +54,8 @@ def arg(*names, **kw):
 
 MODEL, MERGE, MERGE_GRID = arguments.add_model_args, arguments.add_merge_args, partial(arguments.add_merge_args, several=True)
 DATA = arg("--data", required=True, help="image folder, packed .npz (`fastvit pack`), or tfds:NAME[:SPLIT]")
-BATCH = arg("--batch-size", type=int, default=32)
-LIMIT = arg("--limit", type=int, help="use only the first N images")
+BATCH = arg("--batch-size", type=arguments.positive_int, default=32)
+LIMIT = arg("--limit", type=arguments.positive_int, help="use N images spread evenly over the data set")
 
 
 def emit(args, payload, text: str) -> None:
@@ -80,7 +89,7 @@ def cmd_models(args):
 
 @command("demo", "offline demo: the bundled real DeiT-Tiny on bundled images, dense vs merged",
          arg("--configs", default="none:0,tome:8,tome:13,dfe:8,dfe:13,lgtm:8,lgtm:13", help="comma-separated METHOD:R"),
-         arg("--runs", type=int, default=3, help="timed rounds (median)"),
+         arg("--runs", type=arguments.positive_int, default=3, help="timed rounds (median)"),
          arg("--show", type=int, default=8, help="predictions to print"))
 def cmd_demo(args):
     res = run_demo(parse_points(args.configs), runs=args.runs, progress=not args.json)
@@ -118,7 +127,8 @@ def cmd_predict(args):
     results, failed = predict(forward, params, args.images, pre, label_names(config.num_classes))
     lines = [line for r in results for line in
              [r["image"], *(f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}" for t in r["top5"])]]
-    emit(args, results, "\n".join(lines + [f"skipped {p}: {why}" for p, why in failed]))
+    emit(args, results + [{"image": p, "error": why} for p, why in failed],
+         "\n".join(lines + [f"skipped {p}: {why}" for p, why in failed]))
     return 1 if failed and not results else 0
 
 
@@ -137,7 +147,7 @@ def cmd_eval(args):
 
 
 @command("sweep", "accuracy, GFLOPs and images/s over methods x r; resumable; Pareto plots", MODEL, DATA,
-         MERGE_GRID, LIMIT, BATCH, arg("--bench-runs", type=int, default=5, help="timed runs per point for images/s"),
+         MERGE_GRID, LIMIT, BATCH, arg("--bench-runs", type=arguments.positive_int, default=5, help="timed runs per point for images/s"),
          arg("--out", required=True, help="directory for results.csv, results.jsonl and plots"),
          arg("--remeasure-speed", action="store_true",
              help="only re-time images/s of the points already in --out (run on a quiet machine)"))
@@ -203,7 +213,7 @@ def cmd_visualize(args):
 
 
 @command("analyze", "token similarity per block, merged-pair similarity, posemb maps", MODEL, DATA,
-         arg("--num-images", type=int, default=32), partial(MERGE_GRID, methods="tome", r="10,20", targets=False),
+         arg("--num-images", type=arguments.positive_int, default=32), partial(MERGE_GRID, methods="tome", r="10,20", targets=False),
          arg("--out", required=True))
 def cmd_analyze(args):
     params, config, pre = arguments.load_model(args)
@@ -215,7 +225,7 @@ def cmd_analyze(args):
 
 
 @command("bench", "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)",
-         MODEL, MERGE, BATCH, arg("--runs", type=int, default=50))
+         MODEL, MERGE, BATCH, arg("--runs", type=arguments.positive_int, default=50))
 def cmd_bench(args):
     if args.model is None and args.checkpoint is None:
         args.model = "vit_small_patch16_224"
@@ -230,7 +240,7 @@ def cmd_bench(args):
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0])
+    parser = arguments.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help, fn, adders in COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
@@ -242,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad command line (already reported in one line)
+        return e.code or 0
+    warnings.showwarning = lambda message, category, *_: print(f"fastvit: warning: {message}", file=sys.stderr)
     return report_errors(lambda: args.fn(args), "fastvit")
 
 

@@ -12,6 +12,7 @@ import io
 import math
 import os
 import re
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import resources
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fastvit_jax.errors import FastViTError
 
-IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".webp", ".bmp"}
+IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _SYNSET = re.compile(r"^(n\d{8})")
@@ -124,11 +125,19 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file (any mode; converted to RGB by Preprocess). Errors name the file."""
     try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise FastViTError(f"{path}: cannot read image ({e})") from None
+        return decode(Image.open(path))
+    except IMAGE_ERRORS as e:  # PIL's own message may name the file again
+        raise FastViTError(f"{path}: cannot read image ({str(e).replace(f' {str(path)!r}', '')})") from None
+
+
+# What a damaged, truncated, unknown or oversized (decompression bomb) image raises while decoding.
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode(img: Image.Image) -> Image.Image:
+    """Decode now (PIL is lazy), so a damaged file fails here, where it can be named and skipped."""
+    img.load()
+    return img
 
 
 # ---------------------------------------------------------------- data sets
@@ -142,7 +151,10 @@ class Dataset:
         return len(self.items)
 
     def limit(self, n: int | None) -> "Dataset":
-        return self if not n else dataclasses.replace(self, items=self.items[:n])
+        """n items spread evenly over the set (a class-sorted folder keeps all its classes); None: all."""
+        if n is not None and n < 1:
+            raise FastViTError(f"limit must be a positive number of images, got {n}")
+        return spread(self, n)
 
 
 def check_labels(labels, num_classes: int, name: str) -> None:
@@ -231,18 +243,37 @@ def pack_dataset(ds: Dataset, out: str | Path) -> Path:
 
 def packed_dataset(path: str | Path) -> Dataset:
     """A .npz written by pack_dataset (`fastvit pack`)."""
-    with np.load(path) as z:
-        missing = [k for k in PACK_KEYS if k not in z.files]
-        if missing:
-            raise FastViTError(f"{path}: not a packed image set (missing {', '.join(missing)}; "
-                               f"write one with `fastvit pack DIR OUT.npz`)")
-        encoded, offsets, labels, names = (z[k] for k in PACK_KEYS)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in PACK_KEYS if k not in z.files]
+            if missing:
+                raise FastViTError(f"{path}: not a packed image set (missing {', '.join(missing)}; "
+                                   f"write one with `fastvit pack DIR OUT.npz`)")
+            encoded, offsets, labels, names = (z[k] for k in PACK_KEYS)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise FastViTError(f"{path}: not a readable packed image set (truncated or corrupt: {e})") from None
 
     def loader(i):
-        return lambda: Image.open(io.BytesIO(encoded[offsets[i]:offsets[i + 1]].tobytes()))
+        return _PackedImage(encoded, int(offsets[i]), int(offsets[i + 1]), f"{path}[{i}]")
 
     return Dataset([(loader(i), int(labels[i])) for i in range(len(labels))],
                    [str(n) for n in names] or None, name=str(path))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _PackedImage:
+    """Loader of one packed image; its str names it in skip reports."""
+
+    encoded: np.ndarray = dataclasses.field(repr=False)
+    start: int
+    end: int
+    name: str
+
+    def __call__(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.encoded[self.start:self.end].tobytes()))
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def open_dataset(spec: str, **kw) -> Dataset:
@@ -274,10 +305,12 @@ def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int 
     def work(item):
         src, label = item
         try:
-            img = src() if callable(src) else load_image(src)
+            img = decode(src()) if callable(src) else load_image(src)
             return preprocess(img), label, src, None
         except FastViTError as e:
-            return None, label, src, str(e)
+            return None, label, src, str(e).removeprefix(f"{src}: ")
+        except IMAGE_ERRORS as e:  # an image decoded on the fly (packed, tfds)
+            return None, label, src, f"cannot read image ({e})"
 
     chunks = [ds.items[i:i + batch_size] for i in range(0, len(ds.items), batch_size)]
     with ThreadPoolExecutor(workers) as pool:

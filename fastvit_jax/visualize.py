@@ -14,8 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fastvit_jax.config import ViTConfig
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.models.vit import VisionTransformer
+
+RASTER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def token_map(source: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -68,13 +71,16 @@ def paint(rgb: np.ndarray, ids: np.ndarray, patch: int, border: bool = True) -> 
 
 def render(panels: list[tuple[str, np.ndarray]], out: str | Path) -> Path:
     """Side-by-side panels with titles, written as a raster image (format from the extension)."""
+    out = Path(out)
+    if out.suffix.lower() not in RASTER_EXTS:
+        raise FastViTError(f"--out {out}: cannot write a {out.suffix or 'no-extension'} image; "
+                           f"use one of {', '.join(RASTER_EXTS)}")
     h, w = panels[0][1].shape[:2]
     canvas = Image.new("RGB", (len(panels) * (w + 8) + 8, h + 28), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (title, img) in enumerate(panels):
         canvas.paste(Image.fromarray(img), (8 + i * (w + 8), 22))
         draw.text((8 + i * (w + 8), 5), title, fill="black")
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out

@@ -57,6 +57,8 @@ class MergeOptions:
             object.__setattr__(self, name, _whole(name, getattr(self, name), allow_none=name in ("skip", "transition")))
         if self.r < 0:
             raise FastViTError(f"r must be a non-negative integer, got {self.r}")
+        if self.method == "none":  # the dense model merges nothing, whatever r says
+            object.__setattr__(self, "r", 0)
         if self.window < 2:
             raise FastViTError(f"window must be >= 2, got {self.window}")
         if self.skip is not None and self.skip < 0:
