@@ -9,7 +9,9 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-from fastvit_jax import arguments
+from tqdm import tqdm
+
+from fastvit_jax import __version__, arguments
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
@@ -153,7 +155,8 @@ def cmd_eval(args):
              help="only re-time images/s of the points already in --out (run on a quiet machine)"))
 def cmd_sweep(args):
     params, config, pre = arguments.load_model(args)
-    kw = dict(batch_size=args.batch_size, progress=not args.json, title=args.model or "")
+    model = args.model or (Path(args.checkpoint).name if args.checkpoint else "deit_tiny_patch16_224 (bundled)")
+    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}")
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
@@ -231,8 +234,9 @@ def cmd_bench(args):
         args.model = "vit_small_patch16_224"
     params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
-    res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                  examples_per_step=args.examples_per_step)
+    with tqdm(total=args.runs, desc="bench: timed rounds", disable=args.json, leave=False) as bar:
+        res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
+                      examples_per_step=args.examples_per_step, progress=lambda i: bar.update(1))
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
     emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
@@ -241,6 +245,7 @@ def cmd_bench(args):
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = arguments.ArgumentParser(prog="fastvit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fastvit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help, fn, adders in COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
