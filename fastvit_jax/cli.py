@@ -156,7 +156,8 @@ def cmd_eval(args):
 def cmd_sweep(args):
     params, config, pre = arguments.load_model(args)
     model = args.model or (Path(args.checkpoint).name if args.checkpoint else "deit_tiny_patch16_224 (bundled)")
-    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}")
+    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}", dtype=args.dtype,
+              examples_per_step=args.examples_per_step)
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
@@ -261,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return e.code or 0
-    warnings.showwarning = lambda message, category, *_: print(f"fastvit: warning: {message}", file=sys.stderr)
-    return report_errors(lambda: args.fn(args), "fastvit")
+    plain = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"fastvit: warning: {message}\n"  # one line, no source
+    try:
+        return report_errors(lambda: args.fn(args), "fastvit")
+    finally:
+        warnings.formatwarning = plain
 
 
 if __name__ == "__main__":

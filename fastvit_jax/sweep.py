@@ -101,9 +101,9 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()
 
 
-def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int) -> dict:
+def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, dtype: str = "float32") -> dict:
     """Everything besides the merge options that changes a sweep's numbers: the weights, the images
-    (which files, with which labels), their preprocessing, the batch size images/s is timed at."""
+    (which files, with which labels), their preprocessing, the batch size images/s is timed at, the dtype."""
     flat = checkpoint.flatten(params)
     weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
     # Files by their last two path parts (class folder, file name), so the same set read from another
@@ -112,7 +112,8 @@ def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int) -> 
                           for i, (src, label) in enumerate(ds.items)))
     return {"model": {"config": dataclasses.asdict(config), "weights": weights},
             "data": {"images": len(ds), "items": items},
-            "preprocess": dataclasses.asdict(preprocess), "batch_size": batch_size}
+            "preprocess": dataclasses.asdict(preprocess), "batch_size": batch_size,
+            **({"dtype": dtype} if dtype != "float32" else {})}  # float32 sweeps predate the key
 
 
 def _dotted(d: dict, prefix: str = "") -> dict:
@@ -143,14 +144,14 @@ def check_settings(out_dir: Path, settings: dict, *, only_given: bool = False, h
 
 def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
-              title: str = "") -> list[dict]:
+              title: str = "", dtype: str = "float32", examples_per_step="auto") -> list[dict]:
     """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
     settings) are kept, duplicates run once, and plans that give the same numbers are measured once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
-    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size), have_rows=bool(done))
+    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, dtype), have_rows=bool(done))
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
     todo = [o for o in dict.fromkeys(points) if o not in finished]
@@ -161,9 +162,10 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
     for options in tqdm(todo, desc="sweep", unit="point", disable=not progress):
         plan = make_plan(config, options)
         if same_numbers(plan) not in measured:
-            res = evaluate(make_forward(config, plan), params, ds, preprocess, batch_size=batch_size, cached=cache,
-                           desc=options.label, progress=progress, data_parallel=False)
-            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs)
+            res = evaluate(make_forward(config, plan, dtype, examples_per_step), params, ds, preprocess, cached=cache,
+                           batch_size=batch_size, desc=options.label, progress=progress, data_parallel=False)
+            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs, dtype=dtype,
+                                 examples_per_step=examples_per_step)
             measured[same_numbers(plan)] = {"top1": res["top1"], "top5": res["top5"], "images": res["labelled"],
                                             "images_per_s": speed["images_per_s"]}
         row = point_row(config, plan, measured[same_numbers(plan)])
@@ -175,7 +177,8 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
 
 
 def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
-                    progress: bool = True, plot: bool = True, title: str = "") -> list[dict]:
+                    progress: bool = True, plot: bool = True, title: str = "", dtype: str = "float32",
+                    examples_per_step="auto") -> list[dict]:
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
@@ -183,7 +186,8 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
     check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True, have_rows=bool(rows))
     for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
         plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
-        row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"]
+        row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs, dtype=dtype,
+                                           examples_per_step=examples_per_step)["images_per_s"]
     _rewrite(out_dir, rows)
     if plot and rows:
         plot_sweep(rows, out_dir, title)

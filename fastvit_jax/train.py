@@ -133,9 +133,13 @@ def _save_state(path: Path, params, opt_state, step: int, keep: int) -> None:
     """Save step's state, then delete all but the newest `keep` (at least 1) complete ones."""
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path.absolute() / f"step_{step}", {"params": params, "opt_state": opt_state,
-                                                       "step": jnp.asarray(step)}, force=True)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path.absolute() / f"step_{step}", {"params": params, "opt_state": opt_state,
+                                                           "step": jnp.asarray(step)}, force=True)
+    except OSError as e:  # e.g. a full disk: the states saved before stay complete and resumable
+        raise FastViTError(f"could not save the training state of step {step} to {path} ({e}); "
+                           f"free space and rerun the same command to resume") from None
     for old in complete_steps(path)[:-max(keep, 1)]:
         shutil.rmtree(path / f"step_{old}", ignore_errors=True)
 

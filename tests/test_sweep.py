@@ -40,9 +40,12 @@ def tiny_setup(tmp_path):
     return tmp_path / "m.npz", imgs
 
 
+DESCRIBED = ["--gelu", "tanh", "--preprocessing", "inception"]  # what the test checkpoints are (no note about it)
+
+
 def _sweep(ckpt, imgs, out, r="0:8:4", extra=()):
     return main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome,lgtm", "--r", r,
-                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json", *extra])
+                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json", *DESCRIBED, *extra])
 
 
 def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
@@ -149,9 +152,11 @@ def test_other_settings_into_the_same_out_are_refused(tiny_setup, tmp_path, caps
     assert _sweep(ckpt, imgs, out, r="4") == 0
     capsys.readouterr()
     for extra, what in ((["--limit", "2"], "data.images: 3 there, 2 now"), (["--batch-size", "3"], "batch_size"),
-                        (["--preprocessing", "deit"], "preprocess.family: 'inception' there, 'deit' now")):
+                        (["--preprocessing", "deit"], "preprocess.family: 'inception' there, 'deit' now"),
+                        (["--dtype", "bfloat16"], "dtype: None there, 'bfloat16' now")):
         code = main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome", "--r", "4",
-                     "--out", str(out), "--bench-runs", "1", "--json", *(["--batch-size", "2"] if "--batch-size" not in extra else []), *extra])
+                     "--out", str(out), "--bench-runs", "1", "--json", *DESCRIBED,
+                     *(["--batch-size", "2"] if "--batch-size" not in extra else []), *extra])
         err = capsys.readouterr().err
         assert code == 2 and "other settings" in err and what in err and err.count("\n") == 1, err
     other = tmp_path / "other.npz"

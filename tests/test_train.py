@@ -132,6 +132,27 @@ def test_state_of_other_settings_is_never_resumed(tmp_path):
         train_mod.train(MICRO, params, images, (labels + 1) % 3, tc, tmp_path / "m.npz", progress=False)
 
 
+def test_full_disk_is_one_line_and_keeps_earlier_states(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    params, images, labels = _micro_run()
+    tc = train_mod.TrainConfig(lr=1e-2, steps=4, batch_size=4, ckpt_every=1)
+    real_save, saves = ocp.StandardCheckpointer.save, []
+
+    def save(self, path, *a, **k):
+        saves.append(path)
+        if len(saves) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(self, path, *a, **k)
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", save)
+    with pytest.raises(FastViTError, match="could not save the training state of step 3 .*No space left"):
+        train_mod.train(MICRO, params, images, labels, tc, tmp_path / "m.npz", progress=False)
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", real_save)
+    res = train_mod.train(MICRO, params, images, labels, tc, tmp_path / "m.npz", progress=False)
+    assert res["resumed_from"] == 2
+
+
 KILL_SCRIPT = """
 import sys, jax, numpy as np
 from fastvit_jax import train as t
