@@ -294,10 +294,12 @@ class Batch:
 
 
 def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int | None = None,
-            failed: list | None = None) -> Iterator[Batch]:
+            failed: list | None = None, chunks: list[list] | None = None) -> Iterator[Batch]:
     """Decode and preprocess on a thread pool, one batch ahead; every batch has full size.
 
-    Unreadable images are skipped and appended to `failed` as (path, reason).
+    Unreadable images are skipped and appended to `failed` as (path, reason); a batch with no
+    readable image is skipped too, unless `chunks` (the items of each batch, given by the caller)
+    are given: then every chunk yields a batch (count 0 if empty), so processes stay in step.
     """
     workers = workers or min(8, (os.cpu_count() or 2) + 2)
     size = getattr(preprocess, "size", None)
@@ -312,7 +314,8 @@ def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int 
         except IMAGE_ERRORS as e:  # an image decoded on the fly (packed, tfds)
             return None, label, src, f"cannot read image ({e})"
 
-    chunks = [ds.items[i:i + batch_size] for i in range(0, len(ds.items), batch_size)]
+    keep_empty = chunks is not None
+    chunks = chunks if keep_empty else [ds.items[i:i + batch_size] for i in range(0, len(ds.items), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
         pending = [pool.map(work, c) for c in chunks[:2]]
         for ci in range(len(chunks)):
@@ -322,9 +325,9 @@ def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int 
             ok = [r for r in results if r[3] is None]
             if failed is not None:
                 failed.extend((str(r[2]), r[3]) for r in results if r[3] is not None)
-            if not ok:
+            if not ok and not keep_empty:
                 continue
-            shape = ok[0][0].shape if size is None else (size, size, 3)
+            shape = (size, size, 3) if size is not None else ok[0][0].shape
             images = np.zeros((batch_size,) + shape, np.float32)
             labels = np.full((batch_size,), -1, np.int32)
             for j, (arr, lab, _, _) in enumerate(ok):

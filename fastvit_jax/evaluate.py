@@ -24,6 +24,28 @@ def _correct(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
             int(topk_correct(logits[mask], labels[mask], 5).sum()), int(mask.sum()))
 
 
+def _stream(ds: Dataset, preprocess, batch_size: int, failed: list, mesh):
+    """Batches to run: with several processes, each decodes only its share of every global batch."""
+    if mesh is None or jax.process_count() == 1:
+        return batches(ds, preprocess, batch_size, failed=failed)
+    from fastvit_jax import parallel
+
+    chunks, local = parallel.process_chunks(ds.items, batch_size)
+    return batches(ds, preprocess, local, failed=failed, chunks=chunks)
+
+
+def _run_batch(forward, params, b, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of a batch's real images (the whole global batch with several processes)."""
+    from fastvit_jax import parallel
+
+    if mesh is None:
+        return np.asarray(jax.block_until_ready(forward(params, b.images)))[: b.count], b.labels[: b.count]
+    logits = jax.block_until_ready(forward(params, parallel.shard_batch(b.images, mesh)))
+    if jax.process_count() == 1:
+        return np.asarray(logits)[: b.count], b.labels[: b.count]
+    return parallel.gather_batch(logits, b.labels, b.count)
+
+
 def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, progress: bool = True,
              desc: str = "eval", data_parallel: bool = True, cached: list | None = None,
              num_classes: int | None = None) -> dict:
@@ -48,20 +70,19 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
     failed: list = []
     correct1 = correct5 = labelled = seen = 0
     model_s, compile_s, first = 0.0, 0.0, True
-    stream = cached if cached is not None else batches(ds, preprocess, batch_size, failed=failed)
+    stream = cached if cached is not None else _stream(ds, preprocess, batch_size, failed, mesh)
     with tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for b in stream:
             t0 = time.perf_counter()
-            images = parallel.shard_batch(b.images, mesh) if mesh is not None else b.images
-            logits = np.asarray(jax.block_until_ready(forward(params, images)))[: b.count]
+            logits, labels = _run_batch(forward, params, b, mesh)
             dt = time.perf_counter() - t0
             if first:
                 compile_s, first = dt, False
             else:
                 model_s += dt
-            c1, c5, n = _correct(logits, b.labels[: b.count])
-            correct1, correct5, labelled, seen = correct1 + c1, correct5 + c5, labelled + n, seen + b.count
-            bar.update(b.count)
+            c1, c5, n = _correct(logits, labels)
+            correct1, correct5, labelled, seen = correct1 + c1, correct5 + c5, labelled + n, seen + len(labels)
+            bar.update(len(labels))
             bar.set_postfix(top1=f"{correct1 / max(labelled, 1):.3f}")
     timed = seen - min(seen, batch_size)
     return {

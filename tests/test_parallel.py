@@ -109,3 +109,41 @@ def test_target_gflops_cli(capsys):
                  "--batch-size", "2", "--runs", "1", "--json"])
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["merged"]["gflops"] <= 0.9 and res["plan"]["r"] > 0
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """`fastvit eval` in two processes (jax.distributed on 127.0.0.1, CPU collectives over gloo), each
+    decoding its share of every batch, reports what one process reports: the last partial batch and an
+    unreadable image included."""
+    import socket
+
+    from PIL import Image
+
+    from conftest import TINY, google_checkpoint
+
+    np.savez(tmp_path / "m.npz", **google_checkpoint(TINY))
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        (data / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(data / f"c{i % 3}" / f"{i}.png")
+    (data / "c1" / "broken.png").write_bytes(b"not an image")
+    argv = [sys.executable, "-m", "fastvit_jax", "eval", "--checkpoint", str(tmp_path / "m.npz"), "--data", str(data),
+            "--batch-size", "4", "--method", "tome", "--r", "4", "--json", "--no-progress", "--gelu", "tanh",
+            "--preprocessing", "inception"]
+    one = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i))) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    both = [json.loads(out) for out, _ in outs]
+    for res in both:
+        assert res["devices"] == 2
+        assert (res["images"], res["labelled"], res["top1"], res["top5"]) == (
+            one["images"], one["labelled"], one["top1"], one["top5"]) == (11, 11, one["top1"], one["top5"])
+    assert sorted(f for res in both for f, _ in res["failed"]) == [f for f, _ in one["failed"]]
