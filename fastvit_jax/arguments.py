@@ -77,6 +77,20 @@ def load_model(args, need_weights: bool = True):
     return loaded
 
 
+def add_data_args(p: argparse.ArgumentParser, help: str = "image folder, packed .npz (`fastvit pack`), "
+                                                            "or tfds:NAME[:SPLIT]") -> None:
+    p.add_argument("--data", required=True, help=help)
+    p.add_argument("--data-dir", help="tensorflow-datasets data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--manual-dir", help="tensorflow-datasets manual downloads (e.g. imagenet2012's tar files)")
+
+
+def open_data(args):
+    from fastvit_jax.data import open_dataset
+
+    tfds_kw = {"data_dir": args.data_dir, "manual_dir": args.manual_dir} if args.data.startswith("tfds:") else {}
+    return open_dataset(args.data, **tfds_kw)
+
+
 def add_speed_args(p: argparse.ArgumentParser) -> None:
     """--dtype and --examples-per-step (see fastvit_jax.forward)."""
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="activation dtype")
@@ -137,7 +151,7 @@ def merge_points(args) -> list[MergeOptions]:
 
 
 def add_sharpness_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="labelled image folder, packed .npz, or tfds:NAME[:SPLIT]")
+    add_data_args(p, "labelled image folder, packed .npz, or tfds:NAME[:SPLIT]")
     p.add_argument("--num-images", type=positive_int, default=64)
     p.add_argument("--micro-batch", type=positive_int, default=8, help="images per HVP micro-batch (memory)")
     p.add_argument("--iters", type=positive_int, default=20, help="max HVPs per power-iteration run / Lanczos steps")
@@ -149,7 +163,7 @@ def add_sharpness_args(p: argparse.ArgumentParser) -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """`fastvit train` and `fastvit finetune`; read back by `train_config`."""
     add_model_args(p)
-    p.add_argument("--data", required=True, help="labelled image folder (class folders or synset-named files)")
+    add_data_args(p, "labelled images: class folders, synset-named files, packed .npz, or tfds:NAME[:SPLIT]")
     p.add_argument("--optimizer", choices=["adamw", "sam", "asam"], default="sam")
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -20,7 +20,6 @@ from fastvit_jax.data import (
     label_names,
     load_arrays,
     load_image,
-    open_dataset,
     pack_dataset,
     spread,
 )
@@ -55,7 +54,7 @@ def arg(*names, **kw):
 
 
 MODEL, MERGE, MERGE_GRID = arguments.add_model_args, arguments.add_merge_args, partial(arguments.add_merge_args, several=True)
-DATA = arg("--data", required=True, help="image folder, packed .npz (`fastvit pack`), or tfds:NAME[:SPLIT]")
+DATA = arguments.add_data_args
 BATCH = arg("--batch-size", type=arguments.positive_int, default=32)
 LIMIT = arg("--limit", type=arguments.positive_int, help="use N images spread evenly over the data set")
 
@@ -140,7 +139,7 @@ def cmd_eval(args):
     maybe_initialize_distributed()
     params, config, pre = arguments.load_model(args)
     plan = merge_plan(args, config, params)
-    res = evaluate(model_forward(args, config, plan), params, open_dataset(args.data).limit(args.limit), pre,
+    res = evaluate(model_forward(args, config, plan), params, arguments.open_data(args).limit(args.limit), pre,
                    batch_size=args.batch_size, progress=not args.no_progress, num_classes=config.num_classes)
     res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "clamped": plan.clamped,
                 "options": plan.options.to_dict(), "plan": plan.summary()})
@@ -161,7 +160,7 @@ def cmd_sweep(args):
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
-        rows = run_sweep(params, config, pre, open_dataset(args.data).limit(args.limit), args.out,
+        rows = run_sweep(params, config, pre, arguments.open_data(args).limit(args.limit), args.out,
                          arguments.merge_points(args), bench_runs=args.bench_runs, **kw)
     rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
     note_clamped([f"{r['method']} r={r['r']}" for r in rows if r.get("clamped")])
@@ -174,7 +173,7 @@ def cmd_sweep(args):
          arguments.add_sharpness_args)
 def cmd_sharpness(args):
     params, config, pre = arguments.load_model(args)
-    out = measure(config, params, pre, args.data, merge_plan(args, config, params), num_images=args.num_images,
+    out = measure(config, params, pre, arguments.open_data(args), merge_plan(args, config, params), num_images=args.num_images,
                   micro_batch=args.micro_batch, iters=args.iters, tol=args.tol, seed=args.seed, solver=args.solver,
                   progress=not args.json)
     emit(args, out, format_table([out], ["method", "r", "skip", "lambda_max", "iterations", "hvps", "wall_s"]))
@@ -187,7 +186,7 @@ def cmd_finetune(args):
     if from_scratch and not args.model:
         raise FastViTError("fastvit train needs --model (the architecture), e.g. vit_cifar_patch4_32")
     params, config, pre = arguments.load_model(args, need_weights=not from_scratch or args.checkpoint is not None)
-    images, labels = load_arrays(open_dataset(args.data).limit(args.limit), pre.for_training(), require_labels=True)
+    images, labels = load_arrays(arguments.open_data(args).limit(args.limit), pre.for_training(), require_labels=True)
     res = train(config, params, images, labels, arguments.train_config(args), args.out, progress=not args.json,
                 keep_checkpoints=args.keep_checkpoints)
     emit(args, res, f"wrote {res['out']} after {res['steps']} steps ({res['wall_s']:.0f} s"
@@ -221,7 +220,7 @@ def cmd_visualize(args):
          arg("--out", required=True))
 def cmd_analyze(args):
     params, config, pre = arguments.load_model(args)
-    images, _ = load_arrays(spread(open_dataset(args.data), args.num_images), pre)
+    images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), pre)
     result, rows = run_analysis(config, params, images, [make_plan(config, o) for o in arguments.merge_points(args)],
                                 args.out)
     emit(args, result, format_table(rows, list(rows[0])) + f"\nwrote {args.out}/analysis.json, "

@@ -198,33 +198,6 @@ def _file_label(p: Path) -> int:
     return synset_index().get(m.group(1), -1) if m else -1
 
 
-def tfds_dataset(spec: str, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
-    """'tfds:NAME[:SPLIT]' (e.g. tfds:imagenet2012:validation, tfds:cifar10:test)."""
-    parts = spec.split(":")
-    name = parts[1] if len(parts) > 1 else ""
-    split = parts[2] if len(parts) > 2 else ("validation" if name.startswith("imagenet") else "test")
-    try:
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(name, data_dir=data_dir)
-        if manual_dir or not builder.is_prepared():
-            cfg = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-            builder.download_and_prepare(download_config=cfg)
-        source = builder.as_data_source(split=split)
-    except FastViTError:
-        raise
-    except Exception as e:
-        raise FastViTError(f"tensorflow-datasets {name!r} split {split!r} is not available "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    names = builder.info.features["label"].names if "label" in builder.info.features else None
-
-    def loader(i):
-        return lambda: Image.fromarray(np.asarray(source[i]["image"]))
-
-    items = [(loader(i), int(source[i]["label"]) if names else -1) for i in range(len(source))]
-    return Dataset(items, None if name.startswith("imagenet") else names, name=spec)
-
-
 PACK_KEYS = ("encoded", "offsets", "labels", "class_names")
 
 
@@ -277,7 +250,10 @@ class _PackedImage:
 
 
 def open_dataset(spec: str, **kw) -> Dataset:
+    """An image folder or file, a packed .npz, or tfds:NAME[:SPLIT] (kw: data_dir, manual_dir for tfds)."""
     if spec.startswith("tfds:"):
+        from fastvit_jax.data_tfds import tfds_dataset
+
         return tfds_dataset(spec, **kw)
     if spec.endswith(".npz") and Path(spec).is_file():
         return packed_dataset(spec)

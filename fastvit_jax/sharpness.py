@@ -159,17 +159,17 @@ def lambda_max(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray
     return power_iteration(hvp, params, key, iters=iters, tol=tol, progress=progress)
 
 
-def measure(config: ViTConfig, params, preprocess, data: str, plan: MergePlan | None = None, *, num_images: int = 64,
+def measure(config: ViTConfig, params, preprocess, data, plan: MergePlan | None = None, *, num_images: int = 64,
             micro_batch: int = 8, iters: int = 20, tol: float = 1e-3, seed: int = 0, solver: str = "power",
             progress: bool = True) -> dict:
-    """lambda_max on `num_images` labelled images spread over the data set (`fastvit sharpness`)."""
+    """lambda_max on `num_images` labelled images spread over `data` (a Dataset or an --data string)."""
     import time
 
     from fastvit_jax.data import check_labels, load_arrays, open_dataset, spread
 
-    ds = open_dataset(data)
+    ds = open_dataset(data) if isinstance(data, str) else data
     if len(ds) < num_images:
-        raise FastViTError(f"--num-images {num_images} but {data} has {len(ds)} images")
+        raise FastViTError(f"--num-images {num_images} but {ds.name} has {len(ds)} images")
     images, labels = load_arrays(spread(ds, num_images), preprocess, require_labels=True)
     check_labels(labels, config.num_classes, ds.name)
     if len(images) % micro_batch:
