@@ -9,8 +9,10 @@ manual download such as imagenet2012's in --manual-dir).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -99,7 +101,8 @@ def prepared_builder(tfds, name: str, data_dir: str | None, manual_dir: str | No
         return builder
     try:
         cfg = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-        builder.download_and_prepare(download_config=cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # tfds prints its progress to stdout; keep --json clean
+            builder.download_and_prepare(download_config=cfg)
     except Exception as e:
         instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
         where = manual_dir or Path(data_dir or Path.home() / "tensorflow_datasets") / "downloads" / "manual"

@@ -75,11 +75,18 @@ def test_bad_values_are_one_line(files, capsys, tmp_path, argv, msg):
     (["demo", "--configs", "tome"], "use METHOD:R"),
     (["convert", "{trunc}", "out.npz"], "not a readable .npz checkpoint"),
     (["nonsense"], "invalid choice: 'nonsense'"),
+    (["inspect", "{missing}"], "checkpoint not found"),
+    (["pack", "{missing}", "out.npz"], "data not found"),
+    (["predict", "{img}", "--model", "vit_nonsense"], "unknown model 'vit_nonsense'"),
+    (["finetune", "--data", "{imgs}", "--out", "x.npz", "--keep-checkpoints", "0"], "argument --keep-checkpoints"),
+    (["analyze", "--data", "{imgs}", "--out", "o", "--r", "4:1"], "empty range"),
+    (["eval", "--data", "tfds:"], "use tfds:NAME or tfds:NAME:SPLIT"),
 ])
 def test_more_bad_inputs(files, capsys, tmp_path, argv, msg):
-    subs = {"{trunc}": files / "trunc.npz", "{zero}": files / "zero.npz", "{img}": files / "imgs" / "n01440764_a.png"}
+    subs = {"{trunc}": files / "trunc.npz", "{zero}": files / "zero.npz", "{img}": files / "imgs" / "n01440764_a.png",
+            "{missing}": tmp_path / "missing", "{imgs}": files / "imgs"}
     argv = [subs.get(a, a) for a in argv]
-    extra = [] if argv[0] in ("bench", "demo", "convert", "nonsense") else model(files)
+    extra = [] if argv[0] in ("bench", "demo", "convert", "nonsense", "inspect", "pack") or "--model" in argv else model(files)
     code, _, err = run(capsys, [*argv, *extra])
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1 and msg in err, err
 
@@ -117,3 +124,16 @@ def test_method_none_reports_r_0(files, capsys):
     code, out, _ = run(capsys, ["eval", *model(files), "--data", files / "imgs", "--method", "none", "--r", "8",
                                 "--json", "--no-progress"])
     assert code == 0 and json.loads(out)["r"] == 0 and json.loads(out)["plan"]["r"] == 0
+
+
+def test_limit_spreads_over_a_class_sorted_folder(tmp_path):
+    """`--limit N` on class folders keeps the classes (the first N files would all be one class)."""
+    from fastvit_jax.data import image_folder
+
+    for cls in ("airplane", "cat", "dog", "frog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / cls / f"{i}.png")
+    ds = image_folder(tmp_path)
+    assert sorted({label for _, label in ds.limit(8).items}) == [0, 1, 2, 3] and len(ds.limit(8)) == 8
+    assert len(ds.limit(None)) == len(ds.limit(400)) == 40
