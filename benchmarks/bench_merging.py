@@ -16,12 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fastvit_jax.arguments import (
-    ArgumentParser,
-    add_merge_args,
-    add_speed_args,
-    merge_points,
-)
+from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
 from fastvit_jax.bench import time_forwards
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan

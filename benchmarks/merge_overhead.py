@@ -27,12 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastvit_jax.arguments import (
-    ArgumentParser,
-    add_merge_args,
-    add_speed_args,
-    merge_points,
-)
+from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
 from fastvit_jax.bench import time_round_robin
 from fastvit_jax.errors import report_errors
 from fastvit_jax.flops import gflops

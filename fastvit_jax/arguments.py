@@ -7,14 +7,7 @@ import argparse
 import sys
 
 from fastvit_jax.data import FAMILIES
-from fastvit_jax.merge.options import (
-    DEFAULT_WINDOW,
-    METHODS,
-    METRICS,
-    MergeOptions,
-    parse_methods,
-    parse_r,
-)
+from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
 
 DTYPE_CHOICES = ("float32", "bfloat16")
 

@@ -15,14 +15,7 @@ from fastvit_jax import __version__, arguments
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
-from fastvit_jax.data import (
-    image_folder,
-    label_names,
-    load_arrays,
-    load_image,
-    pack_dataset,
-    spread,
-)
+from fastvit_jax.data import image_folder, label_names, load_arrays, load_image, pack_dataset, spread
 from fastvit_jax.demo import run_demo
 from fastvit_jax.errors import FastViTError, report_errors
 from fastvit_jax.evaluate import evaluate, predict
