@@ -131,3 +131,12 @@ def test_missing_split_is_one_line(builder_class, tmp_path, capsys):
     code = main(["eval", "--data", "tfds:bundled_images:train", "--data-dir", data_dir])
     err = capsys.readouterr().err
     assert code == 2 and "has no split 'train'; it has validation" in err and err.count("\n") == 1, err
+
+
+def test_imagenet_without_its_manual_download_names_the_files(tmp_path, capsys):
+    code = main(["eval", "--data", "tfds:imagenet2012", "--data-dir", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("fastvit: error:")]
+    assert code == 2 and out == "" and "Traceback" not in err and len(errors) == 1
+    assert f"needs files downloaded by hand in {tmp_path / 'downloads' / 'manual'}" in errors[0]
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in errors[0]
