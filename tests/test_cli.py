@@ -164,8 +164,8 @@ def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
 
 def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_path, monkeypatch):
     """--target-speedup (measured by default) times with the command's params: a result, not a traceback.
-    Timing is replaced by the FLOPs ratio here so the search is deterministic; the real timing path
-    runs in test_target_speedup_measured_end_to_end."""
+    Timing is replaced by the FLOPs ratio here so the search is deterministic (and fast: a real
+    measured search times ~8 plans, ~100 s on this CPU); bench's timing itself is tested elsewhere."""
     from fastvit_jax import bench
     from fastvit_jax.flops import gflops
     from fastvit_jax.registry import asset_path
@@ -187,21 +187,6 @@ def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_p
     code, out, _ = run(capsys, "visualize", str(sorted(imgs.iterdir())[0]), "--checkpoint", str(ckpt), "--method",
                        "lgtm", "--target-speedup", "1.1", "--out", str(tmp_path / "v.png"), "--json")
     assert code == 0 and json.loads(out)["regions"]["lgtm"]["r"] > 0
-
-
-@pytest.mark.slow
-def test_target_speedup_measured_end_to_end(capsys):
-    """Real timing on the bundled CIFAR model: a chosen r, or one clear line if no r is fast enough here."""
-    from fastvit_jax.registry import asset_path
-
-    code, out, err = run(capsys, "sharpness", "--model", "vit_cifar_adamw", "--data", str(asset_path("images")),
-                         "--num-images", "2", "--micro-batch", "2", "--iters", "1", "--method", "tome",
-                         "--target-speedup", "1.1", "--json")
-    assert "Traceback" not in err
-    if code == 0:
-        assert json.loads(out)["r"] > 0
-    else:
-        assert code == 2 and "meets the budget" in err and err.count("\n") == 1
 
 
 def test_files_say_what_they_are(setup, capsys, tmp_path):
