@@ -227,23 +227,23 @@ def packed_dataset(path: str | Path) -> Dataset:
         raise FastViTError(f"{path}: not a readable packed image set (truncated or corrupt: {e})") from None
 
     def loader(i):
-        return _PackedImage(encoded, int(offsets[i]), int(offsets[i + 1]), f"{path}[{i}]")
+        start, end = int(offsets[i]), int(offsets[i + 1])
+        return EncodedImage(f"{path}[{i}]", lambda: encoded[start:end].tobytes())
 
     return Dataset([(loader(i), int(labels[i])) for i in range(len(labels))],
                    [str(n) for n in names] or None, name=str(path))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _PackedImage:
-    """Loader of one packed image; its str names it in skip reports."""
+class EncodedImage:
+    """Loader of one encoded image (packed sets, tfds): `read` returns its bytes when a batch needs them;
+    its str names it in skip reports."""
 
-    encoded: np.ndarray = dataclasses.field(repr=False)
-    start: int
-    end: int
     name: str
+    read: Callable[[], bytes] = dataclasses.field(repr=False)
 
     def __call__(self) -> Image.Image:
-        return Image.open(io.BytesIO(self.encoded[self.start:self.end].tobytes()))
+        return Image.open(io.BytesIO(self.read()))
 
     def __str__(self) -> str:
         return self.name

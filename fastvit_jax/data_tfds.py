@@ -10,32 +10,11 @@ manual download such as imagenet2012's in --manual-dir).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import io
 import sys
 from pathlib import Path
 
-from PIL import Image
-
-from fastvit_jax.data import Dataset
+from fastvit_jax.data import Dataset, EncodedImage
 from fastvit_jax.errors import FastViTError
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Encoded:
-    """One image, encoded: bytes held here (tfrecord) or read from the source when asked (array_record)."""
-
-    name: str
-    data: bytes | None = dataclasses.field(default=None, repr=False)
-    source: object = dataclasses.field(default=None, repr=False)
-    index: int = 0
-
-    def __call__(self) -> Image.Image:
-        data = self.data if self.data is not None else self.source[self.index]["image"]
-        return Image.open(io.BytesIO(data))
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -71,11 +50,11 @@ def tfds_dataset(spec: str, data_dir: str | None = None, manual_dir: str | None 
     skip = {"image": tfds.decode.SkipDecoding()}
     if str(info.file_format).lower().endswith("array_record"):
         source = builder.as_data_source(split=split, decoders=skip)
-        items = [(_Encoded(f"{spec}[{i}]", source=source, index=i), int(source[i]["label"]) if labelled else -1)
-                 for i in range(len(source))]
-    else:
-        items = [(_Encoded(f"{spec}[{i}]", data=bytes(ex["image"])), int(ex["label"]) if labelled else -1)
-                 for i, ex in enumerate(tfrecord_examples(tfds, builder, split, skip, name))]
+        items = [(EncodedImage(f"{spec}[{i}]", lambda i=i: source[i]["image"]), int(source[i]["label"]) if labelled
+                  else -1) for i in range(len(source))]
+    else:  # read once, in order: the encoded bytes stay in memory
+        items = [(EncodedImage(f"{spec}[{i}]", lambda data=bytes(ex["image"]): data), int(ex["label"]) if labelled
+                  else -1) for i, ex in enumerate(tfrecord_examples(tfds, builder, split, skip, name))]
     names = info.features["label"].names if labelled else None
     return Dataset(items, None if name.startswith("imagenet") else names, name=spec)
 

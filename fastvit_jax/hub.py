@@ -29,12 +29,12 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
         config = config.replace(gelu=gelu)
     if path is None and entry is not None and not random_weights:
         path = _official_file(entry)
-    if path is None:
+    if path is None:  # random weights of a named architecture
         from fastvit_jax.models.vit import init_params
 
-        return init_params(config), config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
-                                                       crop_pct or entry.crop_pct)
-    params, config, meta = checkpoint.load(path, config, with_meta=True)
+        params, meta = init_params(config), None
+    else:
+        params, config, meta = checkpoint.load(path, config, with_meta=True)
     if entry is not None:
         return params, config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
                                           crop_pct or entry.crop_pct)

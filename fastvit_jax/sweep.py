@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions, parse_r  # noqa: F401  (parse_r: the --r syntax)
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.plots import plot_sweep
+from fastvit_jax.recorded import check_settings, fingerprint
 
 CSV_COLUMNS = [
     "method", "r", "top1", "top5", "gflops", "images_per_s", "images", "skip", "metric", "tokens_final", "clamped"]
@@ -94,13 +94,6 @@ def same_numbers(plan: MergePlan) -> tuple:
     return (plan.ops,) if plan.is_dense else (plan.ops, plan.metric, plan.prop_attn)
 
 
-def fingerprint(*parts) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else str(part).encode())
-    return h.hexdigest()
-
-
 def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, dtype: str = "float32") -> dict:
     """Everything besides the merge options that changes a sweep's numbers: the weights, the images
     (which files, with which labels), their preprocessing, the batch size images/s is timed at, the dtype."""
@@ -116,30 +109,7 @@ def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, dty
             **({"dtype": dtype} if dtype != "float32" else {})}  # float32 sweeps predate the key
 
 
-def _dotted(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def check_settings(out_dir: Path, settings: dict, *, only_given: bool = False, have_rows: bool = False) -> None:
-    """out_dir/settings.json records what its rows were measured with: a sweep with other settings is
-    refused (one line naming what differs), never mixed in. only_given: compare just the keys in `settings`."""
-    file = out_dir / "settings.json"
-    if not file.exists():
-        if have_rows:
-            raise FastViTError(f"{out_dir} holds results but no settings.json (written by an older fastvit): "
-                               f"sweep into a new --out")
-        if not only_given:
-            file.write_text(json.dumps(settings, indent=1))
-        return
-    saved, now = _dotted(json.loads(file.read_text())), _dotted(json.loads(json.dumps(settings)))
-    keys = now if only_given else sorted(set(saved) | set(now))
-    diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
-    if diff:
-        raise FastViTError(f"{out_dir} holds a sweep measured with other settings ({'; '.join(diff[:3])}); "
-                           f"use another --out for these settings")
+SWEEP = {"what": "a sweep measured", "advice": "use another --out for these settings"}
 
 
 def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
@@ -151,7 +121,8 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
     out_dir.mkdir(parents=True, exist_ok=True)
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
-    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, dtype), have_rows=bool(done))
+    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, dtype),
+                   results_without_record=bool(done), **SWEEP)
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
     todo = [o for o in dict.fromkeys(points) if o not in finished]
@@ -183,7 +154,8 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
     rows = read_done(out_dir / "results.jsonl")
-    check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True, have_rows=bool(rows))
+    check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True,
+                   results_without_record=bool(rows), **SWEEP)
     for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
         plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
         row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs, dtype=dtype,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import re
 import shutil
 import time
@@ -26,6 +24,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.data import check_labels
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.recorded import check_settings, fingerprint
 from fastvit_jax.sam import sam
 from fastvit_jax.sharpness import classification_loss
 
@@ -108,25 +107,10 @@ def complete_steps(path: Path) -> list[int]:
 def run_settings(config: ViTConfig, tc: TrainConfig, images: np.ndarray, labels: np.ndarray) -> dict:
     """Everything that changes the trajectory: a state saved under other settings is never resumed."""
     sample = np.ascontiguousarray(np.asarray(images).reshape(len(images), -1)[:, ::61])
-    digest = hashlib.blake2b(np.asarray(labels).tobytes() + sample.tobytes(), digest_size=16).hexdigest()
+    digest = fingerprint(np.asarray(labels).tobytes(), sample.tobytes())
     recipe = {k: v for k, v in dataclasses.asdict(tc).items() if k != "ckpt_every"}
     return {"model": dataclasses.asdict(config), "train": recipe,
             "data": {"images": list(np.shape(images)), "fingerprint": digest}}
-
-
-def _check_settings(path: Path, settings: dict) -> None:
-    """Record the run's settings next to its states; refuse to resume states of another run."""
-    file = path / "settings.json"
-    if file.exists():
-        saved = json.loads(file.read_text())
-        diff = [f"{part}.{k}: {saved.get(part, {}).get(k)!r} there, {v!r} now" for part, d in settings.items()
-                for k, v in d.items() if saved.get(part, {}).get(k) != v]
-        if diff:
-            raise FastViTError(f"{path} holds the state of a run with other settings ({'; '.join(diff[:3])}); "
-                               f"rerun with the same settings to resume, or delete {path} / choose another --out")
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps(settings, indent=1))
 
 
 def _save_state(path: Path, params, opt_state, step: int, keep: int) -> None:
@@ -171,7 +155,8 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
     params = jax.tree_util.tree_map(jnp.asarray, params)
     opt_state = opt.init(params)
     check_labels(labels, config.num_classes, "training labels")
-    _check_settings(_state_dir(out), run_settings(config, tc, images, labels))
+    check_settings(_state_dir(out), run_settings(config, tc, images, labels), what="the state of a run",
+                   advice=f"rerun with the same settings to resume, or delete {_state_dir(out)} / choose another --out")
     params, opt_state, start = _latest_state(_state_dir(out), params, opt_state)
 
     size, base_key = config.image_size, jax.random.PRNGKey(tc.seed)
