@@ -55,6 +55,7 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     p.add_argument("--preprocessing", choices=FAMILIES, help="override the model's preprocessing")
     p.add_argument("--crop-pct", type=fraction, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
+    p.add_argument("--tower", help="image tower of a two-tower checkpoint (SigLIP/LiT: img); default: the only one")
     add_speed_args(p)
 
 
@@ -64,7 +65,8 @@ def load_model(args, need_weights: bool = True):
 
     notes: list[str] = []
     loaded = load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
-                        crop_pct=args.crop_pct, random_weights=not need_weights, notes=notes)
+                        crop_pct=args.crop_pct, random_weights=not need_weights, notes=notes,
+                        tower=getattr(args, "tower", None))
     for note in notes:
         print(f"fastvit: note: {note}", file=sys.stderr)
     return loaded

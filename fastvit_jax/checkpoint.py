@@ -12,6 +12,7 @@ import math
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastvit_jax.config import ViTConfig
+from fastvit_jax.checkpoint_layouts import to_model_tree
+from fastvit_jax.config import ViTConfig, stem_stride
 from fastvit_jax.errors import FastViTError
 
 _PREFIXES = ("params/", "opt/target/")
@@ -121,9 +123,9 @@ def read_orbax(path: str | os.PathLike) -> dict:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict | None]:
-    """(nested params, what the file says it is or None) from .npz, an orbax directory, or a timm
-    .safetensors/.pth (converted on the fly; DeiT/timm weights: exact GELU, deit preprocessing)."""
+def read_file(path: str | os.PathLike) -> tuple[dict, dict | None]:
+    """(nested tree as stored, what the file says it is or None) from .npz, an orbax directory, or a
+    timm .safetensors/.pth (converted on the fly; DeiT/timm weights: exact GELU, deit preprocessing)."""
     path = Path(path)
     if not path.exists():
         raise FastViTError(f"checkpoint not found: {path}")
@@ -136,32 +138,63 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict | None]:
     return unflatten(flat), meta
 
 
+def read_checkpoint(path: str | os.PathLike, tower: str | None = None) -> tuple[dict, dict | None]:
+    """(params in our tree, what the file says it is or None): big_vision layouts are renamed and a
+    two-tower file gives its image tower (checkpoint_layouts)."""
+    params, meta = read_file(path)
+    return to_model_tree(params, path, tower)[0], meta
+
+
 def read_params(path: str | os.PathLike) -> dict:
     return read_checkpoint(path)[0]
 
 
 # ---------------------------------------------------------------- config inference
-def infer_config(params: dict, gelu: str = "tanh") -> ViTConfig:
-    """Architecture from parameter shapes (Google layout)."""
+DEFAULT_SINCOS_SIZE = 224  # files with fixed sincos2d embeddings do not store their resolution
+
+
+def resnet_stages(params: dict) -> tuple[int, ...] | None:
+    """Units per stage of a hybrid's stem (block1/unit1, ...), None without conv_root."""
+    if "conv_root" not in params:
+        return None
+    stages = []
+    while f"block{len(stages) + 1}" in params:
+        units = params[f"block{len(stages) + 1}"]
+        stages.append(sum(1 for k in units if re.fullmatch(r"unit\d+", k)))
+    return tuple(stages)
+
+
+def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None) -> ViTConfig:
+    """Architecture from parameter shapes and which keys exist (our tree: see checkpoint_layouts).
+
+    Class token -> pool "tok", MAPHead_0 -> "map", neither -> "gap"; no position parameter ->
+    sincos2d, whose resolution the file cannot say (image_size, else DEFAULT_SINCOS_SIZE)."""
     try:
         kernel = params["embedding"]["kernel"]
         blocks = [k for k in params["Transformer"] if re.fullmatch(r"encoderblock_\d+", k)]
         block0 = params["Transformer"]["encoderblock_0"]
         q = block0["MultiHeadDotProductAttention_1"]["query"]["kernel"]
         mlp = block0["MlpBlock_3"]["Dense_0"]["kernel"]
-        posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
-        head = params["head"]["kernel"]
-    except (KeyError, TypeError) as e:
+        resnet = resnet_stages(params)
+        resnet_width = int(params["conv_root"]["kernel"].shape[-1]) if resnet is not None else 64
+    except (KeyError, TypeError, AttributeError) as e:
         raise FastViTError(f"not a ViT checkpoint in Google layout: missing key {e}") from None
-    patch, width = int(kernel.shape[0]), int(kernel.shape[-1])
-    tokens = int(posemb.shape[1]) - 1
+    pool = "tok" if "cls" in params else "map" if "MAPHead_0" in params else "gap"
+    posemb = params["Transformer"].get("posembed_input", {}).get("pos_embedding")
+    pre = params.get("pre_logits", {}).get("kernel")
+    head = params.get("head", {}).get("kernel")
+    cfg = dict(width=int(kernel.shape[-1]), depth=len(blocks), heads=int(q.shape[1]), mlp_dim=int(mlp.shape[1]),
+               patch=int(kernel.shape[0]), num_classes=0 if head is None else int(head.shape[1]),
+               pre_logits=None if pre is None else int(pre.shape[1]), gelu=gelu, resnet=resnet,
+               resnet_width=resnet_width, pool=pool)
+    if posemb is None:
+        return ViTConfig(**cfg, image_size=image_size or DEFAULT_SINCOS_SIZE, posemb="sincos2d")
+    tokens = int(posemb.shape[1]) - (pool == "tok")
     side = math.isqrt(tokens)
     if side * side != tokens:
-        raise FastViTError(f"pos_embedding has {tokens} patch tokens, not a square grid")
-    pre = params.get("pre_logits", {}).get("kernel")
-    return ViTConfig(width=width, depth=len(blocks), heads=int(q.shape[1]), mlp_dim=int(mlp.shape[1]),
-                     patch=patch, image_size=side * patch, num_classes=int(head.shape[1]),
-                     pre_logits=None if pre is None else int(pre.shape[1]), gelu=gelu)
+        raise FastViTError(f"pos_embedding has {tokens} patch tokens, not a square grid "
+                           f"(pool {pool!r}: {'one class token' if pool == 'tok' else 'no class token'})")
+    return ViTConfig(**cfg, image_size=side * cfg["patch"] * stem_stride(resnet))
 
 
 # ---------------------------------------------------------------- posemb resize
@@ -202,39 +235,47 @@ def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") ->
         raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
 
 
-def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta: bool = False):
+def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta: bool = False,
+         tower: str | None = None, notes: list | None = None):
     """Read a checkpoint and return (params, config), and the file's own description when with_meta.
 
     Without config, the architecture is inferred from the shapes (GELU from the file's description,
     else tanh). With one, the file is checked against it; position embeddings are resized when only
     the resolution differs, and a representation layer (pre_logits) present in the file is used.
     """
-    params, meta = read_checkpoint(path)
-    found = infer_config(params, gelu=config.gelu if config else (meta or {}).get("gelu", "tanh"))
+    params, meta = read_checkpoint(path, tower)
+    found = infer_config(params, gelu=config.gelu if config else (meta or {}).get("gelu", "tanh"),
+                         image_size=config.image_size if config else None)
     if config is None:
         config = found
+        if found.posemb == "sincos2d" and notes is not None:
+            notes.append(f"{path} has fixed sincos2d position embeddings and does not store its resolution: "
+                         f"using {found.image_size} px (pass --model to choose an entry with another)")
     else:
         if found.pre_logits != config.pre_logits:
             config = config.replace(pre_logits=found.pre_logits)
-        if found.grid != config.grid and found.patch == config.patch and found.width == config.width:
+        if (found.grid != config.grid and found.posemb == "learn" and found.patch == config.patch
+                and found.width == config.width):
             pe = params["Transformer"]["posembed_input"]
-            pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"]), config.grid)
+            pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"]), config.grid, config.num_prefix)
     check_params(params, config, str(path))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     return (params, config, meta) if with_meta else (params, config)
 
 
 # ---------------------------------------------------------------- downloads
-def describe(path: str | os.PathLike) -> dict:
-    """What `fastvit inspect` shows: the config inferred from the shapes, the parameter count and
-    every key with its shape."""
-    params, meta = read_checkpoint(path)
-    config, flat = infer_config(params), flatten(params)
+def describe(path: str | os.PathLike, tower: str | None = None) -> dict:
+    """What `fastvit inspect` shows: the layout and config inferred from the keys and shapes, the
+    parameter count and every stored key with its shape."""
+    stored, meta = read_file(path)
+    params, layout = to_model_tree(stored, path, tower)
+    config = infer_config(params)
     cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
-                                          "num_classes", "pre_logits")}
-    cfg["variant"] = config.variant
-    return {"file": str(path), "config": cfg, "meta": meta, "parameters": sum(int(v.size) for v in flat.values()),
-            "keys": {k: list(v.shape) for k, v in flat.items()}}
+                                          "num_classes", "pre_logits", "resnet", "pool", "posemb")}
+    cfg["variant"], cfg["family"] = config.variant, config.family
+    return {"file": str(path), "layout": layout, "config": cfg, "meta": meta,
+            "parameters": sum(int(np.size(v)) for v in flatten(params).values()),
+            "keys": {k: list(np.shape(v)) for k, v in flatten(stored).items()}}
 
 
 GOOGLE_META = {"family": "google", "gelu": "tanh", "preprocessing": "inception"}
@@ -259,12 +300,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
 
 
+def cache_path(url: str) -> Path:
+    """Where url is cached: its bucket path, since folders reuse file names (sam/ViT-B_16.npz,
+    imagenet21k/ViT-B_16.npz, ...)."""
+    path = urllib.parse.urlparse(url).path.lstrip("/")
+    return cache_dir() / (path or url.rsplit("/", 1)[-1])
+
+
 def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
     """Fetch url into the cache (or dest) with a progress bar; return the local path.
 
     When the network is unreachable the error names the URL and where to put the file by hand.
     """
-    dest = Path(dest) if dest else cache_dir() / url.rsplit("/", 1)[-1]
+    dest = Path(dest) if dest else cache_path(url)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ def model_forward(args, config, plan):
 @command("models", "list registered models")
 def cmd_models(args):
     rows = model_rows()
-    emit(args, rows, format_table(rows, ["name", "variant", "res", "classes", "preprocessing", "file"]))
+    emit(args, rows, format_table(rows, ["name", "family", "variant", "res", "classes", "preprocessing", "file"]))
 
 
 @command("demo", "offline demo: the bundled real DeiT-Tiny on bundled images, dense vs merged",
@@ -95,11 +95,13 @@ def cmd_demo(args):
     emit(args, res["rows"], "\n".join(lines))
 
 
-@command("inspect", "show the inferred config and key/shape table of a checkpoint", arg("file"))
+@command("inspect", "show the inferred family, config and key/shape table of a checkpoint", arg("file"),
+         arg("--tower", help="image tower of a two-tower checkpoint"))
 def cmd_inspect(args):
-    d = describe(args.file)
+    d = describe(args.file, args.tower)
     keys = [{"key": k, "shape": str(tuple(shape))} for k, shape in d["keys"].items()]
-    emit(args, d, f"{args.file}\n  " + "  ".join(f"{k}={v}" for k, v in d["config"].items())
+    head = f"{args.file}\n  family: {d['config']['family']} ({d['config']['variant']}), {d['layout']} layout\n  "
+    emit(args, d, head + "  ".join(f"{k}={v}" for k, v in d["config"].items() if k not in ("family", "variant"))
          + f"\n  parameters: {d['parameters']:,}\n\n" + format_table(keys, ["key", "shape"]))
 
 

@@ -1,10 +1,19 @@
-"""ViT architecture description. Variants are strings ("S/16") as in big_vision."""
+"""ViT architecture description. Variants are strings ("S/16") as in big_vision.
+
+One dataclass describes every family we load: plain ViTs, ResNet hybrids (a ResNet root and stages
+before the patch embedding), and the heads of vision_transformer and big_vision (class token,
+global average pooling, attention pooling). Families differ only in these fields; the model reads
+them, nothing branches on a family name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 from fastvit_jax.errors import FastViTError
+
+POOLS = ("tok", "gap", "map")  # class token | mean over tokens | attention-pooling probe (MAPHead)
+POSEMBS = ("learn", "sincos2d")  # learned parameter | big_vision's fixed 2D sin-cos
 
 # width, depth, heads, mlp_dim -- the table of the ViT / AugReg papers.
 VARIANTS = {
@@ -29,24 +38,58 @@ class ViTConfig:
     pre_logits: int | None = None  # size of the tanh representation layer (old i21k checkpoints)
     gelu: str = "tanh"  # "tanh": flax nn.gelu as Google trained; "exact": DeiT/timm
     ln_eps: float = 1e-6
+    # ResNet stages of a hybrid's stem (models_resnet.py); () is the root alone, None no stem.
+    # `patch` is then the embedding's kernel on the stem's feature map.
+    resnet: tuple[int, ...] | None = None
+    resnet_width: int = 64
+    pool: str = "tok"
+    posemb: str = "learn"
 
     def __post_init__(self):
         if self.width % self.heads:
             raise FastViTError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.image_size % self.patch:
-            raise FastViTError(f"image size {self.image_size} is not divisible by patch {self.patch}")
         if self.gelu not in ("tanh", "exact"):
             raise FastViTError(f"gelu must be 'tanh' or 'exact', got {self.gelu!r}")
+        if self.pool not in POOLS:
+            raise FastViTError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.posemb not in POSEMBS:
+            raise FastViTError(f"posemb must be one of {', '.join(POSEMBS)}, got {self.posemb!r}")
+        if self.posemb == "sincos2d" and self.width % 4:
+            raise FastViTError(f"sincos2d position embeddings need a width divisible by 4, got {self.width}")
+        if self.resnet is not None:
+            object.__setattr__(self, "resnet", tuple(int(n) for n in self.resnet))
+        if self.image_size % self.stride:
+            what = f"stem stride {self.stem_stride} x patch {self.patch}" if self.resnet is not None \
+                else f"patch {self.patch}"
+            raise FastViTError(f"image size {self.image_size} is not divisible by {what}")
+
+    @property
+    def stem_stride(self) -> int:
+        return stem_stride(self.resnet)
+
+    @property
+    def stem_channels(self) -> int:
+        """Channels the patch embedding sees: 3, or the stem's output (4x the last stage's width)."""
+        if self.resnet is None:
+            return 3
+        if not self.resnet:
+            return self.resnet_width
+        return self.resnet_width * 4 * 2 ** (len(self.resnet) - 1)
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token side."""
+        return self.stem_stride * self.patch
 
     @property
     def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch
+        side = self.image_size // self.stride
         return (side, side)
 
     @property
     def num_prefix(self) -> int:
         """Tokens before the patch tokens (the class token); merging never touches them."""
-        return 1
+        return 1 if self.pool == "tok" else 0
 
     @property
     def num_patches(self) -> int:
@@ -57,14 +100,34 @@ class ViTConfig:
         return self.width // self.heads
 
     @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    @property
     def variant(self) -> str:
-        for name, dims in VARIANTS.items():
+        """'S/16', or for hybrids Google's ResNet depth and the pixels per token: 'R50+B/16', 'R+Ti/32'."""
+        name = f"custom(w{self.width},d{self.depth},h{self.heads})"
+        for size, dims in VARIANTS.items():
             if dims == (self.width, self.depth, self.heads, self.mlp_dim):
-                return f"{name}/{self.patch}"
-        return f"custom(w{self.width},d{self.depth},h{self.heads})/{self.patch}"
+                name = size
+        if self.resnet is not None:
+            name = f"R{3 * sum(self.resnet) + 2 if self.resnet else ''}+{name}"
+        return f"{name}/{self.stride}"
+
+    @property
+    def family(self) -> str:
+        """A short description: 'ViT', 'ResNet hybrid'; with the head when it is not the class token."""
+        family = "ResNet hybrid" if self.resnet is not None else "ViT"
+        head = {"tok": "", "gap": ", GAP head", "map": ", MAP head"}[self.pool]
+        return family + head + (", sincos2d posemb" if self.posemb == "sincos2d" else "")
 
     def replace(self, **kw) -> "ViTConfig":
         return dataclasses.replace(self, **kw)
+
+
+def stem_stride(resnet: tuple[int, ...] | None) -> int:
+    """Downsampling of a ResNet stem: root conv and max-pool 4, then 2 per stage after the first."""
+    return 1 if resnet is None else 4 * 2 ** max(len(resnet) - 1, 0)
 
 
 def variant_config(variant: str, image_size: int = 224, **kw) -> ViTConfig:

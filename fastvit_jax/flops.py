@@ -3,6 +3,8 @@
 Reported as the paper does: GFLOPs = MACs / 1e9 (dense ViT-S/16 at 224 = 4.6, ViT-B/16 = 17.6).
 Per block with n tokens in and n' out: qkv 3nD^2, logits n^2 D, attention-weighted values n^2 D,
 projection nD^2, matching (the similarity matrix), MLP 2 n' D M, LayerNorms nD + n'D.
+A hybrid's ResNet stem adds its convolutions (out pixels x k^2 x C_in x C_out) and GroupNorms (one
+per element, like LayerNorms); a MAP head adds the probe's attention over the final tokens and an MLP.
 """
 
 from __future__ import annotations
@@ -35,19 +37,57 @@ def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k"
     }
 
 
+def stem_macs(config: ViTConfig) -> dict[str, int]:
+    """Convolutions and GroupNorms of a hybrid's ResNet stem (models/resnet.py), per image."""
+    if config.resnet is None:
+        return {}
+    parts = {"stem_conv": 0, "stem_norm": 0}
+
+    def conv(side, k, stride, cin, cout):
+        out = -(-side // stride)
+        parts["stem_conv"] += out * out * k * k * cin * cout
+        parts["stem_norm"] += out * out * cout
+        return out
+
+    width = config.resnet_width
+    side = conv(config.image_size, 7, 2, 3, width)
+    side, channels = -(-side // 2), width  # max-pool
+    for i, units in enumerate(config.resnet):
+        feats = width * 2 ** i
+        for j in range(units):
+            stride = 2 if i > 0 and j == 0 else 1
+            if channels != feats * 4 or stride != 1:
+                conv(side, 1, stride, channels, feats * 4)
+            conv(side, 1, 1, channels, feats)
+            out = conv(side, 3, stride, feats, feats)
+            conv(out, 1, 1, feats, feats * 4)
+            side, channels = out, feats * 4
+    return parts
+
+
+def head_macs(config: ViTConfig, n: int) -> dict[str, int]:
+    """Pooling the n final tokens, then pre_logits and the classifier."""
+    d = config.width
+    parts = {"final_norm": d if config.pool == "tok" else n * d}  # "tok" reads only the class token
+    if config.pool == "map":  # probe query and out d^2 each, keys/values 2nd^2, logits and mix 2nd, MLP
+        parts["map_head"] = 2 * d * d + 2 * n * d * d + 2 * n * d + 2 * d * config.mlp_dim + d
+    head_in = d
+    if config.pre_logits:
+        parts["pre_logits"] = d * config.pre_logits
+        head_in = config.pre_logits
+    parts["head"] = head_in * config.num_classes
+    return parts
+
+
 def model_macs(config: ViTConfig, plan: MergePlan | None = None) -> dict[str, int]:
     """MACs per image, by part, plus 'total'."""
     plan = plan or make_plan(config)
-    parts = {"patch_embed": config.num_patches * config.patch * config.patch * 3 * config.width}
+    parts = stem_macs(config)
+    parts["patch_embed"] = config.num_patches * config.patch * config.patch * config.stem_channels * config.width
     for op in plan.ops:
         for k, v in block_macs(config, op.tokens_in, op.tokens_out, op, plan.metric).items():
             parts[k] = parts.get(k, 0) + v
-    parts["final_norm"] = config.width  # only the class token is read
-    head_in = config.width
-    if config.pre_logits:
-        parts["pre_logits"] = config.width * config.pre_logits
-        head_in = config.pre_logits
-    parts["head"] = head_in * config.num_classes
+    parts.update(head_macs(config, plan.final_tokens))
     parts["total"] = sum(parts.values())
     return parts
 

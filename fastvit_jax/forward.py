@@ -31,7 +31,7 @@ def auto_examples_per_step(config: ViTConfig, backend: str | None = None) -> int
     Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (BENCHMARKS.md section 2)."""
     if (backend or jax.default_backend()) != "cpu":
         return None
-    hidden_bytes = (config.num_patches + 1) * config.mlp_dim * 4
+    hidden_bytes = config.num_tokens * config.mlp_dim * 4
     return max(1, CPU_STEP_BYTES // hidden_bytes)
 
 

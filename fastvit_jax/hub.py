@@ -12,7 +12,7 @@ from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
                preprocessing: str | None = None, crop_pct: float | None = None, random_weights: bool = False,
-               notes: list | None = None):
+               notes: list | None = None, tower: str | None = None):
     """(params, config, Preprocess).
 
     name only: the bundled weights, else the official file (downloaded into the cache once).
@@ -34,7 +34,7 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
 
         params, meta = init_params(config), None
     else:
-        params, config, meta = checkpoint.load(path, config, with_meta=True)
+        params, config, meta = checkpoint.load(path, config, with_meta=True, tower=tower, notes=notes)
     if entry is not None:
         return params, config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
                                           crop_pct or entry.crop_pct)

@@ -34,7 +34,45 @@ _AUGREG_FT = {
     ("L/16", 224): "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
     ("L/16", 384): "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384",
 }
-_TIMM_SIZE = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
+_TIMM_SIZE = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
+_AUGREG_MORE = {  # (timm name, config, file stem): ViT-B/8 and the AugReg hybrids
+    ("vit_base_patch8_224", variant_config("B/8", 224)):
+        "B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224",
+    ("vit_tiny_r_s16_p8_224", variant_config("Ti/8", 224, resnet=())):
+        "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("vit_tiny_r_s16_p8_384", variant_config("Ti/8", 384, resnet=())):
+        "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384",
+    ("vit_small_r26_s32_224", variant_config("S/1", 224, resnet=(2, 2, 2, 2))):
+        "R26_S_32-i21k-300ep-lr_0.001-aug_light0-wd_0.03-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.03-res_224",
+    ("vit_small_r26_s32_384", variant_config("S/1", 384, resnet=(2, 2, 2, 2))):
+        "R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384",
+    ("vit_large_r50_s32_224", variant_config("L/1", 224, resnet=(3, 4, 6, 3))):
+        "R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+    ("vit_large_r50_s32_384", variant_config("L/1", 384, resnet=(3, 4, 6, 3))):
+        "R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384",
+}
+# The original ViT paper's files (Dosovitskiy et al. 2021): Google name -> (config, timm-style name).
+_R50_B16 = dict(resnet=(3, 4, 9))
+_ORIGINAL_FT = {  # gs://vit_models/imagenet21k+imagenet2012/ (fine-tuned on ImageNet-1k)
+    "ViT-B_16": (variant_config("B/16", 384), "vit_base_patch16_384_orig"),
+    "ViT-B_16-224": (variant_config("B/16", 224), "vit_base_patch16_224_orig"),
+    "ViT-B_32": (variant_config("B/32", 384), "vit_base_patch32_384_orig"),
+    "ViT-L_16": (variant_config("L/16", 384), "vit_large_patch16_384_orig"),
+    "ViT-L_16-224": (variant_config("L/16", 224), "vit_large_patch16_224_orig"),
+    "ViT-L_32": (variant_config("L/32", 384), "vit_large_patch32_384_orig"),
+    "R50+ViT-B_16": (variant_config("B/1", 384, **_R50_B16), "vit_base_r50_s16_384_orig"),
+}
+_ORIGINAL_I21K = {  # gs://vit_models/imagenet21k/ (21843 classes, tanh representation layer)
+    "ViT-B_16": (variant_config("B/16", 224, pre_logits=768), "vit_base_patch16_224_in21k_orig"),
+    "ViT-B_32": (variant_config("B/32", 224, pre_logits=768), "vit_base_patch32_224_in21k_orig"),
+    "ViT-L_16": (variant_config("L/16", 224, pre_logits=1024), "vit_large_patch16_224_in21k_orig"),
+    "ViT-L_32": (variant_config("L/32", 224, pre_logits=1024), "vit_large_patch32_224_in21k_orig"),
+    "ViT-H_14": (variant_config("H/14", 224, pre_logits=1280), "vit_huge_patch14_224_in21k_orig"),
+    "R50+ViT-B_16": (variant_config("B/1", 224, pre_logits=768, **_R50_B16), "vit_base_r50_s16_224_in21k_orig"),
+}
+# Google's own names for the AugReg fine-tunes, as models_vit's configs call them.
+_GOOGLE_NAMES = {"R+ViT-Ti_16": "vit_tiny_r_s16_p8_224", "R26+ViT-S_32": "vit_small_r26_s32_224",
+                 "R50+ViT-L_32": "vit_large_r50_s32_224", "ViT-B_8": "vit_base_patch8_224"}
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
@@ -51,6 +89,10 @@ class ModelEntry:
     def filename(self) -> str | None:
         return self.url.rsplit("/", 1)[-1] if self.url else None
 
+    @property
+    def family(self) -> str:
+        return self.config.family
+
 
 def _build() -> dict[str, ModelEntry]:
     reg: dict[str, ModelEntry] = {}
@@ -65,12 +107,22 @@ def _build() -> dict[str, ModelEntry]:
         reg[name] = ModelEntry(name, variant_config(variant, 224, num_classes=21843), "inception",
                                f"{GCS}/augreg/{stem}.npz", label_set="imagenet21k",
                                note="AugReg: ImageNet-21k (21843 classes)")
+    for (name, config), stem in _AUGREG_MORE.items():
+        reg[name] = ModelEntry(name, config, "inception", f"{GCS}/augreg/{stem}.npz",
+                               note="AugReg: ImageNet-21k pretrain, ImageNet-1k fine-tune")
+    for google, (config, name) in _ORIGINAL_FT.items():
+        reg[name] = ModelEntry(name, config, "inception", f"{GCS}/imagenet21k+imagenet2012/{google}.npz",
+                               note="original ViT: ImageNet-21k pretrain, ImageNet-1k fine-tune")
+    for google, (config, name) in _ORIGINAL_I21K.items():
+        reg[name] = ModelEntry(name, config.replace(num_classes=21843), "inception",
+                               f"{GCS}/imagenet21k/{google}.npz", label_set="imagenet21k",
+                               note="original ViT: ImageNet-21k (21843 classes)")
     for variant in ("B/16", "B/32", "S/16", "S/32"):
         size, patch = variant.split("/")
-        name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_224_sam"
-        reg[name] = ModelEntry(name, variant_config(variant, 224), "inception",
-                               f"{GCS}/sam/ViT-{size}_{patch}.npz",
-                               note="SAM-trained on ImageNet-1k (Chen et al. 2022)")
+        for opt, paper in (("sam", "SAM (Chen et al. 2022)"), ("gsam", "GSAM (Zhuang et al. 2022)")):
+            name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_224_{opt}"
+            reg[name] = ModelEntry(name, variant_config(variant, 224), "inception",
+                                   f"{GCS}/{opt}/ViT-{size}_{patch}.npz", note=f"{paper}, ImageNet-1k from scratch")
     for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
         name = f"deit_{size}_patch16_224"
         reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
@@ -96,7 +148,22 @@ def _build() -> dict[str, ModelEntry]:
     return reg
 
 
+def _aliases(reg: dict[str, ModelEntry]) -> dict[str, str]:
+    """Google's names -> ours: 'ViT-B_16' (the ImageNet-1k fine-tune), 'imagenet21k/ViT-B_16',
+    'R26+ViT-S_32', and every file stem ('R26_S_32-i21k-...-res_224')."""
+    out = dict(_GOOGLE_NAMES)
+    for google, (_, name) in _ORIGINAL_FT.items():
+        out[google] = out[f"imagenet21k+imagenet2012/{google}"] = name
+    for google, (_, name) in _ORIGINAL_I21K.items():
+        out[f"imagenet21k/{google}"] = name
+    for entry in reg.values():
+        if entry.url and "/augreg/" in entry.url:
+            out[entry.filename.removesuffix(".npz")] = entry.name
+    return out
+
+
 REGISTRY: dict[str, ModelEntry] = _build()
+ALIASES: dict[str, str] = _aliases(REGISTRY)
 DEFAULT_MODEL = "deit_tiny_patch16_224"  # bundled, real ImageNet-1k weights: works offline
 
 
@@ -105,8 +172,9 @@ def asset_path(name: str) -> Path:
 
 
 def get_entry(name: str) -> ModelEntry:
+    """A registered model by our name, or by one of Google's (ALIASES)."""
     try:
-        return REGISTRY[name]
+        return REGISTRY[ALIASES.get(name, name)]
     except KeyError:
         close = [n for n in REGISTRY if name.split("_")[0] in n][:8]
         raise FastViTError(f"unknown model {name!r}; e.g. {', '.join(close or sorted(REGISTRY)[:8])} "
@@ -115,6 +183,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def model_rows() -> list[dict]:
     """One row per registered model, as `fastvit models` lists them."""
-    return [{"name": e.name, "variant": e.config.variant, "res": e.config.image_size,
+    return [{"name": e.name, "family": e.family, "variant": e.config.variant, "res": e.config.image_size,
              "classes": e.config.num_classes, "preprocessing": e.preprocessing,
-             "file": "bundled" if e.bundled else (e.filename or "(convert)"), "url": e.url} for e in REGISTRY.values()]
+             "file": "bundled" if e.bundled else (e.url.removeprefix(GCS + "/") if e.url else "(convert)"), "url": e.url} for e in REGISTRY.values()]

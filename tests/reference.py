@@ -100,17 +100,111 @@ def local_groups(metric, pos, r_window, window, grid):
     return out
 
 
+# ------------------------------------------------------------------ ResNet stem (hybrids)
+def same_pad(img, k, stride, fill):
+    """TensorFlow SAME padding of (H, W, C) for a k x k window: output ceil(H / stride)."""
+    pads = []
+    for n in img.shape[:2]:
+        out = -(-n // stride)
+        total = max((out - 1) * stride + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return np.pad(img, pads + [(0, 0)], constant_values=fill), [-(-n // stride) for n in img.shape[:2]]
+
+
+def std_conv(img, kernel, stride):
+    """Weight-standardised convolution, SAME padding, by summing over kernel offsets."""
+    kernel = kernel - kernel.mean(axis=(0, 1, 2))
+    kernel = kernel / (kernel.std(axis=(0, 1, 2)) + 1e-5)
+    k = kernel.shape[0]
+    padded, (oh, ow) = same_pad(img, k, stride, 0.0)
+    out = np.zeros((oh, ow, kernel.shape[-1]))
+    for dy in range(k):
+        for dx in range(k):
+            window = padded[dy:dy + stride * oh:stride, dx:dx + stride * ow:stride]
+            out += window @ kernel[dy, dx]
+    return out
+
+
+def group_norm(img, scale, bias, groups=32, eps=1e-6):
+    h, w, c = img.shape
+    g = img.reshape(h, w, groups, c // groups)
+    mu = g.mean(axis=(0, 1, 3), keepdims=True)
+    var = ((g - mu) ** 2).mean(axis=(0, 1, 3), keepdims=True)
+    return ((g - mu) / np.sqrt(var + eps)).reshape(h, w, c) * scale + bias
+
+
+def max_pool_3x3_s2(img):
+    padded, (oh, ow) = same_pad(img, 3, 2, -np.inf)
+    out = np.full((oh, ow, img.shape[-1]), -np.inf)
+    for i in range(oh):
+        for j in range(ow):
+            out[i, j] = padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
+    return out
+
+
+def resnet_stem(f, img):
+    relu = lambda a: np.maximum(a, 0)
+    gn = lambda a, name: group_norm(a, f[name + "/scale"], f[name + "/bias"])
+    x = max_pool_3x3_s2(relu(gn(std_conv(img, f["conv_root/kernel"], 2), "gn_root")))
+    stage = 1
+    while f"block{stage}/unit1/conv1/kernel" in f:
+        unit = 1
+        while f"block{stage}/unit{unit}/conv1/kernel" in f:
+            u = f"block{stage}/unit{unit}/"
+            stride = 2 if stage > 1 and unit == 1 else 1
+            residual = x
+            if u + "conv_proj/kernel" in f:
+                residual = gn(std_conv(x, f[u + "conv_proj/kernel"], stride), u + "gn_proj")
+            y = relu(gn(std_conv(x, f[u + "conv1/kernel"], 1), u + "gn1"))
+            y = relu(gn(std_conv(y, f[u + "conv2/kernel"], stride), u + "gn2"))
+            y = gn(std_conv(y, f[u + "conv3/kernel"], 1), u + "gn3")
+            x = relu(residual + y)
+            unit += 1
+        stage += 1
+    return x
+
+
+def sincos_2d(gh, gw, width):
+    """big_vision / MoCo v3 fixed embedding, one patch at a time: [sin x, cos x, sin y, cos y]."""
+    q = width // 4
+    freqs = [1.0 / 10000 ** (i / (q - 1)) for i in range(q)]
+    rows = []
+    for i in range(gh):
+        for j in range(gw):
+            rows.append([math.sin(j * w) for w in freqs] + [math.cos(j * w) for w in freqs]
+                        + [math.sin(i * w) for w in freqs] + [math.cos(i * w) for w in freqs])
+    return np.array(rows)
+
+
+def attention(q_in, kv_in, f, pre, heads, size_log=None):
+    q = np.einsum("nd,dhk->nhk", q_in, f[pre + "query/kernel"]) + f[pre + "query/bias"]
+    k = np.einsum("nd,dhk->nhk", kv_in, f[pre + "key/kernel"]) + f[pre + "key/bias"]
+    v = np.einsum("nd,dhk->nhk", kv_in, f[pre + "value/kernel"]) + f[pre + "value/bias"]
+    out = np.zeros_like(q)
+    for h in range(heads):
+        logits = q[:, h] @ k[:, h].T / math.sqrt(q.shape[-1])
+        if size_log is not None:
+            logits = logits + size_log[None, :]
+        out[:, h] = softmax(logits) @ v[:, h]
+    return np.einsum("nhk,hkd->nd", out, f[pre + "out/kernel"]) + f[pre + "out/bias"], (q, k, v, out)
+
+
 # ------------------------------------------------------------------ forward
-def forward(flat, images, *, heads, gelu_exact=False, plan=None, metric_name="k", prop_attn=True):
+def forward(flat, images, *, heads, gelu_exact=False, plan=None, metric_name="k", prop_attn=True,
+            pool="tok", features=False):
     """Logits for images (B, H, W, 3). plan: list per block of None | ("global", r) |
-    ("local", r_window, window, grid) | ("drop", r) | ("truncate", tokens_out)."""
-    return np.stack([_forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn)
+    ("local", r_window, window, grid) | ("drop", r) | ("truncate", tokens_out).
+    pool: "tok" (class token), "gap" (size-weighted mean), "map" (MAPHead_0 probe). A file without
+    position embeddings gets big_vision's sin-cos ones. features: the pooled feature, no head."""
+    return np.stack([_forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, pool, features)
                      for img in np.asarray(images, np.float64)])
 
 
-def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn):
+def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, pool, features):
     f = {k: np.asarray(v, np.float64) for k, v in flat.items()}
-    kernel = f["embedding/kernel"]  # (p, p, 3, D)
+    if "conv_root/kernel" in f:
+        img = resnet_stem(f, img)
+    kernel = f["embedding/kernel"]  # (p, p, C, D)
     p = kernel.shape[0]
     gh, gw = img.shape[0] // p, img.shape[1] // p
     patches = []
@@ -118,9 +212,16 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn):
         for j in range(gw):
             patch = img[i * p:(i + 1) * p, j * p:(j + 1) * p]
             patches.append(np.einsum("hwc,hwcd->d", patch, kernel) + f["embedding/bias"])
-    x = np.concatenate([f["cls"][0], np.array(patches)]) + f["Transformer/posembed_input/pos_embedding"][0]
+    x = np.array(patches)
+    if "Transformer/posembed_input/pos_embedding" not in f:
+        x = x + sincos_2d(gh, gw, x.shape[1])
+    pre_n = 1 if "cls" in f else 0
+    if pre_n:
+        x = np.concatenate([f["cls"][0], x])
+    if "Transformer/posembed_input/pos_embedding" in f:
+        x = x + f["Transformer/posembed_input/pos_embedding"][0]
     size = np.ones(len(x))
-    pos = np.array([[-1.0, -1.0]] + [[i, j] for i in range(gh) for j in range(gw)])
+    pos = np.array([[-1.0, -1.0]] * pre_n + [[i, j] for i in range(gh) for j in range(gw)])
     depth = len({k.split("/")[1] for k in f if k.startswith("Transformer/encoderblock_")})
     plan = plan or [None] * depth
     merged = False
@@ -144,28 +245,41 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn):
         if op is not None:
             metric = feats[metric_name]
             if op[0] == "global":
-                groups, _ = bipartite_groups(metric, op[1])
+                groups, _ = bipartite_groups(metric, op[1], protect_first=pre_n > 0)
                 x, size, pos = combine(groups, x, size, pos)
                 merged = True
             elif op[0] == "local":
-                groups = local_groups(metric[1:], pos[1:], op[1], op[2], op[3])
-                groups = [[0]] + [[t + 1 for t in g] for g in groups]
+                groups = local_groups(metric[pre_n:], pos[pre_n:], op[1], op[2], op[3])
+                groups = [[0]] * pre_n + [[t + pre_n for t in g] for g in groups]
                 x, size, pos = combine(groups, x, size, pos)
                 merged = True
             elif op[0] == "truncate":  # free merging: the first tokens survive, nothing else changes
                 x, size, pos = x[:op[1]], size[:op[1]], pos[:op[1]]
             elif op[0] == "drop":
                 norms = np.linalg.norm(metric, axis=-1)
-                order = sorted(range(1, len(x)), key=lambda i: (norms[i], -i))
+                order = sorted(range(pre_n, len(x)), key=lambda i: (norms[i], -i))
                 drop = set(order[:op[1]])
                 keep = [i for i in range(len(x)) if i not in drop]
                 x, size, pos = x[keep], size[keep], pos[keep]
         y = layer_norm(x, f[pre + "LayerNorm_2/scale"], f[pre + "LayerNorm_2/bias"])
         y = gelu(y @ f[pre + "MlpBlock_3/Dense_0/kernel"] + f[pre + "MlpBlock_3/Dense_0/bias"], gelu_exact)
         x = x + y @ f[pre + "MlpBlock_3/Dense_1/kernel"] + f[pre + "MlpBlock_3/Dense_1/bias"]
-    x = layer_norm(x, f["Transformer/encoder_norm/scale"], f["Transformer/encoder_norm/bias"])[0]
+    x = layer_norm(x, f["Transformer/encoder_norm/scale"], f["Transformer/encoder_norm/bias"])
+    if pool == "tok":
+        x = x[0]
+    elif pool == "gap":
+        x = (x * size[:, None]).sum(0) / size.sum()
+    else:
+        m = "MAPHead_0/"
+        y, _ = attention(f[m + "probe"][0], x, f, m + "MultiHeadDotProductAttention_0/", heads,
+                         np.log(size) if prop_attn and merged else None)
+        z = layer_norm(y, f[m + "LayerNorm_0/scale"], f[m + "LayerNorm_0/bias"])
+        z = gelu(z @ f[m + "MlpBlock_0/Dense_0/kernel"] + f[m + "MlpBlock_0/Dense_0/bias"], gelu_exact)
+        x = (y + z @ f[m + "MlpBlock_0/Dense_1/kernel"] + f[m + "MlpBlock_0/Dense_1/bias"])[0]
     if "pre_logits/kernel" in f:
         x = np.tanh(x @ f["pre_logits/kernel"] + f["pre_logits/bias"])
+    if features or "head/kernel" not in f:
+        return x
     return x @ f["head/kernel"] + f["head/bias"]
 
 

@@ -105,9 +105,17 @@ def test_prefixed_keys_are_accepted(tmp_path, tiny_config):
 def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path))
     url = "http://127.0.0.1:9/vit_models/augreg/nothing.npz"
-    with pytest.raises(FastViTError, match=rf"could not download {url} .*place it at {tmp_path}/nothing.npz"):
+    with pytest.raises(FastViTError, match=rf"could not download {url} .*place it at {tmp_path}/vit_models/augreg/nothing.npz"):
         checkpoint.download(url, progress=False)
-    assert not (tmp_path / "nothing.npz").exists()
+    assert not (tmp_path / "vit_models/augreg/nothing.npz").exists()
+
+
+def test_same_file_names_in_different_folders_are_cached_apart():
+    from fastvit_jax.registry import REGISTRY
+
+    paths = [checkpoint.cache_path(e.url) for e in REGISTRY.values() if e.url]
+    assert len(paths) == len(set(paths))
+    assert checkpoint.cache_path(REGISTRY["vit_base_patch16_224_sam"].url).parts[-3:] == ("vit_models", "sam", "ViT-B_16.npz")
 
 
 # ---------------------------------------------------------------- timm converter

@@ -118,7 +118,7 @@ def test_download_error_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "vit_small_patch16_224",
                         entry.__class__(**{**entry.__dict__, "url": "http://127.0.0.1:9/x/S_16.npz"}))
     code, _, err = run(capsys, "predict", "x.jpg", "--model", "vit_small_patch16_224")
-    assert code == 2 and "could not download http://127.0.0.1:9/x/S_16.npz" in err and str(tmp_path / "S_16.npz") in err
+    assert code == 2 and "could not download http://127.0.0.1:9/x/S_16.npz" in err and str(tmp_path / "x" / "S_16.npz") in err
 
 
 def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):

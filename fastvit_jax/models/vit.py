@@ -2,10 +2,12 @@
 
 Module names follow google-research/vision_transformer (models_vit.py) exactly, so an AugReg/SAM
 .npz loads without renaming:
-  embedding, cls, Transformer/posembed_input/pos_embedding,
+  [conv_root, gn_root, block{i}/unit{j}/...]  (hybrids: models/resnet.py)
+  embedding, [cls], Transformer/posembed_input/pos_embedding  (absent for sincos2d),
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
                                LayerNorm_2, MlpBlock_3/{Dense_0, Dense_1}},
-  Transformer/encoder_norm, [pre_logits], head.
+  Transformer/encoder_norm, [MAPHead_0], [pre_logits], [head].
+big_vision files are renamed onto this tree when they are read (checkpoint_layouts.py).
 
 Token merging happens between attention and MLP of each block, as the MergePlan says; the block
 itself only hands its features to merge.apply.apply_op.
@@ -25,6 +27,7 @@ from fastvit_jax.merge.apply import apply_op
 from fastvit_jax.merge.metrics import random_metric
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
+from fastvit_jax.models.resnet import resnet_stem
 
 Dtype = Any
 
@@ -71,17 +74,19 @@ class MultiHeadDotProductAttention(nn.Module):
     """Self-attention with Google's parameter layout; returns the output and merge features.
 
     size_log: optional (B, N) log token sizes added to the logits (ToMe's proportional attention).
+    queries: optional (B, Q, D) inputs of the queries (attention pooling); default x itself.
     """
 
     heads: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, size_log=None):
+    def __call__(self, x, size_log=None, queries=None):
         width = x.shape[-1]
         head_dim = width // self.heads
-        proj = lambda name: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(x)
-        (q, q_mean), (k, k_mean), (v, v_mean) = proj("query"), proj("key"), proj("value")  # (B, H, N, Dh)
+        proj = lambda name, inputs: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(inputs)
+        (q, q_mean) = proj("query", x if queries is None else queries)
+        (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh)
         logits = (q / jnp.sqrt(head_dim).astype(q.dtype)) @ k.swapaxes(-1, -2)
         logits = logits.astype(jnp.float32)
         if size_log is not None:
@@ -90,7 +95,7 @@ class MultiHeadDotProductAttention(nn.Module):
         attended = weights @ v  # (B, H, N, Dh)
         out = OutProjection(width, self.dtype, name="out")(attended)
         feats = {"k": k_mean, "q": q_mean, "v": v_mean,
-                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(x.shape[:2] + (width,))}
+                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
         return out, feats
 
 
@@ -146,6 +151,52 @@ class AddPositionEmbs(nn.Module):
         return x + pe.astype(x.dtype)
 
 
+def posemb_sincos_2d(grid: tuple[int, int], width: int, temperature: float = 10_000.0):
+    """big_vision's fixed position embedding (MoCo v3): per patch [sin x, cos x, sin y, cos y] with
+    width/4 frequencies each; x is the column, y the row. (1, gh*gw, width) float32."""
+    rows, cols = jnp.meshgrid(jnp.arange(grid[0], dtype=jnp.float32), jnp.arange(grid[1], dtype=jnp.float32),
+                              indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / temperature ** (jnp.arange(quarter, dtype=jnp.float32) / max(quarter - 1, 1))
+    x = cols.reshape(-1, 1) * omega
+    y = rows.reshape(-1, 1) * omega
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
+
+
+class MAPHead(nn.Module):
+    """big_vision's attention pooling: a learned probe attends over the tokens, then LayerNorm and a
+    residual MLP. Merged tokens count for their patches through log(size) on the logits, as in
+    proportional attention."""
+
+    config: ViTConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, size_log=None):
+        cfg = self.config
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]))
+        probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        y, _ = MultiHeadDotProductAttention(cfg.heads, self.dtype, name="MultiHeadDotProductAttention_0")(
+            x, size_log, queries=probe)
+        z = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")(y)
+        y = y + MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_0")(z)
+        return y[:, 0]
+
+
+def pool_tokens(config: ViTConfig, plan: MergePlan, state: TokenState, dtype: Dtype):
+    """The image's feature from the final tokens. After merging, the mean weighs each token by the
+    patches it holds (as ToMe pools its global-pool models); before, it is the plain mean."""
+    x, merged = state.x, plan.merged_before(config.depth)
+    if config.pool == "tok":
+        return x[:, 0]
+    if config.pool == "gap":
+        if not merged:
+            return jnp.mean(x, axis=1)
+        weights = state.size / jnp.sum(state.size, axis=1, keepdims=True)
+        return jnp.einsum("bnd,bn->bd", x.astype(jnp.float32), weights).astype(x.dtype)
+    return MAPHead(config, dtype, name="MAPHead_0")(x, jnp.log(state.size) if merged and plan.prop_attn else None)
+
+
 class Encoder(nn.Module):
     config: ViTConfig
     plan: MergePlan
@@ -154,7 +205,11 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x, merge_key):
         cfg = self.config
-        x = AddPositionEmbs(name="posembed_input")(x)
+        if cfg.posemb == "learn":
+            x = AddPositionEmbs(name="posembed_input")(x)
+        else:  # fixed, on the patch tokens only (big_vision adds it before the class token)
+            pe = posemb_sincos_2d(cfg.grid, cfg.width)
+            x = x + jnp.pad(pe, ((0, 0), (cfg.num_prefix, 0), (0, 0))).astype(x.dtype)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
         for i in range(cfg.depth):
             state = Encoder1DBlock(cfg, self.plan, i, self.dtype, name=f"encoderblock_{i}")(state, merge_key)
@@ -169,8 +224,10 @@ def dense_plan(config: ViTConfig) -> MergePlan:
 class VisionTransformer(nn.Module):
     """ViT classifier. `plan=None` is the dense model. Call with images (B, H, W, 3) float.
 
+    Returns logits, or with num_classes=0 (a tower without head) the pooled feature.
     merge_key: PRNG key for the `random` metric (defaults to PRNGKey(0): reproducible).
-    return_state: also return the final TokenState (sizes, positions, sources of the tokens).
+    return_state: also return the final TokenState: the per-token features after encoder_norm
+    (unpooled), their sizes, positions and (plan.track_source) the patches each holds.
     """
 
     config: ViTConfig
@@ -188,17 +245,23 @@ class VisionTransformer(nn.Module):
             raise FastViTError(f"images are {images.shape[1]}x{images.shape[2]}, "
                                f"model expects {cfg.image_size}x{cfg.image_size}")
         merge_key = jax.random.PRNGKey(0) if merge_key is None else merge_key
+        x = images.astype(self.dtype)
+        if cfg.resnet is not None:
+            x = resnet_stem(x, cfg.resnet, cfg.resnet_width, self.dtype)
         x = nn.Conv(cfg.width, (cfg.patch, cfg.patch), strides=(cfg.patch, cfg.patch), padding="VALID",
-                    dtype=self.dtype, name="embedding")(images.astype(self.dtype))
+                    dtype=self.dtype, name="embedding")(x)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
-        cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
-        x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
+        if cfg.pool == "tok":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
+            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
         state = Encoder(cfg, plan, self.dtype, name="Transformer")(x, merge_key)
-        x = state.x[:, 0]
+        x = pool_tokens(cfg, plan, state, self.dtype)
         if cfg.pre_logits:
             x = jnp.tanh(nn.Dense(cfg.pre_logits, dtype=self.dtype, name="pre_logits")(x))
-        logits = nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+        if cfg.num_classes:
+            x = nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(x)
+        logits = x.astype(jnp.float32)
         return (logits, state) if return_state else logits
 
 
