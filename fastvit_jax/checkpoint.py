@@ -179,6 +179,9 @@ def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None
         resnet_width = int(params["conv_root"]["kernel"].shape[-1]) if resnet is not None else 64
     except (KeyError, TypeError, AttributeError) as e:
         raise FastViTError(f"not a ViT checkpoint in Google layout: missing key {e}") from None
+    if "cls" in params and "MAPHead_0" in params:
+        raise FastViTError(f"both a class token (cls {tuple(np.shape(params['cls']))}) and an attention-pooling "
+                           f"head (MAPHead_0): no known pool type has both")
     pool = "tok" if "cls" in params else "map" if "MAPHead_0" in params else "gap"
     posemb = params["Transformer"].get("posembed_input", {}).get("pos_embedding")
     pre = params.get("pre_logits", {}).get("kernel")
