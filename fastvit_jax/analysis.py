@@ -16,7 +16,7 @@ import numpy as np
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
-from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.models.vit import VisionTransformer, posemb_sincos_2d
 from fastvit_jax.report import pyplot, save_figure, write_json
 
 STAGES = ("x_pre", "x_attn", "x_post")  # attention input (after LayerNorm_0), inside (before out), after residual
@@ -52,10 +52,17 @@ def block_statistics(config: ViTConfig, plan: MergePlan | None, params, images) 
         "merged": [float(stats[i]["merged"]) if "merged" in stats[i] else None for i in range(config.depth)]}
 
 
-def posemb_similarity(params, grid: tuple[int, int], refs: list[tuple[int, int]] | None = None) -> dict:
+def patch_position_embeddings(params, config: ViTConfig) -> np.ndarray:
+    """(gh * gw, D) position embeddings of the patch tokens: learned (class slot left out) or sincos2d."""
+    if config.posemb == "sincos2d":
+        return np.asarray(posemb_sincos_2d(config.grid, config.width))[0]
+    return np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])[0, config.num_prefix:]
+
+
+def posemb_similarity(params, config: ViTConfig, refs: list[tuple[int, int]] | None = None) -> dict:
     """Cosine similarity of every patch's position embedding with reference patches: {(i, j): (gh, gw)}."""
-    pe = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])[0, 1:]
-    gh, gw = grid
+    pe = patch_position_embeddings(params, config)
+    gh, gw = config.grid
     refs = refs or [(gh // 4, gw // 4), (gh // 4, 3 * gw // 4), (3 * gh // 4, gw // 4), (3 * gh // 4, 3 * gw // 4)]
     u = pe / np.linalg.norm(pe, axis=-1, keepdims=True)
     return {ref: (u @ u[ref[0] * gw + ref[1]]).reshape(gh, gw) for ref in refs}
@@ -99,7 +106,7 @@ def run_analysis(config: ViTConfig, params, images, plans: list[MergePlan], out_
     out = Path(out_dir)
     dense = block_statistics(config, None, params, images)
     merged = {f"{p.method} r={p.r}": block_statistics(config, p, params, images)["merged"] for p in plans}
-    posemb = posemb_similarity(params, config.grid)
+    posemb = posemb_similarity(params, config)
     result = {"token_similarity": {k: dense[k] for k in STAGES}, "merged_similarity": merged,
               "posemb_similarity": {f"{i},{j}": m.tolist() for (i, j), m in posemb.items()}, "images": len(images),
               "plans": [p.summary() for p in plans]}

@@ -102,5 +102,5 @@ def paint_plans(config: ViTConfig, params, img: Image.Image, preprocess, plans: 
         ids = token_map(final_sources(config, plan, params, x), config.grid)
         stats[plan.method] = {"r": plan.r, "skip": plan.skip, **region_stats(ids)}
         title = f"{plan.method} r={plan.r} skip={plan.skip}: {stats[plan.method]['tokens']} tokens"
-        panels.append((title, paint(rgb, ids, config.patch)))
+        panels.append((title, paint(rgb, ids, config.stride)))
     return render(panels, out), stats

@@ -39,12 +39,23 @@ def test_block_statistics_match_intermediates():
 
 def test_posemb_similarity():
     params = checkpoint.unflatten(google_checkpoint(TINY))
-    maps = analysis.posemb_similarity(params, TINY.grid, [(1, 2)])
+    maps = analysis.posemb_similarity(params, TINY, [(1, 2)])
     pe = params["Transformer"]["posembed_input"]["pos_embedding"][0, 1:]
     ref = pe[1 * 8 + 2]
     want = pe @ ref / np.linalg.norm(pe, axis=-1) / np.linalg.norm(ref)
     np.testing.assert_allclose(maps[(1, 2)].ravel(), want, rtol=1e-5)
     assert abs(maps[(1, 2)][1, 2] - 1) < 1e-6
+
+
+def test_posemb_similarity_without_class_token_and_for_sincos():
+    gap = TINY.replace(pool="gap")
+    params = checkpoint.unflatten(google_checkpoint(gap))
+    pe = params["Transformer"]["posembed_input"]["pos_embedding"][0]  # no class slot: all 64 are patches
+    maps = analysis.posemb_similarity(params, gap, [(0, 0)])
+    np.testing.assert_allclose(maps[(0, 0)].ravel(), pe @ pe[0] / np.linalg.norm(pe, axis=-1) / np.linalg.norm(pe[0]),
+                               rtol=1e-5)
+    sincos = analysis.posemb_similarity({}, TINY.replace(posemb="sincos2d"), [(3, 3)])[(3, 3)]
+    assert sincos.shape == (8, 8) and abs(sincos[3, 3] - 1) < 1e-6 and sincos[3, 4] > sincos[3, 7]
 
 
 def test_analyze_cli(tmp_path, capsys):
