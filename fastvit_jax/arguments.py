@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from fastvit_jax.data import FAMILIES
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
 
 DTYPE_CHOICES = ("float32", "bfloat16")
@@ -59,8 +60,9 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     add_speed_args(p)
 
 
-def load_model(args, need_weights: bool = True):
-    """(params, config, preprocess) from --checkpoint/--model and the overrides."""
+def load_model(args, need_weights: bool = True, need_head: bool = True):
+    """(params, config, preprocess) from --checkpoint/--model and the overrides. need_head: refuse an
+    image tower without a classifier (its features come from `fastvit embed`)."""
     from fastvit_jax.hub import load_model
 
     notes: list[str] = []
@@ -69,6 +71,9 @@ def load_model(args, need_weights: bool = True):
                         tower=getattr(args, "tower", None))
     for note in notes:
         print(f"fastvit: note: {note}", file=sys.stderr)
+    if need_head and not loaded[1].num_classes:
+        raise FastViTError(f"{args.checkpoint or args.model} has no classification head (an image tower): "
+                           f"`fastvit {args.command}` needs logits; use `fastvit embed` for its features")
     return loaded
 
 

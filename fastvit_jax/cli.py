@@ -9,6 +9,7 @@ import warnings
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from fastvit_jax import __version__, arguments
@@ -17,6 +18,7 @@ from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
 from fastvit_jax.data import image_folder, label_names, load_arrays, load_image, pack_dataset, spread
 from fastvit_jax.demo import run_demo
+from fastvit_jax.embed import embed_files
 from fastvit_jax.errors import FastViTError, report_errors
 from fastvit_jax.evaluate import evaluate, predict
 from fastvit_jax.flops import gflops
@@ -126,6 +128,24 @@ def cmd_predict(args):
     emit(args, results + [{"image": p, "error": why} for p, why in failed],
          "\n".join(lines + [f"skipped {p}: {why}" for p, why in failed]))
     return 1 if failed and not results else 0
+
+
+@command("embed", "image features (pooled; --tokens adds per-token features and sources), dense or merged",
+         arg("images", nargs="+"), MODEL, MERGE, BATCH,
+         arg("--tokens", action="store_true", help="also the final tokens, their sizes and the patches each holds"),
+         arg("--out", required=True, help="OUT.npz: features (B, D), paths[, tokens, sizes, sources]"))
+def cmd_embed(args):
+    params, config, pre = arguments.load_model(args, need_head=False)
+    plan = merge_plan(args, config, params)
+    out, failed = embed_files(config, params, args.images, pre, plan, tokens=args.tokens, batch_size=args.batch_size)
+    if not len(out["paths"]):
+        raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
+    np.savez(args.out, **out)
+    shapes = {k: list(v.shape) for k, v in out.items() if k != "paths"}
+    emit(args, {"out": args.out, "images": len(out["paths"]), "shapes": shapes, "gflops": gflops(config, plan),
+                "plan": plan.summary(), "failed": [{"image": p, "error": why} for p, why in failed]},
+         "\n".join([f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+                    + f" ({gflops(config, plan):.2f} GFLOPs per image)"] + [f"skipped {p}: {why}" for p, why in failed]))
 
 
 @command("eval", "top-1/top-5 accuracy and images/s on a data set", MODEL, MERGE, DATA, BATCH, LIMIT,

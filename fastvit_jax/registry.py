@@ -10,6 +10,7 @@ from fastvit_jax.config import ViTConfig, variant_config
 from fastvit_jax.errors import FastViTError
 
 GCS = "https://storage.googleapis.com/vit_models"
+BIG_VISION = "https://storage.googleapis.com/big_vision"
 
 # AugReg recipes that timm picked as the default ImageNet-1k fine-tunes (Steiner et al. 2021).
 _AUGREG_I21K = {
@@ -123,6 +124,18 @@ def _build() -> dict[str, ModelEntry]:
             name = f"vit_{_TIMM_SIZE[size]}_patch{patch}_224_{opt}"
             reg[name] = ModelEntry(name, variant_config(variant, 224), "inception",
                                    f"{GCS}/{opt}/ViT-{size}_{patch}.npz", note=f"{paper}, ImageNet-1k from scratch")
+    # big_vision's plain ViT-S/16 baselines (Beyer et al. 2022): GAP head, sincos2d, tanh representation.
+    for epochs in (90, 150, 300):
+        name = f"vit_s16_i1k_{epochs}ep"
+        reg[name] = ModelEntry(name, variant_config("S/16", 224, pool="gap", posemb="sincos2d", pre_logits=384), "crop",
+                               f"{BIG_VISION}/{name}.npz", crop_pct=0.875,
+                               note=f"big_vision plain ViT baseline, ImageNet-1k {epochs} epochs")
+    # SigLIP image towers (Zhai et al. 2023): MAP head, no classifier; `fastvit embed` gives their features.
+    for name, variant, stem in (("siglip_base_patch16_224", "B/16", "webli_en_b16_224_63724782"),
+                                ("siglip_so400m_patch14_224", "So400m/14", "webli_en_so400m_224_57633886")):
+        reg[name] = ModelEntry(name, variant_config(variant, 224, pool="map", num_classes=0), "inception",
+                               f"{BIG_VISION}/siglip/{stem}.npz", label_set="none",
+                               note="SigLIP image tower (the file's img/ tower), features only")
     for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
         name = f"deit_{size}_patch16_224"
         reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
@@ -159,6 +172,9 @@ def _aliases(reg: dict[str, ModelEntry]) -> dict[str, str]:
     for entry in reg.values():
         if entry.url and "/augreg/" in entry.url:
             out[entry.filename.removesuffix(".npz")] = entry.name
+    for epochs in (90, 150, 300):  # big_vision's VANITY_NAMES
+        out[f"i1k-s16-{epochs}ep"] = f"vit_s16_i1k_{epochs}ep"
+    out["SigLIP B/16 224"], out["SigLIP So400m/14 224"] = "siglip_base_patch16_224", "siglip_so400m_patch14_224"
     return out
 
 
@@ -181,8 +197,15 @@ def get_entry(name: str) -> ModelEntry:
                            f"(`fastvit models` lists all)") from None
 
 
+def _short(url: str | None) -> str:
+    """The file as its bucket names it: 'sam/ViT-B_16.npz', 'big_vision/vit_s16_i1k_300ep.npz'."""
+    if url is None:
+        return "(convert)"
+    return url.removeprefix(GCS + "/").removeprefix("https://storage.googleapis.com/")
+
+
 def model_rows() -> list[dict]:
     """One row per registered model, as `fastvit models` lists them."""
     return [{"name": e.name, "family": e.family, "variant": e.config.variant, "res": e.config.image_size,
              "classes": e.config.num_classes, "preprocessing": e.preprocessing,
-             "file": "bundled" if e.bundled else (e.url.removeprefix(GCS + "/") if e.url else "(convert)"), "url": e.url} for e in REGISTRY.values()]
+             "file": "bundled" if e.bundled else _short(e.url), "url": e.url} for e in REGISTRY.values()]

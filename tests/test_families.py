@@ -329,3 +329,34 @@ def test_eval_with_tome_reports_fewer_gflops_on_every_family(tmp_path, capsys):
             assert code == 0, err
             res[method] = json.loads(out)["gflops"]
         assert res["tome"] < res["none"], family
+
+
+def test_embed_a_siglip_like_tower_dense_and_merged(tmp_path, capsys):
+    config = FAMILIES["map"].replace(num_classes=0)
+    flat = google_checkpoint(config)
+    tower = big_vision_file(flat, config.depth, prefix="params/img/")
+    tower["params/txt/Embed_0/embedding"] = np.ones((5, 32), np.float32)
+    path = _write(tmp_path, tower)
+    imgs = []
+    for i in range(3):
+        imgs.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(imgs[-1])
+    from fastvit_jax.data import Preprocess, load_image
+
+    x = np.stack([Preprocess("inception", 32)(load_image(p)) for p in imgs])
+    for method, r in (("none", 0), ("tome", 6)):
+        out = tmp_path / f"{method}.npz"
+        code, _, err = _run(capsys, "embed", *imgs, "--checkpoint", path, "--method", method, "--r", r, "--tokens",
+                            "--out", out, "--batch-size", 2)
+        assert code == 0, err
+        got = np.load(out)
+        plan = make_plan(config, MergeOptions(method, r))
+        want = reference.forward(flat, x, heads=2, pool="map", plan=reference.plan_ops(plan))
+        np.testing.assert_allclose(got["features"], want, atol=1e-4)
+        assert got["paths"].tolist() == [str(p) for p in imgs]
+        assert got["tokens"].shape == (3, plan.final_tokens, 32)
+        np.testing.assert_array_equal(got["sources"].sum(1), 1)
+    code, _, err = _run(capsys, "predict", imgs[0], "--checkpoint", path)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("fastvit: error: ") and "has no classification head (an image tower)" in last
+    assert "fastvit embed" in last and "Traceback" not in err
