@@ -76,8 +76,12 @@ def test_token_grids_of_the_hybrids():
     assert get_entry("R+ViT-Ti_16").config.grid == (7, 7)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("method", ["none", "tome", "lgtm", "drop", "dfe"])
+# Every family dense and with ToMe; every method on one family of each kind (stem, no class token, MAP).
+CASES = [(f, m) for f in sorted(FAMILIES) for m in ("none", "tome")] + \
+    [(f, m) for f in ("hybrid", "gap", "map") for m in ("lgtm", "drop", "dfe")]
+
+
+@pytest.mark.parametrize("family,method", CASES)
 def test_family_matches_numpy(tmp_path, family, method):
     config = FAMILIES[family]
     flat = google_checkpoint(config)

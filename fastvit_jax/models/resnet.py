@@ -36,8 +36,10 @@ class StdConv(nn.Module):
         shape = self.kernel_size + (x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
         kernel = standardize(kernel.astype(jnp.float32)).astype(self.dtype)
-        return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, self.strides, "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = x.astype(self.dtype)
+        if self.kernel_size == (1, 1):  # a matmul: XLA:CPU runs it as a dot ~2x faster than as a conv
+            return x[:, ::self.strides[0], ::self.strides[1]] @ kernel[0, 0]
+        return jax.lax.conv_general_dilated(x, kernel, self.strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def group_norm(name: str, dtype: Dtype):
