@@ -3,6 +3,8 @@
     python benchmarks/bench_merging.py --models vit_small_patch16_224,vit_base_patch16_224 \
         --methods tome,dfe,lgtm --r 8,13,16 --batch-size 32 --runs 5 --out benchmarks/results/merging_cpu.json
 
+--merge-impls gather,dense times both merge implementations of every point in the same rounds.
+
 Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON with the machine.
 All variants of a model, the peer's included, are compiled first and then timed in round-robin
 rounds (`--runs` of them), so a drift in machine speed hits them all alike.
@@ -13,13 +15,14 @@ LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
 from fastvit_jax.bench import time_forwards
 from fastvit_jax.errors import report_errors
-from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.merge.plan import MERGE_IMPLS, make_plan, resolve_merge_impl
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
 from fastvit_jax.report import format_table, machine, write_json
@@ -40,15 +43,21 @@ def main(argv=None):
     add_speed_args(p)
     p.add_argument("--out", default="benchmarks/results/merging.json")
     p.add_argument("--no-peer", action="store_true", help="skip timm even when installed")
+    p.add_argument("--merge-impls", default="auto", help="comma list of merge implementations to time side by side "
+                   f"({', '.join(MERGE_IMPLS)}); --merge-impl is ignored here")
     args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
         config = get_entry(name).config
         params = init_params(config)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
-        plans = {("none", 0): None} | {(o.method, o.r): make_plan(config, o) for o in merge_points(args)}
+        impls = list(dict.fromkeys(resolve_merge_impl(i) for i in args.merge_impls.split(",")))
+        plans = {("none", 0, None): None} | {(o.method, o.r, impl): dataclasses.replace(make_plan(config, o), merge_impl=impl)
+                                             for o in merge_points(args) for impl in impls}
         peers = {}
-        for (method, r), plan in plans.items():
+        for (method, r, impl), plan in plans.items():
+            if impl not in (None, impls[0]):
+                continue
             if use_peer and method in ("none", "tome", "dfe"):
                 model = timm_tome.make_model(name.replace("_in21k", ""), r, skip=plan.skip if plan else 0,
                                              prop_attn=plan.prop_attn if plan else True)
@@ -57,9 +66,9 @@ def main(argv=None):
         res = time_forwards(config, params, plans, batch_size=args.batch_size, runs=args.runs, warmup_s=args.warmup_s,
                             dtype=args.dtype, examples_per_step=args.examples_per_step, others=peers,
                             progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
-        dense = res[("none", 0)]
-        for (method, r), plan in plans.items():
-            ours, peer = res[(method, r)], res.get(("peer", method, r))
+        dense = res[("none", 0, None)]
+        for (method, r, impl), plan in plans.items():
+            ours, peer = res[(method, r, impl)], res.get(("peer", method, r))
             rows.append({"model": name, "method": method, "r": r, **ours, "clamped": bool(plan and plan.clamped),
                          "options": plan.options.to_dict() if plan else None,
                          "speedup": ours["images_per_s"] / dense["images_per_s"],
@@ -69,7 +78,7 @@ def main(argv=None):
         row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
         peer_ips = row.get("peer_images_per_s")
         row["vs_peer"] = row["images_per_s"] / peer_ips if peer_ips else None
-    print(format_table(rows, ["model", "method", "r", "images_per_s", "gflops", "speedup", "ideal_speedup",
+    print(format_table(rows, ["model", "method", "r", "merge_impl", "images_per_s", "gflops", "speedup", "ideal_speedup",
                               "speedup_vs_ideal", "peer_images_per_s", "vs_peer", "compile_s"]))
     print(f"wrote {write_json(args.out, {'machine': machine(), 'args': vars(args), 'rows': rows})}")
 

@@ -64,7 +64,8 @@ def compile_variants(config, points, args, params, images) -> dict:
     for o in points:
         plan = make_plan(config, o)
         for free in ((False,) if plan.is_dense else (False, True)):
-            fn = make_forward(config, free_merging(plan) if free else plan, args.dtype, args.examples_per_step)
+            fn = make_forward(config, free_merging(plan) if free else plan, args.dtype, args.examples_per_step,
+                              args.merge_impl)
             t0 = time.perf_counter()
             jax.block_until_ready(fn(params, images))
             variants[(o, free)] = fn

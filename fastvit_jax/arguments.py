@@ -9,6 +9,7 @@ import sys
 from fastvit_jax.data import FAMILIES
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
+from fastvit_jax.merge.plan import MERGE_IMPLS
 
 DTYPE_CHOICES = ("float32", "bfloat16")
 
@@ -92,11 +93,15 @@ def open_data(args):
 
 
 def add_speed_args(p: argparse.ArgumentParser) -> None:
-    """--dtype and --examples-per-step (see fastvit_jax.forward)."""
+    """--dtype, --examples-per-step and --merge-impl (see fastvit_jax.forward)."""
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="activation dtype")
     p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
                    help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
                         "on GPU/TPU; none = the whole batch")
+    p.add_argument("--merge-impl", choices=MERGE_IMPLS, default="auto",
+                   help="how merging runs (same merges either way): gather = top_k, gathers, scatter-add (fastest on "
+                        "CPU); dense = comparisons and one-hot matmuls, no sort/scatter/gather (GPU/TPU); "
+                        "auto = gather on CPU, dense elsewhere")
 
 
 def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods: str = "tome,dfe,lgtm",

@@ -7,8 +7,10 @@ ratios between them stay sound.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import jax
@@ -17,20 +19,22 @@ import numpy as np
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward, resolve_examples_per_step
-from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.merge.plan import MergePlan, resolve_merge_impl
 
 
 def forward_runner(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32,
-                   dtype: str = "float32", seed: int = 0, examples_per_step="auto") -> tuple[Callable, float]:
-    """(run, compile_s): run() does one blocking forward of a random batch; compiled already."""
-    forward = make_forward(config, plan, dtype, examples_per_step)
+                   dtype: str = "float32", seed: int = 0, examples_per_step="auto",
+                   merge_impl: str | None = None) -> tuple[Callable, float]:
+    """(run, compile_s): run() does one blocking forward of a random batch; compiled already
+    (compile_s: lowering and compiling, then the first call)."""
     images = jax.device_put(np.random.default_rng(seed).standard_normal(
         (batch_size, config.image_size, config.image_size, 3)).astype(np.float32))
+    t0 = time.perf_counter()
+    forward = make_forward(config, plan, dtype, examples_per_step, merge_impl).lower(params, images).compile()
 
     def run():
         jax.block_until_ready(forward(params, images))
 
-    t0 = time.perf_counter()
     run()
     return run, time.perf_counter() - t0
 
@@ -61,28 +65,37 @@ def time_round_robin(runners: dict, rounds: int, warmup: int = 2, warmup_s: floa
 
 
 def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile_s: float, *,
-                 batch_size: int, dtype: str = "float32", examples_per_step="auto") -> dict:
+                 batch_size: int, dtype: str = "float32", examples_per_step="auto",
+                 merge_impl: str | None = None) -> dict:
     med = statistics.median(times)
+    impl = resolve_merge_impl(merge_impl or (plan.merge_impl if plan else "auto"))
     return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
             "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": dtype,
-            "examples_per_step": resolve_examples_per_step(examples_per_step, config)}
+            "examples_per_step": resolve_examples_per_step(examples_per_step, config),
+            "merge_impl": impl if plan is not None and not plan.is_dense else None}
 
 
 def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,
                   warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0,
-                  examples_per_step="auto", others: dict | None = None, progress=None) -> dict:
+                  examples_per_step="auto", merge_impl: str | None = None, others: dict | None = None,
+                  progress=None, compile_threads: int | None = None) -> dict:
     """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch.
+    merge_impl: for every plan (None: each plan's own, see make_forward).
 
     others: {name: run()} timed in the same rounds (a peer library's model); each gets
     {"images_per_s", "median_s", "runs"} in the result."""
-    runners, compile_s = {}, {}
-    for name, plan in plans.items():
-        runners[name], compile_s[name] = forward_runner(config, params, plan, batch_size=batch_size, dtype=dtype,
-                                                        seed=seed, examples_per_step=examples_per_step)
+    # Compiled in threads: XLA compiles outside the GIL, and a grid of merged ViTs compiles for
+    # minutes one at a time on a GPU machine. compile_s then includes waiting for a core.
+    build = lambda plan: forward_runner(config, params, plan, batch_size=batch_size, dtype=dtype, seed=seed,
+                                        examples_per_step=examples_per_step, merge_impl=merge_impl)
+    with ThreadPoolExecutor(max(1, min(len(plans), compile_threads or os.cpu_count() or 1))) as pool:
+        built = dict(zip(plans, pool.map(build, plans.values())))
+    runners = {name: run for name, (run, _) in built.items()}
+    compile_s = {name: seconds for name, (_, seconds) in built.items()}
     runners.update(others or {})
     times = time_round_robin(runners, runs, warmup, warmup_s, progress)
     results = {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size, dtype=dtype,
-                                  examples_per_step=examples_per_step)
+                                  examples_per_step=examples_per_step, merge_impl=merge_impl)
                for name, plan in plans.items()}
     for name in others or {}:
         med = statistics.median(times[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -60,7 +61,8 @@ def emit(args, payload, text: str) -> None:
 
 def merge_plan(args, config, params, method: str | None = None):
     """The plan of the merge flags (r chosen by --target-* when given); says on stderr if it is clamped."""
-    plan = make_plan(config, arguments.merge_options(args, config, params, method))
+    plan = dataclasses.replace(make_plan(config, arguments.merge_options(args, config, params, method)),
+                               merge_impl=args.merge_impl)
     if arguments.has_target(args) and not args.json:
         print(f"chosen: r={plan.r} ({gflops(config, plan):.3f} GFLOPs)\n{plan.describe()}", file=sys.stderr)
     note_clamped([plan.options.label] if plan.clamped else [])
@@ -73,7 +75,7 @@ def note_clamped(labels: list[str]) -> None:
 
 
 def model_forward(args, config, plan):
-    return make_forward(config, plan, args.dtype, args.examples_per_step)
+    return make_forward(config, plan, args.dtype, args.examples_per_step, args.merge_impl)
 
 
 # ---------------------------------------------------------------- commands
@@ -171,7 +173,7 @@ def cmd_sweep(args):
     params, config, pre = arguments.load_model(args)
     model = args.model or (Path(args.checkpoint).name if args.checkpoint else "deit_tiny_patch16_224 (bundled)")
     kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}", dtype=args.dtype,
-              examples_per_step=args.examples_per_step)
+              examples_per_step=args.examples_per_step, merge_impl=args.merge_impl)
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
@@ -236,8 +238,8 @@ def cmd_visualize(args):
 def cmd_analyze(args):
     params, config, pre = arguments.load_model(args)
     images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), pre)
-    result, rows = run_analysis(config, params, images, [make_plan(config, o) for o in arguments.merge_points(args)],
-                                args.out)
+    plans = [dataclasses.replace(make_plan(config, o), merge_impl=args.merge_impl) for o in arguments.merge_points(args)]
+    result, rows = run_analysis(config, params, images, plans, args.out)
     emit(args, result, format_table(rows, list(rows[0])) + f"\nwrote {args.out}/analysis.json, "
          "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
 
@@ -251,7 +253,7 @@ def cmd_bench(args):
     plan = merge_plan(args, config, params)
     with tqdm(total=args.runs, desc="bench: timed rounds", disable=args.json, leave=False) as bar:
         res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                      examples_per_step=args.examples_per_step, progress=lambda i: bar.update(1))
+                      examples_per_step=args.examples_per_step, merge_impl=args.merge_impl, progress=lambda i: bar.update(1))
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
     emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")

@@ -9,6 +9,7 @@ parallelism, not the cache.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.merge.plan import MergePlan, resolve_merge_impl
 from fastvit_jax.models.vit import VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -71,11 +72,15 @@ def in_steps(fn, images, merge_key, per_step: int | None):
 
 @lru_cache(maxsize=64)
 def make_forward(config: ViTConfig, plan: MergePlan | None = None, dtype: str = "float32",
-                 examples_per_step="auto"):
+                 examples_per_step="auto", merge_impl: str | None = None):
     """jit(params, images[, merge_key]) -> logits for this config and plan.
 
     examples_per_step: "auto" (a cache-sized slice on CPU, the whole batch elsewhere), None for the
-    whole batch, or a count. Logits do not depend on it beyond float rounding."""
+    whole batch, or a count. merge_impl: "auto" (gather on CPU, dense on GPU/TPU), "gather" or
+    "dense" (fastvit_jax.merge.apply); None keeps the plan's. Logits depend on neither beyond
+    float rounding."""
+    if plan is not None:
+        plan = dataclasses.replace(plan, merge_impl=resolve_merge_impl(merge_impl or plan.merge_impl))
     model = VisionTransformer(config, plan, DTYPES[dtype])
     per_step = resolve_examples_per_step(examples_per_step, config)
 

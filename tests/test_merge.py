@@ -31,13 +31,13 @@ def test_bipartite_matches_reference(n, r):
     pos = rng.uniform(0, 5, (n, 2)).astype(np.float32)
     r = min(r, bipartite.max_merges(n, 1))
     m = bipartite.match(jnp.asarray(metric), r, class_token=True)
-    got = merge_into(TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos)),
+    got = merge_into(TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos * size[:, None])),
                      *bipartite.token_indices(m, n))
     groups, scores = reference.bipartite_groups(metric, r)
     wx, ws, wp = reference.combine(groups, x.astype(np.float64), size.astype(np.float64), pos.astype(np.float64))
     np.testing.assert_allclose(got.x, wx, atol=1e-5)
     np.testing.assert_allclose(got.size, ws)
-    np.testing.assert_allclose(got.pos, wp, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.pos_sum) / np.asarray(got.size)[:, None], wp, atol=1e-5)
     np.testing.assert_allclose(np.sort(np.asarray(m.score)), np.sort(scores), atol=1e-5)
     assert float(got.size[0]) == size[0] and np.allclose(got.x[0], x[0])  # cls untouched, first
 

@@ -1,14 +1,16 @@
-"""Run one block's BlockOp on a batch. The model calls only this; it never knows the algorithm."""
+"""Run one block's BlockOp on a batch. The model calls only this; it never knows the algorithm.
+
+Each op has two implementations with the same results (plan.merge_impl): "gather" (this file,
+bipartite.py, local.py, state.merge_into) and "dense" (onehot.py), chosen per backend by "auto".
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.local import local_merge
-from fastvit_jax.merge.metrics import drop_lowest_norm
-from fastvit_jax.merge.plan import BlockOp, MergePlan
+from fastvit_jax.merge import bipartite, local, metrics, onehot
+from fastvit_jax.merge.plan import BlockOp, MergePlan, resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
@@ -20,30 +22,40 @@ def global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: in
     return merge_into(state, src, dst, keep), matching.score
 
 
-def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array
+IMPLS = {  # per example: global merge and drop; local takes the batch
+    "gather": {"global": global_merge, "drop": metrics.drop_lowest_norm, "local": local.local_merge},
+    "dense": {"global": onehot.global_merge, "drop": onehot.drop_lowest_norm, "local": onehot.local_merge},
+}
+
+
+def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None
              ) -> tuple[TokenState, jax.Array | None]:
     """Apply op to a batched state (B, N, ...) with metric (B, N, C).
 
     Returns the new state and the mean cosine similarity of merged pairs per example (None when
-    nothing merged) -- the quantity of the paper's Figure 3.
+    nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
+    dense local merge needs to know whether tokens are still in grid order).
     """
     if op.kind == "none" or op.r == 0:
         return state, None
     if op.kind == "truncate":  # free merging: the token counts of the plan, no merge cost
         return jax.tree_util.tree_map(lambda t: t[:, :op.tokens_out], state), None
+    impl = resolve_merge_impl(plan.merge_impl)
+    fns = IMPLS[impl]
     if op.kind == "drop":
-        drop = lambda s, m: drop_lowest_norm(s, m, r=op.r, num_prefix=plan.num_prefix)
+        drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
     if op.kind == "global":
-        fn = lambda s, m: global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
-                                       distill_token=plan.distill_token)
+        fn = lambda s, m: fns["global"](s, m, r=op.r, num_prefix=plan.num_prefix, distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric)
     elif op.kind == "local":  # batched itself: windows of all examples share one vmap axis
-        new, scores = local_merge(state, metric, r=op.r, window=op.window, grid=op.grid,
-                                  tokens_out=op.tokens_out, num_prefix=plan.num_prefix)
+        untouched = block is not None and all(o.kind == "none" or o.r == 0 for o in plan.ops[:block])
+        kw = {"ordered": untouched} if impl == "dense" else {}
+        new, scores = fns["local"](state, metric, r=op.r, window=op.window, grid=op.grid,
+                                   tokens_out=op.tokens_out, num_prefix=plan.num_prefix, **kw)
     else:
         raise ValueError(f"unknown block op {op.kind!r}")
-    # Pad-pad merges score -2; average only real pairs.
+    # Pad-pad merges (and, dense impl, A tokens that did not merge) score -2; average only real pairs.
     real = scores > -1.5
     mean = jnp.sum(jnp.where(real, scores, 0.0), -1) / jnp.maximum(jnp.sum(real, -1), 1)
     return new, mean

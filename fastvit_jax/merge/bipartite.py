@@ -40,23 +40,32 @@ def match(metric: jax.Array, r: int, *, class_token: bool = True, distill_token:
     merges only with padding (score -2, below any cosine), so a window with few real tokens still
     makes its r merges without touching them (see plan.local_merges).
     """
+    node_max, node_idx = best_partners(metric, class_token=class_token, distill_token=distill_token, valid=valid)
+    src_idx, unm_idx = split_top(node_max, r)
+    return Matching(src_idx, node_idx[src_idx], unm_idx, node_max[src_idx])
+
+
+def best_partners(metric: jax.Array, *, class_token: bool = True, distill_token: bool = False,
+                  valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Each A token's best cosine similarity to a B token and that B token (A = even, B = odd
+    positions; protected tokens and forbidden pairs score -inf). Options as `match`."""
     metric = _normalise(metric.astype(jnp.float32))
     a, b = metric[0::2], metric[1::2]
-    scores = a @ b.T
+    # Full float32 even where matmuls default to TF32/bf16 passes (GPU/TPU): near-ties decide merges.
+    scores = jnp.dot(a, b.T, precision=jax.lax.Precision.HIGHEST)
     if valid is not None:
         va, vb = valid[0::2, None], valid[None, 1::2]
         scores = jnp.where(va & vb, scores, jnp.where(~va & ~vb, -2.0, -jnp.inf))
     if class_token:
-        scores = scores.at[0, :].set(-jnp.inf)
+        scores = jnp.where(jnp.arange(scores.shape[0])[:, None] == 0, -jnp.inf, scores)
     if distill_token:
-        scores = scores.at[:, 0].set(-jnp.inf)
+        scores = jnp.where(jnp.arange(scores.shape[1])[None, :] == 0, -jnp.inf, scores)
     node_max = scores.max(axis=-1)
     # First B index attaining the max (argmax's tie rule). Two plain reductions: XLA:CPU runs the
     # variadic max+index reduce of argmax several times slower (BENCHMARKS.md section 2).
     num_b = scores.shape[-1]
     node_idx = jnp.min(jnp.where(scores == node_max[:, None], jnp.arange(num_b), num_b), axis=-1)
-    src_idx, unm_idx = split_top(node_max, r)
-    return Matching(src_idx, node_idx[src_idx], unm_idx, node_max[src_idx])
+    return node_max, node_idx
 
 
 def split_top(values: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastvit_jax.merge import bipartite
-from fastvit_jax.merge.state import TokenState, merge_into
+from fastvit_jax.merge.state import TokenState, mean_pos, merge_into
 
 
 # ---------------------------------------------------------------- window geometry (static)
@@ -147,7 +147,7 @@ def local_merge(state: TokenState, metric: jax.Array, *, r: int, window: int, gr
     slot, valid = window_layout(num_tokens, grid, window)
     num_windows, slots = slot.shape
 
-    order = jax.vmap(grid_order, in_axes=(0, None))(state.pos[:, num_prefix:], grid)  # (B, M)
+    order = jax.vmap(grid_order, in_axes=(0, None))(mean_pos(state)[:, num_prefix:], grid)  # (B, M)
     # (B * windows, w*w): the patch token in each window slot; num_tokens marks padding
     token_at = order.at[:, slot.reshape(-1)].get(mode="fill", fill_value=num_tokens)
     win_metric = jax.vmap(lambda m, i: m.at[i].get(mode="fill", fill_value=0))(metric, token_at)

@@ -2,9 +2,11 @@
 
 TokenState holds, per example, the token features and what merging needs to remember:
   size   how many input patches each token stands for (ToMe's size),
-  pos    size-weighted mean (row, col) of the patches a token holds (LGTM's location tracking),
+  pos_sum  the summed (row, col) of the patches a token holds; pos_sum / size is its mean location
+         (LGTM's location tracking). Sums of integers stay exact, so every implementation of the
+         merge finds the same locations and sorts tokens onto the same grid,
   source optional (N, num_patches) 0/1 map of the patches each token holds (visualisation).
-The class token has size 1, pos (-1, -1) and an empty source row.
+The class token has size 1, pos_sum (-1, -1) and an empty source row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 class TokenState(NamedTuple):
     x: jax.Array  # (..., N, D)
     size: jax.Array  # (..., N) float32
-    pos: jax.Array  # (..., N, 2) float32
+    pos_sum: jax.Array  # (..., N, 2) float32
     source: jax.Array | None = None  # (..., N, P) float32
 
 
@@ -42,8 +44,8 @@ def initial_state(x: jax.Array, grid: tuple[int, int], num_prefix: int, track_so
 
 def merge_into(state: TokenState, src: jax.Array, dst: jax.Array, keep: jax.Array) -> TokenState:
     """One example: token src[i] merges into dst[i] (several may share a dst); keep then lists the
-    output tokens in order. Features and positions become size-weighted means, sizes add, sources
-    unite. Indices past the last token (window padding) are ignored.
+    output tokens in order. Features become size-weighted means; sizes, position sums and sources
+    add. Indices past the last token (window padding) are ignored.
 
     Only the receiving tokens change: x_d' = x_d + sum_s (x_s - x_d) size_s / size_d', which is the
     weighted mean without weighting and re-dividing every token (two full passes over x).
@@ -57,10 +59,14 @@ def merge_into(state: TokenState, src: jax.Array, dst: jax.Array, keep: jax.Arra
         delta = (get(t, src, 0) - get(t, dst, 0)).astype(jnp.float32) * share[:, None]
         return t.at[dst].add(delta.astype(t.dtype), mode="drop")[keep]
 
-    source = None
-    if state.source is not None:
-        source = state.source.at[dst].add(get(state.source, src, 0), mode="drop")[keep]
-    return TokenState(mean(state.x), size[keep], mean(state.pos), source)
+    add = lambda t: t.at[dst].add(get(t, src, 0), mode="drop")[keep]
+    source = None if state.source is None else add(state.source)
+    return TokenState(mean(state.x), size[keep], add(state.pos_sum), source)
+
+
+def mean_pos(state: TokenState) -> jax.Array:
+    """(..., N, 2) mean (row, col) of the patches each token holds."""
+    return state.pos_sum / state.size[..., None]
 
 
 def take_tokens(state: TokenState, idx: jax.Array) -> TokenState:

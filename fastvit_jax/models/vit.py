@@ -135,7 +135,7 @@ class Encoder1DBlock(nn.Module):
         if op.kind != "none" and op.r > 0:
             metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
                       if self.plan.metric == "random" else feats[self.plan.metric])
-            state, merged_sim = apply_op(op, self.plan, state, metric)
+            state, merged_sim = apply_op(op, self.plan, state, metric, self.index)
             if merged_sim is not None:
                 self.sow("intermediates", "merged_similarity", merged_sim)
         x = state.x

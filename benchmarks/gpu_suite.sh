@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU runbook: everything a lent GPU should measure, in priority order, inside a time budget.
+#
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]        # OUT_DIR default: benchmarks/results/gpu_suite
+#   SUITE_BUDGET_S=510 SUITE_RUNS=50 bash benchmarks/gpu_suite.sh
+#
+# Writes OUT_DIR/suite.log and OUT_DIR/suite.json (every step's JSON, merged; rewritten after each
+# step, so a run cut short keeps what finished). Steps whose estimate does not fit the time left are
+# skipped and listed as such. Throughput: dense vs tome/dfe/lgtm at r = 8, 13, 16, both merge
+# implementations (gather, dense) timed round-robin in one process, the timm (+ facebookresearch-style
+# ToMe) peer in the same rounds when torch and timm import. Then the HLO census on this backend and
+# merge_overhead. Run from the repository root; needs jax (with its GPU plugin) and the packages of
+# pyproject.toml, or only those benchmarks import (PYTHONPATH=. is set here).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-benchmarks/results/gpu_suite}
+BUDGET=${SUITE_BUDGET_S:-510}
+RUNS=${SUITE_RUNS:-50}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT_DIR/steps"
+LOG="$OUT_DIR/suite.log"
+: >"$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}  # leave room for the torch peer
+START=$(date +%s)
+
+log() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
+
+merge_json() {
+  "$PY" - "$OUT_DIR" <<'EOF'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+steps = {}
+for f in sorted((out / "steps").glob("*.json")):
+    try:
+        steps[f.stem] = json.loads(f.read_text())
+    except ValueError:
+        steps[f.stem] = {"error": "unreadable"}
+status = [line.rstrip("\n") for line in (out / "steps" / "status.txt").open()] if (out / "steps" / "status.txt").exists() else []
+(out / "suite.json").write_text(json.dumps({"status": status, "steps": steps}, indent=1))
+EOF
+}
+
+# step NAME ESTIMATE_S COMMAND...: run COMMAND if ESTIMATE_S fits in what is left of the budget.
+step() {
+  local name=$1 estimate=$2
+  shift 2
+  local left=$((BUDGET - ($(date +%s) - START)))
+  if ((left < estimate)); then
+    log "skip $name (estimate ${estimate}s, ${left}s left)"
+    echo "$name skipped (estimate ${estimate}s > ${left}s left)" >>"$OUT_DIR/steps/status.txt"
+    return
+  fi
+  log "start $name (estimate ${estimate}s, ${left}s left): $*"
+  timeout "$left" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  log "end $name: exit $rc"
+  echo "$name exit $rc after $(($(date +%s) - START))s" >>"$OUT_DIR/steps/status.txt"
+  merge_json
+}
+
+: >"$OUT_DIR/steps/status.txt"
+log "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  "$PY" -c "import jax, sys; print('jax', jax.__version__, jax.default_backend(), jax.devices()); print(sys.version)"
+  "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())" 2>&1 | tail -1
+} >>"$LOG" 2>&1
+
+BENCH="benchmarks/bench_merging.py --methods ${SUITE_METHODS:-tome,dfe,lgtm} --r ${SUITE_R:-8,13,16} --merge-impls gather,dense --runs $RUNS --warmup-s 1"
+S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 SUITE_R=8 ...)
+B=${SUITE_BASE:-vit_base_patch16_224}
+step base_b32_fp32 120 "$PY" $BENCH --models $B --batch-size 32 --out "$OUT_DIR/steps/base_b32_fp32.json"
+step base_b256_fp32 150 "$PY" $BENCH --models $B --batch-size 256 --out "$OUT_DIR/steps/base_b256_fp32.json"
+step small_b32_fp32 90 "$PY" $BENCH --models $S --batch-size 32 --out "$OUT_DIR/steps/small_b32_fp32.json"
+step base_b32_bf16 100 "$PY" $BENCH --models $B --batch-size 32 --dtype bfloat16 --out "$OUT_DIR/steps/base_b32_bf16.json"
+step census_gpu 90 "$PY" benchmarks/hlo_census.py --models $B --points ${SUITE_CENSUS:-tome:16,lgtm:13} --platforms "" \
+  --out "$OUT_DIR/steps/census_gpu.json"
+step base_b256_bf16 120 "$PY" $BENCH --models $B --batch-size 256 --dtype bfloat16 --out "$OUT_DIR/steps/base_b256_bf16.json"
+step small_b256_fp32 100 "$PY" $BENCH --models $S --batch-size 256 --out "$OUT_DIR/steps/small_b256_fp32.json"
+step overhead_base_b32 120 "$PY" benchmarks/merge_overhead.py --model $B --r ${SUITE_R:-8,13,16} --merge-impl dense --rounds 20 \
+  --out "$OUT_DIR/steps/overhead_base_b32.json"
+step small_bf16 120 "$PY" $BENCH --models $S --batch-size 32 --dtype bfloat16 --out "$OUT_DIR/steps/small_b32_bf16.json"
+merge_json
+log "done; $OUT_DIR/suite.json"
