@@ -17,7 +17,8 @@ OUT_DIR=${1:-benchmarks/results/gpu_suite}
 BUDGET=${SUITE_BUDGET_S:-510}
 RUNS=${SUITE_RUNS:-50}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT_DIR/steps"
+STEPS=${SUITE_STEPS_DIR:-$OUT_DIR/steps}  # each step's own JSON
+mkdir -p "$OUT_DIR" "$STEPS"
 LOG="$OUT_DIR/suite.log"
 : >"$LOG"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -27,16 +28,16 @@ START=$(date +%s)
 log() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 
 merge_json() {
-  "$PY" - "$OUT_DIR" <<'EOF'
+  "$PY" - "$OUT_DIR" "$STEPS" <<'EOF'
 import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
+out, step_dir = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 steps = {}
-for f in sorted((out / "steps").glob("*.json")):
+for f in sorted(step_dir.glob("*.json")):
     try:
         steps[f.stem] = json.loads(f.read_text())
     except ValueError:
         steps[f.stem] = {"error": "unreadable"}
-status = [line.rstrip("\n") for line in (out / "steps" / "status.txt").open()] if (out / "steps" / "status.txt").exists() else []
+status = (step_dir / "status.txt").read_text().splitlines() if (step_dir / "status.txt").exists() else []
 (out / "suite.json").write_text(json.dumps({"status": status, "steps": steps}, indent=1))
 EOF
 }
@@ -48,18 +49,18 @@ step() {
   local left=$((BUDGET - ($(date +%s) - START)))
   if ((left < estimate)); then
     log "skip $name (estimate ${estimate}s, ${left}s left)"
-    echo "$name skipped (estimate ${estimate}s > ${left}s left)" >>"$OUT_DIR/steps/status.txt"
+    echo "$name skipped (estimate ${estimate}s > ${left}s left)" >>"$STEPS/status.txt"
     return
   fi
   log "start $name (estimate ${estimate}s, ${left}s left): $*"
   timeout "$left" "$@" >>"$LOG" 2>&1
   local rc=$?
   log "end $name: exit $rc"
-  echo "$name exit $rc after $(($(date +%s) - START))s" >>"$OUT_DIR/steps/status.txt"
+  echo "$name exit $rc after $(($(date +%s) - START))s" >>"$STEPS/status.txt"
   merge_json
 }
 
-: >"$OUT_DIR/steps/status.txt"
+: >"$STEPS/status.txt"
 log "machine"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   "$PY" -c "import jax, sys; print('jax', jax.__version__, jax.default_backend(), jax.devices()); print(sys.version)"
@@ -69,16 +70,16 @@ log "machine"
 BENCH="benchmarks/bench_merging.py --methods ${SUITE_METHODS:-tome,dfe,lgtm} --r ${SUITE_R:-8,13,16} --merge-impls gather,dense --runs $RUNS --warmup-s 1"
 S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 SUITE_R=8 ...)
 B=${SUITE_BASE:-vit_base_patch16_224}
-step base_b32_fp32 120 "$PY" $BENCH --models $B --batch-size 32 --out "$OUT_DIR/steps/base_b32_fp32.json"
-step base_b256_fp32 150 "$PY" $BENCH --models $B --batch-size 256 --out "$OUT_DIR/steps/base_b256_fp32.json"
-step small_b32_fp32 90 "$PY" $BENCH --models $S --batch-size 32 --out "$OUT_DIR/steps/small_b32_fp32.json"
-step base_b32_bf16 100 "$PY" $BENCH --models $B --batch-size 32 --dtype bfloat16 --out "$OUT_DIR/steps/base_b32_bf16.json"
+step base_b32_fp32 120 "$PY" $BENCH --models $B --batch-size 32 --out "$STEPS/base_b32_fp32.json"
+step base_b256_fp32 150 "$PY" $BENCH --models $B --batch-size 256 --out "$STEPS/base_b256_fp32.json"
+step small_b32_fp32 90 "$PY" $BENCH --models $S --batch-size 32 --out "$STEPS/small_b32_fp32.json"
+step base_b32_bf16 100 "$PY" $BENCH --models $B --batch-size 32 --dtype bfloat16 --out "$STEPS/base_b32_bf16.json"
 step census_gpu 90 "$PY" benchmarks/hlo_census.py --models $B --points ${SUITE_CENSUS:-tome:16,lgtm:13} --platforms "" \
-  --out "$OUT_DIR/steps/census_gpu.json"
-step base_b256_bf16 120 "$PY" $BENCH --models $B --batch-size 256 --dtype bfloat16 --out "$OUT_DIR/steps/base_b256_bf16.json"
-step small_b256_fp32 100 "$PY" $BENCH --models $S --batch-size 256 --out "$OUT_DIR/steps/small_b256_fp32.json"
+  --out "$STEPS/census_gpu.json"
+step base_b256_bf16 120 "$PY" $BENCH --models $B --batch-size 256 --dtype bfloat16 --out "$STEPS/base_b256_bf16.json"
+step small_b256_fp32 100 "$PY" $BENCH --models $S --batch-size 256 --out "$STEPS/small_b256_fp32.json"
 step overhead_base_b32 120 "$PY" benchmarks/merge_overhead.py --model $B --r ${SUITE_R:-8,13,16} --merge-impl dense --rounds 20 \
-  --out "$OUT_DIR/steps/overhead_base_b32.json"
-step small_bf16 120 "$PY" $BENCH --models $S --batch-size 32 --dtype bfloat16 --out "$OUT_DIR/steps/small_b32_bf16.json"
+  --out "$STEPS/overhead_base_b32.json"
+step small_bf16 120 "$PY" $BENCH --models $S --batch-size 32 --dtype bfloat16 --out "$STEPS/small_b32_bf16.json"
 merge_json
 log "done; $OUT_DIR/suite.json"
