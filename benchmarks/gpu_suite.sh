@@ -6,10 +6,11 @@
 #
 # Writes OUT_DIR/suite.log and OUT_DIR/suite.json (every step's JSON, merged; rewritten after each
 # step, so a run cut short keeps what finished). Steps whose estimate does not fit the time left are
-# skipped and listed as such. Throughput: dense vs tome/dfe/lgtm at r = 8, 13, 16, both merge
+# skipped and listed as such. Throughput: dense vs merged ViT-B/16 (then ViT-S/16), both merge
 # implementations (gather, dense) timed round-robin in one process, the timm (+ facebookresearch-style
-# ToMe) peer in the same rounds when torch and timm import. Then the HLO census on this backend and
-# merge_overhead. Run from the repository root; needs jax (with its GPU plugin) and the packages of
+# ToMe) peer in the same rounds when torch and timm import; what merging itself costs
+# (merge_overhead: each plan vs the same token counts with free merging); the HLO census on this
+# backend; batch 256 and bfloat16. Run from the repository root; needs jax (with its GPU plugin) and the packages of
 # pyproject.toml, or only those benchmarks import (PYTHONPATH=. is set here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,19 +68,26 @@ log "machine"
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())" 2>&1 | tail -1
 } >>"$LOG" 2>&1
 
-BENCH="benchmarks/bench_merging.py --methods ${SUITE_METHODS:-tome,dfe,lgtm} --r ${SUITE_R:-8,13,16} --merge-impls gather,dense --runs $RUNS --warmup-s 1"
-S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 SUITE_R=8 ...)
+# Estimates are from the H200 run of 2026-11-27 (BENCHMARKS.md section 2): XLA autotunes every new
+# matmul shape, and a merged ViT-B has a new token count in every block, so one merged variant
+# takes 45-75 s to compile there (the dense model 7 s). A grid of 19 variants did not compile within
+# 7 minutes, hence small steps, most important first.
+BENCH="benchmarks/bench_merging.py --merge-impls gather,dense --runs $RUNS --warmup-s 1"
+S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 ...)
 B=${SUITE_BASE:-vit_base_patch16_224}
-step base_b32_fp32 120 "$PY" $BENCH --models $B --batch-size 32 --out "$STEPS/base_b32_fp32.json"
-step base_b256_fp32 150 "$PY" $BENCH --models $B --batch-size 256 --out "$STEPS/base_b256_fp32.json"
-step small_b32_fp32 90 "$PY" $BENCH --models $S --batch-size 32 --out "$STEPS/small_b32_fp32.json"
-step base_b32_bf16 100 "$PY" $BENCH --models $B --batch-size 32 --dtype bfloat16 --out "$STEPS/base_b32_bf16.json"
-step census_gpu 90 "$PY" benchmarks/hlo_census.py --models $B --points ${SUITE_CENSUS:-tome:16,lgtm:13} --platforms "" \
-  --out "$STEPS/census_gpu.json"
-step base_b256_bf16 120 "$PY" $BENCH --models $B --batch-size 256 --dtype bfloat16 --out "$STEPS/base_b256_bf16.json"
-step small_b256_fp32 100 "$PY" $BENCH --models $S --batch-size 256 --out "$STEPS/small_b256_fp32.json"
-step overhead_base_b32 120 "$PY" benchmarks/merge_overhead.py --model $B --r ${SUITE_R:-8,13,16} --merge-impl dense --rounds 20 \
+step base_b32_fp32 170 "$PY" $BENCH --models $B --methods tome,lgtm --r ${SUITE_R:-16} --batch-size 32 \
+  --out "$STEPS/base_b32_fp32.json"
+step overhead_base_b32 110 "$PY" benchmarks/merge_overhead.py --model $B --methods tome --r 16 --rounds 20 \
   --out "$STEPS/overhead_base_b32.json"
-step small_bf16 120 "$PY" $BENCH --models $S --batch-size 32 --dtype bfloat16 --out "$STEPS/small_b32_bf16.json"
+step base_b256_fp32 110 "$PY" $BENCH --models $B --methods tome --r 16 --batch-size 256 --no-peer \
+  --out "$STEPS/base_b256_fp32.json"
+step census_gpu 120 "$PY" benchmarks/hlo_census.py --models $B --points ${SUITE_CENSUS:-tome:16} --platforms "" \
+  --out "$STEPS/census_gpu.json"
+step base_b32_bf16 110 "$PY" $BENCH --models $B --methods tome --r 16 --batch-size 32 --dtype bfloat16 \
+  --out "$STEPS/base_b32_bf16.json"
+step small_b32_fp32 150 "$PY" $BENCH --models $S --methods tome,dfe,lgtm --r ${SUITE_R:-13,16} --batch-size 32 \
+  --out "$STEPS/small_b32_fp32.json"
+step base_b32_dfe_fp32 150 "$PY" $BENCH --models $B --methods dfe --r ${SUITE_R:-13,16} --batch-size 32 \
+  --out "$STEPS/base_b32_dfe_fp32.json"
 merge_json
 log "done; $OUT_DIR/suite.json"

@@ -100,8 +100,8 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                         "on GPU/TPU; none = the whole batch")
     p.add_argument("--merge-impl", choices=MERGE_IMPLS, default="auto",
                    help="how merging runs (same merges either way): gather = top_k, gathers, scatter-add (fastest on "
-                        "CPU); dense = comparisons and one-hot matmuls, no sort/scatter/gather (GPU/TPU); "
-                        "auto = gather on CPU, dense elsewhere")
+                        "CPU and GPU); dense = comparisons and one-hot matmuls, no sort/scatter/gather; "
+                        "auto = dense on TPU, else gather")
 
 
 def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods: str = "tome,dfe,lgtm",

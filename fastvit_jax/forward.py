@@ -76,7 +76,7 @@ def make_forward(config: ViTConfig, plan: MergePlan | None = None, dtype: str = 
     """jit(params, images[, merge_key]) -> logits for this config and plan.
 
     examples_per_step: "auto" (a cache-sized slice on CPU, the whole batch elsewhere), None for the
-    whole batch, or a count. merge_impl: "auto" (gather on CPU, dense on GPU/TPU), "gather" or
+    whole batch, or a count. merge_impl: "auto" (dense on TPU, else gather), "gather" or
     "dense" (fastvit_jax.merge.apply); None keeps the plan's. Logits depend on neither beyond
     float rounding."""
     if plan is not None:

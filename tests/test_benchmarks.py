@@ -73,15 +73,16 @@ def test_bench_merging_round_robin_table(tmp_path, capsys):
     out = tmp_path / "bm.json"
     script("bench_merging").main(["--models", "vit_cifar_patch4_32", "--methods", "tome,lgtm", "--r", "2,4",
                                   "--batch-size", "3", "--runs", "2", "--warmup-s", "0", "--no-peer",
-                                  "--examples-per-step", "2", "--out", str(out)])
+                                  "--examples-per-step", "2", "--merge-impls", "gather,dense", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["method"], r["r"]) for r in rows] == [("none", 0), ("tome", 2), ("tome", 4), ("lgtm", 2), ("lgtm", 4)]
+    assert [(r["method"], r["r"], r["merge_impl"]) for r in rows] == [("none", 0, None)] + [
+        (m, r, impl) for m in ("tome", "lgtm") for r in (2, 4) for impl in ("gather", "dense")]
     assert all(r["runs"] == 2 and r["examples_per_step"] == 2 and r["peer_images_per_s"] is None for r in rows)
     dense = rows[0]
     for r in rows:
         assert r["speedup"] == pytest.approx(r["images_per_s"] / dense["images_per_s"])
         assert r["ideal_speedup"] == pytest.approx(dense["gflops"] / r["gflops"])
-    assert rows[2]["gflops"] < rows[1]["gflops"] < dense["gflops"]
+    assert rows[3]["gflops"] < rows[1]["gflops"] == rows[2]["gflops"] < dense["gflops"]
     assert "lgtm" in capsys.readouterr().out
 
 
@@ -102,3 +103,21 @@ def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
     assert [(r["method"], r["r"]) for r in rows] == [("none", 0), ("tome", lo), ("tome", hi), ("lgtm", 4)]
     assert all(r["images_per_s"] > 0 and r["free_images_per_s"] > 0 for r in rows)
     assert rows[-1]["vs_tome"] > 0 and "vs_tome_free" in rows[-1]
+
+
+def test_hlo_census_counts_kernels_and_hazards(tmp_path, capsys):
+    import jax
+    import jax.numpy as jnp
+
+    mod, out = script("hlo_census"), tmp_path / "census.json"
+    sorted_plus_one = jax.jit(lambda x: jnp.sort(x) + 1).lower(jnp.zeros(64)).compile().as_text()
+    assert mod.count_compiled(sorted_plus_one)["total"] >= 1
+    assert mod.count_lowered("%0 = stablehlo.sort(%a) %1 = chlo.top_k(%b) %2 = stablehlo.gather(%c)") == {
+        "sort": 1, "scatter": 0, "gather": 1, "top_k": 1, "dynamic_slice": 0, "while": 0, "custom_call": 0}
+    mod.main(["--models", "vit_cifar_patch4_32", "--points", "tome:4", "--batch-size", "2", "--out", str(out)])
+    rows = {(r["method"], r["merge_impl"]): r for r in json.loads(out.read_text())["rows"]}
+    dense_impl, gather_impl = rows[("tome", "dense")], rows[("tome", "gather")]
+    for platform in ("cuda", "tpu"):
+        assert all(dense_impl[f"{platform}.{k}"] == 0 for k in ("sort", "scatter", "gather", "top_k"))
+        assert gather_impl[f"{platform}.top_k"] > 0 and gather_impl[f"per_block.{platform}.scatter"] > 0
+    assert dense_impl["merging_blocks"] == 6 and dense_impl["compiled.total"] > rows[("none", None)]["compiled.total"]

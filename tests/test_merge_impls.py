@@ -94,8 +94,7 @@ def test_drop_same_both_ways(n, r, prefix):
 
 
 @pytest.mark.parametrize("m_tokens,patch_grid,window,r", [
-    (196, (14, 14), 7, 13), (196, (14, 14), 5, 8), (196, (14, 14), 4, 16), (64, (8, 8), 3, 2), (49, (7, 7), 3, 1),
-    (170, (14, 14), 8, 13), (120, (14, 14), 11, 13), (30, (14, 14), 9, 4)])
+    (196, (14, 14), 7, 13), (196, (14, 14), 5, 8), (49, (7, 7), 3, 1), (170, (14, 14), 8, 13), (30, (14, 14), 9, 4)])
 @pytest.mark.parametrize("scattered", [False, True])
 def test_local_merge_same_both_ways(m_tokens, patch_grid, window, r, scattered):
     """Windows that tile the grid and windows that need padding; tokens in grid order (the static
@@ -122,9 +121,8 @@ def test_local_merge_same_both_ways(m_tokens, patch_grid, window, r, scattered):
 
 # ---------------------------------------------------------------- whole models
 @pytest.mark.parametrize("method,r,metric,kw", [
-    ("tome", 6, "k", {}), ("dfe", 7, "v", {}), ("tome", 4, "x_pre", {"prop_attn": False}), ("drop", 5, "k", {}),
-    ("lgtm", 4, "k", {"window": 3}), ("lgtm", 6, "x_attn", {"window": 3, "skip": 1}), ("lgtm", 8, "k", {"window": 5}),
-    ("tome", 3, "random", {})])
+    ("dfe", 7, "v", {}), ("tome", 4, "x_pre", {"prop_attn": False}), ("drop", 5, "k", {}),
+    ("lgtm", 6, "x_attn", {"window": 3, "skip": 1}), ("lgtm", 8, "k", {"window": 5}), ("tome", 3, "random", {})])
 def test_dense_impl_model_matches_reference(tiny_config, method, r, metric, kw):
     flat = google_checkpoint(tiny_config)
     params = checkpoint.unflatten(flat)
@@ -162,8 +160,8 @@ def test_r0_is_the_dense_model_bit_for_bit(tiny_config):
 
 # ---------------------------------------------------------------- choosing, and what it compiles to
 def test_auto_picks_by_backend():
-    assert resolve_merge_impl("auto", "cpu") == "gather"
-    assert resolve_merge_impl("auto", "gpu") == resolve_merge_impl("auto", "tpu") == "dense"
+    assert resolve_merge_impl("auto", "cpu") == resolve_merge_impl("auto", "gpu") == "gather"
+    assert resolve_merge_impl("auto", "tpu") == "dense"
     assert resolve_merge_impl("gather", "tpu") == "gather"
     with pytest.raises(FastViTError, match="allowed: auto, gather, dense"):
         resolve_merge_impl("scatter")

@@ -31,3 +31,28 @@ def test_tome_matches_timm_peer(r):
     p_got, p_want = softmax(got), softmax(want)
     np.testing.assert_array_equal(np.argsort(-p_got, -1)[:, :5], np.argsort(-p_want, -1)[:, :5])
     np.testing.assert_allclose(p_got, p_want, atol=1e-3)
+
+
+@pytest.mark.parametrize("r", [0, 8])
+def test_hybrid_tome_matches_timm_peer(tmp_path, r):
+    """R+ViT-Ti/16 in Google's layout, read by timm's own npz loader into vit_tiny_r_s16_p8_224 (its
+    ResNet root included), with facebookresearch-style ToMe patched in (issue 15)."""
+    from timm.models.vision_transformer import _load_weights
+
+    from fastvit_jax.peers import timm_tome
+    from fastvit_jax.registry import get_entry
+
+    config = get_entry("vit_tiny_r_s16_p8_224").config
+    flat = google_checkpoint(config, seed=4)
+    path = tmp_path / "r_ti_16.npz"
+    np.savez(path, **flat)
+    params, loaded = checkpoint.load(path)
+    assert loaded.resnet == () and loaded.grid == (7, 7)
+    images = np.random.default_rng(1).uniform(-1, 1, (3, 224, 224, 3)).astype(np.float32)
+    peer = timm_tome.make_model("vit_tiny_r_s16_p8_224", r)
+    _load_weights(peer, str(path))
+    want = timm_tome.logits(peer, images)
+    got = np.asarray(make_forward(loaded, make_plan(loaded, MergeOptions("tome", r)))(params, images))
+    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    np.testing.assert_array_equal(np.argsort(-softmax(got), -1)[:, :5], np.argsort(-softmax(want), -1)[:, :5])
+    np.testing.assert_allclose(softmax(got), softmax(want), atol=1e-3)

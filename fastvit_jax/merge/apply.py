@@ -1,7 +1,8 @@
 """Run one block's BlockOp on a batch. The model calls only this; it never knows the algorithm.
 
 Each op has two implementations with the same results (plan.merge_impl): "gather" (this file,
-bipartite.py, local.py, state.merge_into) and "dense" (onehot.py), chosen per backend by "auto".
+bipartite.py, local.py, state.merge_into) and "dense" (onehot.py), chosen per backend by "auto"
+(plan.resolve_merge_impl).
 """
 
 from __future__ import annotations

@@ -18,18 +18,19 @@ from fastvit_jax.merge import bipartite, local
 from fastvit_jax.merge.options import MergeOptions
 
 MERGING_KINDS = ("global", "local")  # block kinds after which token sizes differ
-# How a merge step runs: "gather" (top_k, gathers, scatter-add: fastest on CPU) or "dense" (ranks by
-# comparison, one-hot matmuls: no sort/scatter/gather, for GPU/TPU); "auto" picks by backend.
+# How a merge step runs: "gather" (top_k, gathers, scatter-add) or "dense" (ranks by comparison,
+# one-hot matmuls: no sort/scatter/gather); "auto" picks by backend from measurements
+# (BENCHMARKS.md section 10): gather on CPU and GPU, dense on TPU, whose sorts and scatters are slow.
 MERGE_IMPLS = ("auto", "gather", "dense")
 
 
 def resolve_merge_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """"auto" -> "gather" on CPU, "dense" on GPU/TPU; the others as they are."""
+    """"auto" -> "dense" on TPU, else "gather"; the others as they are."""
     if impl not in MERGE_IMPLS:
         raise FastViTError(f"unknown merge implementation {impl!r}; allowed: {', '.join(MERGE_IMPLS)}")
     if impl != "auto":
         return impl
-    return "gather" if (backend or jax.default_backend()) == "cpu" else "dense"
+    return "dense" if (backend or jax.default_backend()) == "tpu" else "gather"
 
 
 @dataclasses.dataclass(frozen=True)
