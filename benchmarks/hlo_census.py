@@ -133,7 +133,7 @@ def main(argv=None):
         dense = census(config, None, "gather", args.batch_size, platforms)
         rows.append({"model": name, "method": "none", "r": 0, "merge_impl": None, "merging_blocks": 0, **_flat(dense)})
         for o in parse_points(args.points):
-            plan = make_plan(config, o.replace(skip=None))
+            plan = make_plan(config, o)
             blocks = sum(op.kind in MERGING_KINDS or op.kind == "drop" for op in plan.ops if op.r)
             for impl in impls:
                 print(f"{name} {o.label} {impl}", file=sys.stderr)

@@ -75,7 +75,7 @@ def note_clamped(labels: list[str]) -> None:
 
 
 def model_forward(args, config, plan):
-    return make_forward(config, plan, args.dtype, args.examples_per_step, args.merge_impl)
+    return make_forward(config, plan, args.dtype, args.examples_per_step)  # plan.merge_impl: set by merge_plan
 
 
 # ---------------------------------------------------------------- commands
@@ -253,7 +253,7 @@ def cmd_bench(args):
     plan = merge_plan(args, config, params)
     with tqdm(total=args.runs, desc="bench: timed rounds", disable=args.json, leave=False) as bar:
         res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                      examples_per_step=args.examples_per_step, merge_impl=args.merge_impl, progress=lambda i: bar.update(1))
+                      examples_per_step=args.examples_per_step, progress=lambda i: bar.update(1))
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
     emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
