@@ -68,9 +68,9 @@ log "machine"
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())" 2>&1 | tail -1
 } >>"$LOG" 2>&1
 
-# Estimates are from the H200 run of 2026-11-27 (BENCHMARKS.md section 2): XLA autotunes every new
+# Estimates are from the H200 run of 2026-11-27 (BENCHMARKS.md section 10): XLA autotunes every new
 # matmul shape, and a merged ViT-B has a new token count in every block, so one merged variant
-# takes 45-75 s to compile there (the dense model 7 s). A grid of 19 variants did not compile within
+# takes 44-75 s to compile there (the dense model 7 s). A grid of 19 variants did not compile within
 # 7 minutes, hence small steps, most important first.
 BENCH="benchmarks/bench_merging.py --merge-impls gather,dense --runs $RUNS --warmup-s 1"
 S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 ...)

@@ -153,7 +153,8 @@ def test_other_settings_into_the_same_out_are_refused(tiny_setup, tmp_path, caps
     capsys.readouterr()
     for extra, what in ((["--limit", "2"], "data.images: 3 there, 2 now"), (["--batch-size", "3"], "batch_size"),
                         (["--preprocessing", "deit"], "preprocess.family: 'inception' there, 'deit' now"),
-                        (["--dtype", "bfloat16"], "dtype: None there, 'bfloat16' now")):
+                        (["--dtype", "bfloat16"], "dtype: None there, 'bfloat16' now"),
+                        (["--merge-impl", "dense"], "merge_impl: None there, 'dense' now")):
         code = main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "tome", "--r", "4",
                      "--out", str(out), "--bench-runs", "1", "--json", *DESCRIBED,
                      *(["--batch-size", "2"] if "--batch-size" not in extra else []), *extra])
