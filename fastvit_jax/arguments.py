@@ -8,7 +8,8 @@ import sys
 
 from fastvit_jax.data import FAMILIES
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge.options import DEFAULT_WINDOW, METHODS, METRICS, MergeOptions, parse_methods, parse_r
+from fastvit_jax.merge.options import (DEFAULT_WINDOW, METHODS, METRICS, REDUCERS, MergeOptions, parse_methods,
+                                       parse_r)
 from fastvit_jax.merge.plan import MERGE_IMPLS
 
 DTYPE_CHOICES = ("float32", "bfloat16")
@@ -110,6 +111,12 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     a grid of points (--methods LIST, --r SPEC) read by `merge_points`."""
     g = p.add_argument_group("token merging")
     if several:
+        g.add_argument("--plan", action="append", metavar="FILE.json",
+                       help="a plan file (`fastvit plan/tune --out`); repeat for several; replaces the --methods x --r grid")
+    else:
+        g.add_argument("--plan", metavar="FILE.json",
+                       help="take the merge options from a plan file (`fastvit plan/tune --out`) instead of the flags")
+    if several:
         g.add_argument("--methods", "--method", dest="methods", default=methods,
                        help=f"comma-separated methods from {', '.join(METHODS)}")
         g.add_argument("--r", "--r-values", dest="r", default=r,
@@ -122,6 +129,10 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
     g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
     g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
+    g.add_argument("--reducer", choices=REDUCERS,
+                   help="what the global blocks of tome/dfe/lgtm do (default: ToMe's merge; pitome/tofu/mctf are "
+                        "also methods of their own)")
+    g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
         g.add_argument("--target-speedup", type=positive_float, help="pick the smallest r reaching X times the dense speed")
@@ -131,12 +142,21 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
 
 def _options(args, method: str, r: int) -> MergeOptions:
     return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
-                        metric=args.metric, prop_attn=not args.no_prop_attn)
+                        metric=args.metric, prop_attn=not args.no_prop_attn, reducer=args.reducer,
+                        prune_blocks=args.prune_blocks)
 
 
 def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:
     """The one point of `add_merge_args(several=False)`, for `method` if given. With a config, r is
     chosen by --target-gflops / --target-speedup when one is given (params: for timing)."""
+    if getattr(args, "plan", None):
+        if args.method != "none" or args.r or has_target(args):
+            raise FastViTError("--plan gives the merge options; leave out --method/--r/--target-*")
+        from fastvit_jax.plan_file import load_plan_options
+
+        if config is None:
+            raise FastViTError("--plan needs the model to check the plan against")
+        return load_plan_options(args.plan, config) if method is None else _options(args, method, load_plan_options(args.plan, config).r)
     options = _options(args, method or args.method, args.r)
     if config is None or not has_target(args):
         return options
@@ -150,8 +170,13 @@ def has_target(args) -> bool:
     return getattr(args, "target_gflops", None) is not None or getattr(args, "target_speedup", None) is not None
 
 
-def merge_points(args) -> list[MergeOptions]:
-    """The grid of `add_merge_args(several=True)`: every method at every r, in that order."""
+def merge_points(args, config=None) -> list[MergeOptions]:
+    """The grid of `add_merge_args(several=True)`: every method at every r, in that order; or the
+    options of the --plan files (checked against config)."""
+    if getattr(args, "plan", None):
+        from fastvit_jax.plan_file import load_plan_options
+
+        return list(dict.fromkeys(load_plan_options(f, config) for f in args.plan))
     return [_options(args, m, r) for m in parse_methods(args.methods) for r in parse_r(args.r)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import warnings
 from functools import partial
@@ -24,14 +25,16 @@ from fastvit_jax.errors import FastViTError, report_errors
 from fastvit_jax.evaluate import evaluate, predict
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
-from fastvit_jax.merge.options import parse_points
+from fastvit_jax.merge.options import MergeOptions, parse_points
 from fastvit_jax.merge.plan import CLAMPED_NOTE, make_plan
 from fastvit_jax.parallel import maybe_initialize_distributed
+from fastvit_jax.plan_file import save_plan
 from fastvit_jax.registry import model_rows
 from fastvit_jax.report import format_table
 from fastvit_jax.sharpness import measure
 from fastvit_jax.sweep import remeasure_speed, run_sweep
 from fastvit_jax.train import train
+from fastvit_jax.tune import SEARCH_SPACE, tune, tune_summary
 from fastvit_jax.visualize import paint_plans
 
 COMMANDS: list = []  # (name, help, fn, argument adders), in `fastvit --help` order
@@ -171,14 +174,14 @@ def cmd_eval(args):
              help="only re-time images/s of the points already in --out (run on a quiet machine)"))
 def cmd_sweep(args):
     params, config, pre = arguments.load_model(args)
-    model = args.model or (Path(args.checkpoint).name if args.checkpoint else "deit_tiny_patch16_224 (bundled)")
+    model = model_name(args)
     kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}", dtype=args.dtype,
               examples_per_step=args.examples_per_step, merge_impl=args.merge_impl)
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
         rows = run_sweep(params, config, pre, arguments.open_data(args).limit(args.limit), args.out,
-                         arguments.merge_points(args), bench_runs=args.bench_runs, **kw)
+                         arguments.merge_points(args, config), bench_runs=args.bench_runs, **kw)
     rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
     note_clamped([f"{r['method']} r={r['r']}" for r in rows if r.get("clamped")])
     text = format_table(rows, ["method", "r", "top1", "top5", "gflops", "images_per_s", "clamped"]) + \
@@ -238,7 +241,7 @@ def cmd_visualize(args):
 def cmd_analyze(args):
     params, config, pre = arguments.load_model(args)
     images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), pre)
-    plans = [dataclasses.replace(make_plan(config, o), merge_impl=args.merge_impl) for o in arguments.merge_points(args)]
+    plans = [dataclasses.replace(make_plan(config, o), merge_impl=args.merge_impl) for o in arguments.merge_points(args, config)]
     result, rows = run_analysis(config, params, images, plans, args.out)
     emit(args, result, format_table(rows, list(rows[0])) + f"\nwrote {args.out}/analysis.json, "
          "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
@@ -257,6 +260,59 @@ def cmd_bench(args):
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
     emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
+
+
+@command("plan", "show the merge plan of the flags (blocks, tokens, GFLOPs); --out saves it for --plan", MODEL, MERGE,
+         arg("--out", help="write the plan file here (JSON), with the command that made it"))
+def cmd_plan(args):
+    params, config, _ = arguments.load_model(args, need_weights=arguments.has_target(args) and args.speedup_by == "measured")
+    plan = merge_plan(args, config, params)
+    out = None
+    if args.out:
+        out = save_plan(args.out, config, plan, model_name=model_name(args), command=command_line(args))
+    emit(args, {"options": plan.options.to_dict(), "plan": plan.summary(), "gflops": gflops(config, plan),
+                "out": str(out) if out else None},
+         f"{plan.describe()}\n{gflops(config, plan):.3f} GFLOPs per image" + (f"\nwrote {out}" if out else ""))
+
+
+@command("tune", "search methods and knobs for the most accurate plan under a budget, on your images (resumable)",
+         MODEL, DATA, BATCH, LIMIT,
+         arg("--target-gflops", type=arguments.positive_float, help="budget: at most X GFLOPs per image"),
+         arg("--target-speedup", type=arguments.positive_float, help="budget: at least X times fewer FLOPs than dense"),
+         arg("--methods", default=",".join(SEARCH_SPACE), help=f"comma-separated, from {', '.join(SEARCH_SPACE)}"),
+         arg("--metrics", default="k", help="similarity features tried, comma-separated (e.g. k,x_pre)"),
+         arg("--subset", type=arguments.positive_int, default=250, help="images every candidate is scored on first"),
+         arg("--finalists", type=arguments.positive_int, default=4, help="best candidates scored on all images"),
+         arg("--out", required=True, help="the best plan's file (JSON; use it as --plan); results in OUT.tune/"))
+def cmd_tune(args):
+    if (args.target_gflops is None) == (args.target_speedup is None):
+        raise FastViTError("fastvit tune needs one budget: --target-gflops X or --target-speedup X")
+    params, config, pre = arguments.load_model(args)
+    target = args.target_gflops or gflops(config) / args.target_speedup
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for m in metrics:
+        MergeOptions(metric=m)  # one line naming the allowed metrics
+    res = tune(params, config, pre, arguments.open_data(args).limit(args.limit), target_gflops=target, out=args.out,
+               methods=[m.strip() for m in args.methods.split(",") if m.strip()], metrics=metrics,
+               subset=args.subset, finalists=args.finalists, batch_size=args.batch_size, dtype=args.dtype,
+               examples_per_step=args.examples_per_step, merge_impl=args.merge_impl, progress=not args.json)
+    best = dataclasses.replace(make_plan(config, res["best"]), merge_impl=args.merge_impl)
+    out = save_plan(args.out, config, best, model_name=model_name(args), command=command_line(args),
+                    extra={"tune": tune_summary(res)})
+    rows = [{**r, "top1_95": f"[{r['top1_lo']:.3f}, {r['top1_hi']:.3f}]",
+             "vs_tome_95": f"{r['vs_tome']:+.3f} [{r['vs_tome_lo']:+.3f}, {r['vs_tome_hi']:+.3f}]"} for r in res["rows"]]
+    emit(args, {**tune_summary(res), "best": res["best"].to_dict(), "out": str(out)},
+         format_table(rows, ["plan", "gflops", "subset_top1", "top1", "top1_95", "vs_tome_95"])
+         + f"\n{res['candidates']} candidates at <= {target:.3f} GFLOPs on {res['subset']} images, the best "
+           f"{len(rows)} on all {res['images']}; best: {rows[0]['plan']}\nwrote {out} (use it as --plan {out})")
+
+
+def model_name(args) -> str:
+    return args.model or (Path(args.checkpoint).name if args.checkpoint else "deit_tiny_patch16_224 (bundled)")
+
+
+def command_line(args) -> str:
+    return " ".join(["fastvit"] + [shlex.quote(a) for a in args.argv])
 
 
 # ---------------------------------------------------------------- parser
@@ -278,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return e.code or 0
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in plan files
     plain = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"fastvit: warning: {message}\n"  # one line, no source
     try:

@@ -2,7 +2,7 @@
 
 Reported as the paper does: GFLOPs = MACs / 1e9 (dense ViT-S/16 at 224 = 4.6, ViT-B/16 = 17.6).
 Per block with n tokens in and n' out: qkv 3nD^2, logits n^2 D, attention-weighted values n^2 D,
-projection nD^2, matching (the similarity matrix), MLP 2 n' D M, LayerNorms nD + n'D.
+projection nD^2, matching (the similarity matrix: A x B, PiToMe's all patch pairs), MLP 2 n' D M, LayerNorms nD + n'D.
 A hybrid's ResNet stem adds its convolutions (out pixels x k^2 x C_in x C_out) and GroupNorms (one
 per element, like LayerNorms); a MAP head adds the probe's attention over the final tokens and an MLP.
 """
@@ -22,7 +22,9 @@ def metric_dim(config: ViTConfig, metric: str) -> int:
 def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k") -> dict[str, int]:
     d, m = config.width, config.mlp_dim
     match = 0
-    if op is not None and op.kind == "global" and op.r:
+    if op is not None and op.kind == "global" and op.r and op.rule == "pitome":  # energy over all patch pairs
+        match = (n - config.num_prefix) ** 2 * metric_dim(config, metric)
+    elif op is not None and op.kind == "global" and op.r:
         match = math.ceil(n / 2) * (n // 2) * metric_dim(config, metric)
     elif op is not None and op.kind == "local" and op.r:
         w2 = op.window * op.window

@@ -72,6 +72,79 @@ def combine(groups, x, size, pos):
     return np.array(nx), np.array(ns), np.array(npos)
 
 
+def elu(z):
+    return z if z > 0 else math.exp(z) - 1.0
+
+
+def pitome_groups(metric, r, margin, pre_n):
+    """PiToMe, loop version. Energy of patch token i = mean over patch tokens j of
+    ELU(cos(i, j) - margin); the 2r most energetic (ties: lower index) alternate A, B, A, B...;
+    every A joins the B it is most similar to (ties: the B earlier in that order). Output groups
+    (receiver first): prefix tokens, the protected tokens in energy order, then the B groups."""
+    patches = list(range(pre_n, len(metric)))
+    energy = {i: np.mean([elu(cosine(metric[i], metric[j]) - margin) for j in patches]) for i in patches}
+    order = sorted(patches, key=lambda i: (-energy[i], i))
+    a_list, b_list, protected = order[:2 * r:2], order[1:2 * r:2], order[2 * r:]
+    groups = {b: [b] for b in b_list}
+    for a in a_list:
+        _, _, b = max((cosine(metric[a], metric[b]), -k, b) for k, b in enumerate(b_list))
+        groups[b].append(a)
+    return [[p] for p in range(pre_n)] + [[i] for i in protected] + [groups[b] for b in b_list]
+
+
+def mctf_groups(metric, received, size, r, pre_n, taus=(1.0, 20.0, 40.0)):
+    """MCTF without training, loop version. Edge weight between A (even) and B (odd) tokens:
+    ((cos + 1) / 2)^(1/t_sim) (info_a info_b)^(1/t_info) (small_a small_b)^(1/t_size), with
+    info = 1/received and small = 1/size, each divided by its largest value. The class token (A 0)
+    never merges. r // 2 A tokens (highest best edge) join their best B; then the r - r // 2 B tokens
+    whose best edge to a remaining A is highest join that A with their group. Output: remaining A
+    groups in index order, then remaining B groups in index order (receiver first)."""
+    n = len(metric)
+    info = [1.0 / received[i] for i in range(n)]
+    small = [1.0 / size[i] for i in range(n)]
+    info = [v / max(info) for v in info]
+    small = [v / max(small) for v in small]
+    t_sim, t_info, t_size = taus
+
+    def w(a, b):
+        return (((cosine(metric[a], metric[b]) + 1) / 2) ** (1 / t_sim) * (info[a] * info[b]) ** (1 / t_info)
+                * (small[a] * small[b]) ** (1 / t_size))
+
+    a_idx, b_idx = list(range(0, n, 2)), list(range(1, n, 2))
+    free = [a for a in a_idx if not (pre_n and a == 0)]
+    best = {a: max((w(a, b), -b, b) for b in b_idx) for a in free}
+    gone_a = sorted(free, key=lambda a: (-best[a][0], a))[:r // 2]
+    groups = {t: [t] for t in range(n)}
+    for a in sorted(gone_a):
+        groups[best[a][2]].append(a)
+    left_a = [a for a in free if a not in gone_a]
+    back = {b: max((w(a, b), -a, a) for a in left_a) for b in b_idx}
+    gone_b = sorted(b_idx, key=lambda b: (-back[b][0], b))[:r - r // 2]
+    for b in sorted(gone_b):
+        groups[back[b][2]] += groups[b]
+    keep_a = [a for a in a_idx if a not in gone_a]
+    return [groups[a] for a in keep_a] + [groups[b] for b in b_idx if b not in gone_b]
+
+
+def reduce_combine(groups, x, size, pos, how, received=None):
+    """A group (receiver first) becomes one token: mean (size-weighted), attn (weighted by size x
+    attention received), prune (the receiver as it was), mlerp (the mean, rescaled to the largest
+    member norm). Positions are size-weighted means, as in `combine`."""
+    nx, ns, npos = [], [], []
+    for g in groups:
+        if how == "prune":
+            g = g[:1]
+        s = size[g]
+        wgt = s * received[g] if how == "attn" else s
+        mean = (x[g] * wgt[:, None]).sum(0) / wgt.sum()
+        if how == "mlerp" and len(g) > 1:
+            mean = mean / np.linalg.norm(mean) * max(np.linalg.norm(x[i]) for i in g)
+        nx.append(mean)
+        ns.append(s.sum())
+        npos.append((pos[g] * s[:, None]).sum(0) / s.sum())
+    return np.array(nx), np.array(ns), np.array(npos)
+
+
 def local_groups(metric, pos, r_window, window, grid):
     """LGTM for patch tokens (no cls): sort onto `grid` by position, pad, merge per window.
 
@@ -193,6 +266,7 @@ def attention(q_in, kv_in, f, pre, heads, size_log=None):
 def forward(flat, images, *, heads, gelu_exact=False, plan=None, metric_name="k", prop_attn=True,
             pool="tok", features=False):
     """Logits for images (B, H, W, 3). plan: list per block of None | ("global", r) |
+    ("reduce", r, rule, combine, margin) |
     ("local", r_window, window, grid) | ("drop", r) | ("truncate", tokens_out).
     pool: "tok" (class token), "gap" (size-weighted mean), "map" (MAPHead_0 probe). A file without
     position embeddings gets big_vision's sin-cos ones. features: the pooled feature, no head."""
@@ -234,11 +308,13 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
         v = np.einsum("nd,dhk->nhk", y, f[att + "value/kernel"]) + f[att + "value/bias"]
         dh = q.shape[-1]
         out = np.zeros_like(q)
+        received = np.zeros(len(x))
         for h in range(heads):
             logits = q[:, h] @ k[:, h].T / math.sqrt(dh)
             if prop_attn and merged:
                 logits = logits + np.log(size)[None, :]
             out[:, h] = softmax(logits) @ v[:, h]
+            received += softmax(logits).mean(0) / heads
         x = x + np.einsum("nhk,hkd->nd", out, f[att + "out/kernel"]) + f[att + "out/bias"]
         feats = {"k": k.mean(1), "q": q.mean(1), "v": v.mean(1), "x_pre": y, "x_attn": out.reshape(len(x), -1)}
         op = plan[b]
@@ -252,6 +328,17 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
                 groups = local_groups(metric[pre_n:], pos[pre_n:], op[1], op[2], op[3])
                 groups = [[0]] * pre_n + [[t + pre_n for t in g] for g in groups]
                 x, size, pos = combine(groups, x, size, pos)
+                merged = True
+            elif op[0] == "reduce":  # ("reduce", r, rule, combine, margin)
+                _, r, rule, how, margin = op
+                if rule == "tome":
+                    groups, _ = bipartite_groups(metric, r, protect_first=pre_n > 0)
+                    groups = [sorted(g, key=lambda i: (i % 2 == 0, i)) for g in groups]  # the B receiver first
+                elif rule == "pitome":
+                    groups = pitome_groups(metric, r, margin, pre_n)
+                else:
+                    groups = mctf_groups(metric, received, size, r, pre_n)
+                x, size, pos = reduce_combine(groups, x, size, pos, how, received)
                 merged = True
             elif op[0] == "truncate":  # free merging: the first tokens survive, nothing else changes
                 x, size, pos = x[:op[1]], size[:op[1]], pos[:op[1]]
@@ -293,6 +380,8 @@ def plan_ops(plan):
             ops.append(("local", op.r, op.window, op.grid))
         elif op.kind == "truncate":
             ops.append(("truncate", op.tokens_out))
+        elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):
+            ops.append(("reduce", op.r, op.rule, op.combine, op.margin))
         else:
             ops.append((op.kind, op.r))
     return ops

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite, local, metrics, onehot
+from fastvit_jax.merge import bipartite, local, metrics, onehot, reducers
 from fastvit_jax.merge.plan import BlockOp, MergePlan, resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, merge_into
 
@@ -29,9 +29,10 @@ IMPLS = {  # per example: global merge and drop; local takes the batch
 }
 
 
-def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None
-             ) -> tuple[TokenState, jax.Array | None]:
-    """Apply op to a batched state (B, N, ...) with metric (B, N, C).
+def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,
+             attention: jax.Array | None = None) -> tuple[TokenState, jax.Array | None]:
+    """Apply op to a batched state (B, N, ...) with metric (B, N, C); attention (B, N): the mean
+    attention each token received (MCTF's informativeness; None where no op needs it).
 
     Returns the new state and the mean cosine similarity of merged pairs per example (None when
     nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
@@ -46,7 +47,11 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     if op.kind == "drop":
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
-    if op.kind == "global":
+    if op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
+        fn = lambda s, m, a: reducers.global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
+                                                    distill_token=plan.distill_token)
+        new, scores = jax.vmap(fn)(state, metric, attention)
+    elif op.kind == "global":
         fn = lambda s, m: fns["global"](s, m, r=op.r, num_prefix=plan.num_prefix, distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric)
     elif op.kind == "local":  # batched itself: windows of all examples share one vmap axis

@@ -12,6 +12,15 @@ Methods (paper, Algorithm 1):
   lgtm  DFE + Local-Global Token Merging: after the skip, `transition` blocks merge inside windows
         (the window grows by one each block), then global merging
   drop  remove the r tokens with the lowest feature norm, per block from `skip` (default 0)
+
+Reducers published since (training-free; `fastvit_jax.merge.reducers`), global like tome:
+  pitome  PiToMe: the 2r tokens of highest energy are the candidates, the rest are protected
+  tofu    ToFu: ToMe's matching; the first `prune_blocks` blocks prune (the receiver is unchanged),
+          later ones merge by MLERP (the size-weighted mean rescaled to the largest member norm)
+  mctf    MCTF: edges weighted by similarity, informativeness and size; bidirectional;
+          attention-weighted pooling
+`reducer` composes one of them with a schedule: `--method lgtm --reducer pitome` merges in windows
+first, then with PiToMe in the global blocks; `--method dfe --reducer mctf` skips depth // 6 blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import operator
 
 from fastvit_jax.errors import FastViTError
 
-METHODS = ("none", "tome", "dfe", "lgtm", "drop")
+REDUCERS = ("tome", "pitome", "tofu", "mctf")  # how a global block pairs and combines tokens
+METHODS = ("none", "tome", "dfe", "lgtm", "drop") + REDUCERS[1:]
 METRICS = ("k", "q", "v", "x_pre", "x_attn", "random")
 DEFAULT_WINDOW = 7  # the paper's initial LGTM window: 2 x 2 windows on a 14 x 14 grid
 SKIPPING_METHODS = ("dfe", "lgtm")  # methods whose default skip is depth // 6
@@ -47,14 +57,17 @@ class MergeOptions:
     transition: int | None = None  # number of local LGTM blocks; None: computed as in Algorithm 1
     metric: str = "k"  # similarity feature
     prop_attn: bool = True  # proportional attention (+ log(size) on the attention logits)
+    reducer: str | None = None  # REDUCERS, for the global blocks of tome/dfe/lgtm; None: the method's own
+    prune_blocks: int | None = None  # tofu: blocks [0, prune_blocks) prune; None: depth // 4
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        for name in ("r", "window", "skip", "transition"):
-            object.__setattr__(self, name, _whole(name, getattr(self, name), allow_none=name in ("skip", "transition")))
+        for name in ("r", "window", "skip", "transition", "prune_blocks"):
+            object.__setattr__(self, name, _whole(name, getattr(self, name),
+                                                  allow_none=name in ("skip", "transition", "prune_blocks")))
         if self.r < 0:
             raise FastViTError(f"r must be a non-negative integer, got {self.r}")
         if self.method == "none":  # the dense model merges nothing, whatever r says
@@ -65,10 +78,27 @@ class MergeOptions:
             raise FastViTError(f"skip must be >= 0, got {self.skip}")
         if self.transition is not None and self.transition < 0:
             raise FastViTError(f"transition must be >= 0, got {self.transition}")
+        if self.prune_blocks is not None and self.prune_blocks < 0:
+            raise FastViTError(f"prune_blocks must be >= 0, got {self.prune_blocks}")
+        if self.reducer is not None:
+            if self.reducer not in REDUCERS:
+                raise FastViTError(f"unknown reducer {self.reducer!r}; allowed: {', '.join(REDUCERS)}")
+            if self.method in ("none", "drop"):
+                raise FastViTError(f"a reducer applies to tome, dfe and lgtm, not to method {self.method!r}")
+            if self.method in REDUCERS[1:] and self.reducer != self.method:
+                raise FastViTError(f"method {self.method!r} is itself a reducer; reducer {self.reducer!r} contradicts it")
         object.__setattr__(self, "prop_attn", bool(self.prop_attn))
 
     def replace(self, **changes) -> "MergeOptions":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_reducer(self) -> str:
+        """What the global blocks do: the method itself for pitome/tofu/mctf, else `reducer` or tome."""
+        return self.method if self.method in REDUCERS[1:] else (self.reducer or "tome")
+
+    def resolved_prune_blocks(self, depth: int) -> int:
+        return self.prune_blocks if self.prune_blocks is not None else depth // 4
 
     def resolved_skip(self, depth: int) -> int:
         skip = self.skip if self.skip is not None else (depth // 6 if self.method in SKIPPING_METHODS else 0)
@@ -78,7 +108,8 @@ class MergeOptions:
 
     @property
     def label(self) -> str:
-        return f"{self.method} r={self.r}"
+        reducer = f"+{self.reducer}" if self.reducer not in (None, "tome", self.method) else ""
+        return f"{self.method}{reducer} r={self.r}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

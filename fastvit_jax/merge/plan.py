@@ -46,6 +46,11 @@ class BlockOp:
     r: int = 0
     window: int = 0
     grid: tuple[int, int] = (0, 0)  # (rows, cols) the patch tokens are sorted onto (local only)
+    # global only (merge.reducers): how tokens pair -- "tome" | "pitome" | "mctf" -- and how a group
+    # becomes one token -- "mean" | "prune" | "mlerp" | "attn"; margin: PiToMe's energy margin here
+    rule: str = "tome"
+    combine: str = "mean"
+    margin: float = 0.0
 
     @property
     def num_windows(self) -> int:
@@ -54,6 +59,8 @@ class BlockOp:
     def __str__(self) -> str:
         if self.kind == "local":
             return f"local(w={self.window},{self.num_windows}x{self.r})"
+        if self.kind == "global" and (self.rule, self.combine) != ("tome", "mean"):
+            return f"{self.rule}-{self.combine}({self.r})"
         return "-" if self.kind == "none" else f"{self.kind}({self.r})"
 
 
@@ -96,6 +103,7 @@ class MergePlan:
         return {
             "method": self.method, "r": self.r, "skip": self.skip, "window": self.window,
             "transition": self.transition, "metric": self.metric, "prop_attn": self.prop_attn,
+            "reducer": self.options.resolved_reducer,
             "tokens": [op.tokens_in for op in self.ops] + [self.final_tokens],
             "ops": [str(op) for op in self.ops], "clamped": self.clamped,
         }
@@ -105,6 +113,8 @@ class MergePlan:
                 f"prop_attn={self.prop_attn}")
         if self.method == "lgtm":
             head += f" window={self.window} transition={self.transition}"
+        if self.options.resolved_reducer != "tome" and self.method != "drop":
+            head += f" reducer={self.options.resolved_reducer}"
         tokens = [op.tokens_in for op in self.ops] + [self.final_tokens]
         return (head + "\n  " + " | ".join(f"{i}:{op}" for i, op in enumerate(self.ops))
                 + f"\n  tokens per block: {tokens}" + ("\n  " + CLAMPED_NOTE if self.clamped else ""))
@@ -136,13 +146,28 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
             op, short = BlockOp("none", n, n), False
         elif i - skip < local_blocks:
             op, short = local_block(n, prefix, patch_grid, options.window + i - skip, options.r)
+        elif options.method == "drop":
+            op, short = global_block(n, prefix, options.r, "drop")
         else:
-            op, short = global_block(n, prefix, options.r, "drop" if options.method == "drop" else "global")
+            op, short = global_block(n, prefix, options.r)
+            op = dataclasses.replace(op, **reducer_fields(options, i, depth))
         ops.append(op)
         clamped |= short
         n = op.tokens_out
     return MergePlan(tuple(ops), options, skip=skip, transition=sum(op.kind == "local" for op in ops),
                      num_prefix=prefix, track_source=track_source, patch_grid=patch_grid, clamped=clamped)
+
+
+def reducer_fields(options: MergeOptions, block: int, depth: int) -> dict:
+    """The rule, combine and margin of a global block under the options' reducer."""
+    reducer = options.resolved_reducer
+    if reducer == "pitome":  # the margin falls with depth: later blocks call more tokens redundant
+        return {"rule": "pitome", "margin": 0.9 - 0.8 * block / depth}
+    if reducer == "tofu":
+        return {"combine": "prune" if block < options.resolved_prune_blocks(depth) else "mlerp"}
+    if reducer == "mctf":
+        return {"rule": "mctf", "combine": "attn"}
+    return {}
 
 
 def global_block(n: int, num_prefix: int, r: int, kind: str = "global") -> tuple[BlockOp, bool]:

@@ -95,7 +95,9 @@ class MultiHeadDotProductAttention(nn.Module):
         attended = weights @ v  # (B, H, N, Dh)
         out = OutProjection(width, self.dtype, name="out")(attended)
         feats = {"k": k_mean, "q": q_mean, "v": v_mean,
-                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
+                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width),
+                 # attention each token received, over heads and queries (MCTF); XLA drops it unused
+                 "received": jnp.mean(weights.astype(jnp.float32), axis=(1, 2))}
         return out, feats
 
 
@@ -135,7 +137,8 @@ class Encoder1DBlock(nn.Module):
         if op.kind != "none" and op.r > 0:
             metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
                       if self.plan.metric == "random" else feats[self.plan.metric])
-            state, merged_sim = apply_op(op, self.plan, state, metric, self.index)
+            state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
+                                         feats["received"] if op.rule == "mctf" else None)
             if merged_sim is not None:
                 self.sow("intermediates", "merged_similarity", merged_sim)
         x = state.x

@@ -1,0 +1,39 @@
+"""Intervals for accuracies measured on a finite set of images.
+
+Two methods scored on the same images are compared by their paired per-image differences: most
+images are right (or wrong) under both, so the interval of the difference is much tighter than the
+interval of either accuracy alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion correct / n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> dict:
+    """Accuracy of a minus accuracy of b on the same images (0/1 per image), with a 95% interval
+    from the per-image differences (normal approximation), and the discordant counts: images only
+    a gets right (a_only) and only b gets right (b_only) -- McNemar's table."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired results must be two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    n = d.size
+    mean = float(d.mean())
+    half = z * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"diff": mean, "lo": mean - half, "hi": mean + half, "n": n,
+            "a_only": int(np.sum(a & ~b)), "b_only": int(np.sum(b & ~a))}

@@ -1,0 +1,164 @@
+"""`fastvit tune`: the most accurate merge plan under a budget, chosen on the user's own images.
+
+Candidates are every method in the search space with each combination of its knobs; each gets the
+smallest r whose plan meets the budget (analytic GFLOPs, so a candidate costs nothing to place).
+Stage 1 scores every candidate on an evenly spread subset of the calibration images; stage 2 scores
+the best few (and ToMe, the reference) on all of them. The winner has the highest stage-2 top-1.
+
+Per-image results are appended to OUT.tune/results.jsonl as each candidate finishes, next to
+OUT.tune/settings.json (weights, images, preprocessing, dtype): a rerun with the same settings
+reuses them, so an interrupted tune resumes where it stopped; other settings are refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from fastvit_jax import budget
+from fastvit_jax.data import Dataset, load_arrays
+from fastvit_jax.errors import FastViTError
+from fastvit_jax.flops import gflops
+from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.recorded import check_settings
+from fastvit_jax.stats import paired_difference, wilson_interval
+from fastvit_jax.sweep import read_done, sweep_settings
+
+# method -> knob -> values tried; every combination is one candidate (r is then set by the budget)
+SEARCH_SPACE = {
+    "tome": {"skip": [0, 1, 2, 3]},  # skip > 0 is the paper's DFE
+    "lgtm": {"skip": [1, 2], "window": [5, 7]},
+    "pitome": {"skip": [0, 1, 2]},
+    "tofu": {"skip": [0, 1], "prune_blocks": [0, 1, 3]},
+    "mctf": {"skip": [0, 1, 2]},
+}
+REFERENCE = MergeOptions("tome", skip=0)  # the paired differences are against ToMe at the same budget
+
+
+def candidates(config, methods: list[str], metrics: list[str], target_gflops: float) -> tuple[list[MergeOptions], list[str]]:
+    """(options meeting the budget, one line per combination that cannot meet it)."""
+    unknown = [m for m in methods if m not in SEARCH_SPACE]
+    if unknown:
+        raise FastViTError(f"tune cannot search {', '.join(unknown)}; allowed: {', '.join(SEARCH_SPACE)}")
+    found, skipped = [], []
+    for method in dict.fromkeys(["tome"] + methods):
+        space = SEARCH_SPACE[method]
+        for values in itertools.product(*space.values()):
+            for metric in metrics:
+                base = MergeOptions(method, **dict(zip(space, values)), metric=metric)
+                try:
+                    found.append(budget.options_for_gflops(config, base, target_gflops))
+                except FastViTError as e:
+                    skipped.append(str(e))
+    return list(dict.fromkeys(found)), skipped
+
+
+def describe(options: MergeOptions) -> str:
+    """The label plus every knob that differs from the defaults."""
+    knobs = [f"{k}={v}" for k, v in options.to_dict().items()
+             if k not in ("method", "r") and v != getattr(MergeOptions(), k)]
+    return " ".join([options.label] + knobs)
+
+
+def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Top-1 right or wrong for each image (full batches; the last one padded)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        logits = np.asarray(forward(params, chunk))[: batch_size - pad]
+        out.append(np.argmax(logits, axis=-1) == labels[start:start + batch_size])
+    return np.concatenate(out)
+
+
+def release_compiled() -> None:
+    """Free compiled forwards no longer referenced. Each compiled ViT holds ~1700 memory maps on
+    XLA:CPU; a few dozen plans in one process reach the kernel's limit (65530) and compiling fails
+    with 'Cannot allocate memory'."""
+    jax.clear_caches()
+
+
+class Results:
+    """OUT.tune/results.jsonl: per-image top-1 of (stage, options), appended as each finishes."""
+
+    def __init__(self, folder: Path, settings: dict):
+        self.file = folder / "results.jsonl"
+        check_settings(folder, settings, what="tune results", advice="use another --out for these settings",
+                       results_without_record=self.file.exists())
+        self.rows = {(row["stage"], MergeOptions.from_dict(row["options"])): np.array([c == "1" for c in row["correct"]])
+                     for row in read_done(self.file)}
+
+    def get(self, stage: str, options: MergeOptions):
+        return self.rows.get((stage, options))
+
+    def put(self, stage: str, options: MergeOptions, correct: np.ndarray) -> None:
+        self.rows[(stage, options)] = correct
+        with open(self.file, "a") as f:
+            f.write(json.dumps({"stage": stage, "options": options.to_dict(),
+                                "correct": "".join("1" if c else "0" for c in correct)}) + "\n")
+
+
+def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
+         metrics: list[str] = ("k",), subset: int = 250, finalists: int = 4, batch_size: int = 32,
+         dtype: str = "float32", examples_per_step="auto", merge_impl: str = "auto", progress: bool = True) -> dict:
+    """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}."""
+    images, labels = load_arrays(ds, preprocess, require_labels=True)
+    if len(images) < 2:
+        raise FastViTError(f"{ds.name}: tune needs at least 2 labelled images, found {len(images)}")
+    found, skipped = candidates(config, list(methods), list(metrics), target_gflops)
+    if not found:
+        raise FastViTError(f"no candidate meets {target_gflops:.3f} GFLOPs: {skipped[0] if skipped else ''}")
+    folder = Path(str(out) + ".tune")
+    settings = sweep_settings(params, config, preprocess, ds, batch_size, dtype, merge_impl)
+    settings["subset"] = min(subset, len(images))
+    results = Results(folder, settings)
+    pick = np.unique(np.linspace(0, len(images) - 1, settings["subset"]).round().astype(int))
+
+    def score(stage: str, options: MergeOptions, bar) -> np.ndarray:
+        got = results.get(stage, options)
+        if got is None:
+            bar.set_postfix_str(describe(options))
+            forward = make_forward(config, make_plan(config, options), dtype, examples_per_step, merge_impl)
+            idx = pick if stage == "subset" else slice(None)
+            got = correct_per_image(forward, params, images[idx], labels[idx], batch_size)
+            results.put(stage, options, got)
+            release_compiled()
+        bar.update(1)
+        return got
+
+    reference = budget.options_for_gflops(config, REFERENCE, target_gflops)
+    with tqdm(total=len(found), desc="tune: subset", unit="plan", disable=not progress) as bar:
+        first = {o: score("subset", o, bar) for o in found}
+    ranked = sorted(found, key=lambda o: (-first[o].mean(), gflops(config, make_plan(config, o))))
+    final_set = list(dict.fromkeys(ranked[:finalists] + [reference]))
+    with tqdm(total=len(final_set), desc="tune: all images", unit="plan", disable=not progress) as bar:
+        full = {o: score("full", o, bar) for o in final_set}
+    order = sorted(final_set, key=lambda o: (-full[o].mean(), gflops(config, make_plan(config, o))))
+    rows = []
+    for o in order:
+        n, right = len(full[o]), int(full[o].sum())
+        lo, hi = wilson_interval(right, n)
+        vs = paired_difference(full[o], full[reference])
+        rows.append({"plan": describe(o), "method": o.method, "r": o.r, "gflops": gflops(config, make_plan(config, o)),
+                     "subset_top1": float(first[o].mean()), "top1": right / n, "top1_lo": lo, "top1_hi": hi,
+                     "vs_tome": vs["diff"], "vs_tome_lo": vs["lo"], "vs_tome_hi": vs["hi"],
+                     "options": o.to_dict()})
+    return {"best": order[0], "reference": reference, "rows": rows, "skipped": skipped, "candidates": len(found),
+            "images": int(len(images)), "subset": int(len(pick)), "target_gflops": target_gflops,
+            "results": str(folder)}
+
+
+def tune_summary(result: dict) -> dict:
+    """What the plan file records about the search."""
+    keep = {k: v for k, v in result.items() if k not in ("best", "reference")}
+    return {**keep, "reference": result["reference"].to_dict(), "rows": [dict(r) for r in result["rows"]]}
+
