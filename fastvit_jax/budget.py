@@ -19,7 +19,7 @@ def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergeP
                r_max: int | None = None) -> MergeOptions:
     """Binary search over r for the first plan with meets(plan) True (cost falls as r grows)."""
     if options.method == "none":
-        raise FastViTError("--target-gflops/--target-speedup need --method (tome, dfe, lgtm or drop)")
+        raise FastViTError("--target-gflops/--target-speedup need a merging --method (tome, dfe, lgtm, drop, pitome, tofu or mctf)")
     r_max = r_max or config.num_patches // 2
     plan = lambda r: make_plan(config, options.replace(r=r))  # noqa: E731
     if meets(plan(0)):

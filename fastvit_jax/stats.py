@@ -21,7 +21,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
+    # at 0 or n correct the bound is exactly 0 or 1; the formula leaves a rounding crumb
+    return (0.0 if correct == 0 else centre - half, 1.0 if correct == n else centre + half)
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> dict:
