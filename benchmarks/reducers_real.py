@@ -51,8 +51,15 @@ def main(argv=None):
     p.add_argument("--limit", type=int, help="images per set (quick runs)")
     p.add_argument("--bench-runs", type=int, default=10)
     p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--part", choices=["imagenet", "cifar", "all"], default="all",
+                   help="imagenet: DeiT-Tiny on the 2300 images; cifar: the bundled AdamW/SAM pair on CIFAR-10 test")
+    p.add_argument("--cifar-images", type=int, default=2000)
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.part in ("cifar", "all"):
+        cifar(args, out / "cifar")
+    if args.part == "cifar":
+        return
     params, config, pre = bundled_model()
     sets = {k: image_folder(Path(args.shared) / v).limit(args.limit) for k, v in SETS.items()}
     union = dataclasses.replace(sets["samples"], items=sets["samples"].items + sets["val1300"].items, name="union")
@@ -142,6 +149,44 @@ def main(argv=None):
                                    "vs_tome_hi"]))
     print(format_table(speed_rows, ["method", "plan", "gflops", "images_per_s"]))
     print(f"wrote {out}/summary.json, summary.md, top1_vs_gflops.png/.svg")
+
+
+def cifar(args, out: Path) -> None:
+    """Each method at the budgets of ToMe r=13 and r=16 on the bundled CIFAR-10 pair (same images)."""
+    from fastvit_jax.hub import load_model
+
+    rows = []
+    for name in ("vit_cifar_adamw", "vit_cifar_sam"):
+        params, config, pre = load_model(name)
+        ds = image_folder(Path(args.shared) / "cifar10" / "test").limit(args.cifar_images)
+        images, labels = load_arrays(ds, pre, require_labels=True)
+        results = Results(out / name, sweep_settings(params, config, pre, ds, 32))
+        for r in TUNED_AT:
+            at = gflops(config, make_plan(config, MergeOptions("tome", r)))
+            points = {}
+            for label, base in METHODS.items():
+                try:
+                    points[label] = budget.options_for_gflops(config, base, at)
+                except FastViTError:
+                    continue
+            for o in [MergeOptions()] + list(points.values()):
+                if results.get("all", o) is None:
+                    results.put("all", o, correct_per_image(make_forward(config, make_plan(config, o)), params,
+                                                            images, labels, 32))
+                    release_compiled()
+            ref = results.get("all", points["tome"])
+            for label, o in points.items():
+                c = results.get("all", o)
+                d = paired_difference(c, ref)
+                rows.append({"model": name, "tome_r": r, "method": label, "plan": describe(o),
+                             "gflops": gflops(config, make_plan(config, o)), "top1": float(c.mean()),
+                             "vs_tome": d["diff"], "vs_tome_lo": d["lo"], "vs_tome_hi": d["hi"],
+                             "dense_top1": float(results.get("all", MergeOptions()).mean())})
+    cols = ["model", "tome_r", "method", "plan", "gflops", "top1", "vs_tome", "vs_tome_lo", "vs_tome_hi"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"images": args.cifar_images, "rows": rows}, indent=1))
+    (out / "summary.md").write_text(markdown_table(rows, cols) + "\n")
+    print(format_table(rows, cols))
 
 
 def plot(rows, out: Path) -> None:
