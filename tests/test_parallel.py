@@ -98,7 +98,7 @@ def test_budget_speedup_by_flops_and_impossible():
     assert gflops(cfg) / gflops(cfg, _plan(cfg, dfe, plan.r - 1)) < 1.5
     with pytest.raises(FastViTError, match="no r <= 98 meets the budget"):
         budget.options_for_gflops(cfg, MergeOptions("dfe"), 0.1)
-    with pytest.raises(FastViTError, match="need --method"):
+    with pytest.raises(FastViTError, match="need a merging --method"):
         budget.options_for_gflops(cfg, MergeOptions(), 1.0)
 
 
