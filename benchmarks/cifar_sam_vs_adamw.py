@@ -90,6 +90,8 @@ def main(argv=None):
     p.add_argument("--sharp-r", default="16,32", help="r values of the merged lambda_max (skip 0 and 2 each)")
     p.add_argument("--sharp-images", type=int, default=256)
     p.add_argument("--lanczos-steps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation and images/s batch")
+    p.add_argument("--bench-runs", type=int, default=5, help="timed runs per point for images/s")
     p.add_argument("--out", default="benchmarks/results/cifar_sam_vs_adamw")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -101,7 +103,8 @@ def main(argv=None):
         params, config, pre = load_model(f"vit_cifar_{name}" if path is None else args.model, path)
         grid = merge_points(args)  # r = 0 is dense: measured once
         points = [grid[0].replace(method="tome", r=0)] + [o for o in grid if o.r > 0]
-        rows = run_sweep(params, config, pre, ds, out / name / "sweep", points, batch_size=256, bench_runs=5,
+        rows = run_sweep(params, config, pre, ds, out / name / "sweep", points, batch_size=args.batch_size,
+                         bench_runs=args.bench_runs,
                          title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)
         sharp = sharpness_rows(params, config, images, labels, [int(r) for r in args.sharp_r.split(",")], out / name / "sharpness.json",
