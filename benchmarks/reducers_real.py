@@ -33,7 +33,8 @@ from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.report import format_table, markdown_table
 from fastvit_jax.stats import paired_difference, wilson_interval
 from fastvit_jax.sweep import sweep_settings
-from fastvit_jax.tune import Results, correct_per_image, describe, release_compiled, tune
+from fastvit_jax.plan_file import save_plan
+from fastvit_jax.tune import Results, correct_per_image, describe, release_compiled, tune, tune_summary
 
 SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
 METHODS = {  # label -> options (r set per budget)
@@ -51,13 +52,20 @@ def main(argv=None):
     p.add_argument("--limit", type=int, help="images per set (quick runs)")
     p.add_argument("--bench-runs", type=int, default=10)
     p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--part", choices=["imagenet", "cifar", "all"], default="all",
                    help="imagenet: DeiT-Tiny on the 2300 images; cifar: the bundled AdamW/SAM pair on CIFAR-10 test")
     p.add_argument("--cifar-images", type=int, default=2000)
     args = p.parse_args(argv)
+    names = [m for m in args.methods.split(",") if m]
+    if "tome" not in names or any(m not in METHODS for m in names):
+        raise FastViTError(f"--methods must include tome (the reference) and be from {', '.join(METHODS)}")
+    methods = {m: METHODS[m] for m in names}
+    if not methods:
+        raise FastViTError(f"--methods must include tome (the reference) and be from {', '.join(METHODS)}")
     out = Path(args.out)
     if args.part in ("cifar", "all"):
-        cifar(args, out / "cifar")
+        cifar(args, out / "cifar", methods)
     if args.part == "cifar":
         return
     params, config, pre = bundled_model()
@@ -68,10 +76,10 @@ def main(argv=None):
             "union": slice(None)}
 
     tome_at = {r: gflops(config, make_plan(config, MergeOptions("tome", r))) for r in TUNED_AT}
-    budgets = sorted(set([float(b) for b in args.budgets.split(",")] + list(tome_at.values())))
+    budgets = sorted(set([float(b) for b in args.budgets.split(",") if b] + list(tome_at.values())))
     points = {}
     for b in budgets:
-        for label, base in METHODS.items():
+        for label, base in methods.items():
             try:
                 points[(b, label)] = budget.options_for_gflops(config, base, b)
             except FastViTError:
@@ -108,8 +116,12 @@ def main(argv=None):
         for r in TUNED_AT:
             for cal, held in (("samples", "val1300"), ("val1300", "samples")):
                 res = tune(params, config, pre, sets[cal], target_gflops=tome_at[r], out=out / f"tune_{cal}_r{r}.json",
-                           methods=["tome", "lgtm", "pitome", "tofu", "mctf"], progress=True)
+                           methods=[m for m in methods if m != "dfe"], progress=True)  # tune's tome covers skips
                 best = res["best"]
+                save_plan(out / f"tune_{cal}_r{r}.json", config, make_plan(config, best), model_name="deit_tiny_patch16_224",
+                          command=f"fastvit tune --data {args.shared}/{SETS[cal]} --target-gflops {tome_at[r]} "
+                                  f"--methods {','.join(m for m in methods if m != 'dfe')} --out {out}/tune_{cal}_r{r}.json",
+                          extra={"tune": tune_summary(res)})
                 if results.get("union", best) is None:
                     forward = make_forward(config, make_plan(config, best))
                     results.put("union", best, correct_per_image(forward, params, images, labels, 32))
@@ -123,7 +135,7 @@ def main(argv=None):
 
     # images/s at batch 32 on this machine, each method at the ToMe r=13 budget, timed round-robin
     at = tome_at[13]
-    plans = {"dense": None, **{label: make_plan(config, points[(at, label)]) for label in METHODS if (at, label) in points}}
+    plans = {"dense": None, **{label: make_plan(config, points[(at, label)]) for label in methods if (at, label) in points}}
     speed = time_forwards(config, params, plans, batch_size=32, runs=args.bench_runs)
     speed_rows = [{"method": k, "plan": describe(plans[k].options) if plans[k] else "dense",
                    "gflops": v["gflops"], "images_per_s": v["images_per_s"]} for k, v in speed.items()]
@@ -151,7 +163,7 @@ def main(argv=None):
     print(f"wrote {out}/summary.json, summary.md, top1_vs_gflops.png/.svg")
 
 
-def cifar(args, out: Path) -> None:
+def cifar(args, out: Path, methods: dict) -> None:
     """Each method at the budgets of ToMe r=13 and r=16 on the bundled CIFAR-10 pair (same images)."""
     from fastvit_jax.hub import load_model
 
@@ -164,7 +176,7 @@ def cifar(args, out: Path) -> None:
         for r in TUNED_AT:
             at = gflops(config, make_plan(config, MergeOptions("tome", r)))
             points = {}
-            for label, base in METHODS.items():
+            for label, base in methods.items():
                 try:
                     points[label] = budget.options_for_gflops(config, base, at)
                 except FastViTError:
