@@ -122,3 +122,23 @@ def test_hlo_census_counts_kernels_and_hazards(tmp_path, capsys):
         assert all(dense_impl[f"{platform}.{k}"] == 0 for k in ("sort", "scatter", "gather", "top_k"))
         assert gather_impl[f"{platform}.top_k"] > 0 and gather_impl[f"per_block.{platform}.scatter"] > 0
     assert dense_impl["merging_blocks"] == 6 and dense_impl["compiled.total"] > rows[("none", None)]["compiled.total"]
+
+
+@pytest.mark.slow
+def test_reducers_real_on_a_few_shared_images(shared_dir, tmp_path):
+    """The bundled DeiT-Tiny on 12 + 12 real images: matched-GFLOPs points with paired intervals."""
+    out = tmp_path / "rr"
+    script("reducers_real").main(["--shared", str(shared_dir / "data"), "--limit", "12", "--budgets", "",
+                                  "--methods", "tome,pitome", "--no-tune", "--part", "imagenet", "--bench-runs", "1",
+                                  "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == {"samples": 12, "val1300": 12}
+    rows = summary["rows"]
+    assert {(r["method"], round(r["budget"], 4)) for r in rows} == {
+        (m, round(b, 4)) for m in ("tome", "pitome") for b in summary["tome_budgets"].values()}
+    for r in rows:
+        assert r["gflops"] <= r["budget"] + 1e-12 and 0 <= r["union_top1"] <= 1
+        assert r["union_top1"] == pytest.approx((r["samples_top1"] + r["val1300_top1"]) / 2)
+        if r["method"] == "tome":
+            assert r["union_vs_tome"] == 0 and r["union_vs_tome_lo"] == r["union_vs_tome_hi"] == 0
+    assert (out / "top1_vs_gflops.png").exists() and "paired" in (out / "summary.md").read_text()
