@@ -50,7 +50,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/reducers_real")
     p.add_argument("--budgets", default="0.6,0.7,0.8,0.9,1.0,1.1", help="GFLOPs, besides ToMe r=13 and r=16")
     p.add_argument("--limit", type=int, help="images per set (quick runs)")
-    p.add_argument("--bench-runs", type=int, default=10)
+    p.add_argument("--bench-runs", type=int, default=10, help="timed rounds for images/s (0: no timing)")
     p.add_argument("--no-tune", action="store_true")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--part", choices=["imagenet", "cifar", "all"], default="all",
@@ -136,7 +136,7 @@ def main(argv=None):
     # images/s at batch 32 on this machine, each method at the ToMe r=13 budget, timed round-robin
     at = tome_at[13]
     plans = {"dense": None, **{label: make_plan(config, points[(at, label)]) for label in methods if (at, label) in points}}
-    speed = time_forwards(config, params, plans, batch_size=32, runs=args.bench_runs)
+    speed = time_forwards(config, params, plans, batch_size=32, runs=args.bench_runs) if args.bench_runs else {}
     speed_rows = [{"method": k, "plan": describe(plans[k].options) if plans[k] else "dense",
                    "gflops": v["gflops"], "images_per_s": v["images_per_s"]} for k, v in speed.items()]
 
