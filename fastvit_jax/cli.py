@@ -265,7 +265,8 @@ def cmd_bench(args):
 @command("plan", "show the merge plan of the flags (blocks, tokens, GFLOPs); --out saves it for --plan", MODEL, MERGE,
          arg("--out", help="write the plan file here (JSON), with the command that made it"))
 def cmd_plan(args):
-    params, config, _ = arguments.load_model(args, need_weights=arguments.has_target(args) and args.speedup_by == "measured")
+    # the plan needs only the architecture (a measured speedup target times random weights as well)
+    params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
     out = None
     if args.out:

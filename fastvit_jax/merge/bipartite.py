@@ -24,7 +24,7 @@ class Matching(NamedTuple):
     score: jax.Array  # (r,) cosine similarity of each merged pair (for analysis)
 
 
-def _normalise(metric: jax.Array) -> jax.Array:
+def normalise(metric: jax.Array) -> jax.Array:
     # The floor only guards all-zero pad tokens; for real tokens it equals metric / ||metric||.
     norm = jnp.linalg.norm(metric, axis=-1, keepdims=True)
     return metric / jnp.maximum(norm, 1e-12)
@@ -49,7 +49,7 @@ def best_partners(metric: jax.Array, *, class_token: bool = True, distill_token:
                   valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Each A token's best cosine similarity to a B token and that B token (A = even, B = odd
     positions; protected tokens and forbidden pairs score -inf). Options as `match`."""
-    metric = _normalise(metric.astype(jnp.float32))
+    metric = normalise(metric.astype(jnp.float32))
     a, b = metric[0::2], metric[1::2]
     # Full float32 even where matmuls default to TF32/bf16 passes (GPU/TPU): near-ties decide merges.
     scores = jnp.dot(a, b.T, precision=jax.lax.Precision.HIGHEST)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.merge import onehot
-from fastvit_jax.merge.bipartite import _normalise
+from fastvit_jax.merge.bipartite import normalise
 from fastvit_jax.merge.state import TokenState
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -50,7 +50,7 @@ def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
     """PiToMe's energy-protected matching on one example (see the module docstring)."""
     n = metric.shape[0]
     m = n - num_prefix
-    f = _normalise(metric[num_prefix:].astype(jnp.float32))
+    f = normalise(metric[num_prefix:].astype(jnp.float32))
     sim = jnp.dot(f, f.T, precision=_EXACT)
     energy = jnp.mean(jax.nn.elu(sim - margin), axis=1)
     rank = onehot.descending_rank(energy)
@@ -77,7 +77,7 @@ def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int,
 
     attention: (N,) mean attention each token received (over heads and queries)."""
     tau_sim, tau_info, tau_size = taus
-    f = _normalise(metric.astype(jnp.float32))
+    f = normalise(metric.astype(jnp.float32))
     cos = jnp.dot(f[0::2], f[1::2].T, precision=_EXACT)
     num_a, num_b = cos.shape
     info = 1.0 / attention.astype(jnp.float32)
