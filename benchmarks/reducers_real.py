@@ -34,7 +34,7 @@ from fastvit_jax.report import format_table, markdown_table
 from fastvit_jax.stats import paired_difference, wilson_interval
 from fastvit_jax.sweep import sweep_settings
 from fastvit_jax.plan_file import save_plan
-from fastvit_jax.tune import Results, correct_per_image, describe, release_compiled, tune, tune_summary
+from fastvit_jax.tune import Results, correct_per_image, describe, tune, tune_summary
 
 SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
 METHODS = {  # label -> options (r set per budget)
@@ -89,7 +89,6 @@ def main(argv=None):
     for o in tqdm(todo, desc="points", unit="plan"):
         forward = make_forward(config, make_plan(config, o))
         results.put("union", o, correct_per_image(forward, params, images, labels, 32))
-        release_compiled()
     dense = results.get("union", MergeOptions())
     if dense is None:
         dense = correct_per_image(make_forward(config, make_plan(config, MergeOptions())), params, images, labels, 32)
@@ -185,7 +184,6 @@ def cifar(args, out: Path, methods: dict) -> None:
                 if results.get("all", o) is None:
                     results.put("all", o, correct_per_image(make_forward(config, make_plan(config, o)), params,
                                                             images, labels, 32))
-                    release_compiled()
             ref = results.get("all", points["tome"])
             for label, o in points.items():
                 c = results.get("all", o)

@@ -70,7 +70,10 @@ def in_steps(fn, images, merge_key, per_step: int | None):
     return out
 
 
-@lru_cache(maxsize=64)
+# Small on purpose: an evicted forward frees its compiled program, and each compiled ViT holds
+# ~1700 memory maps on XLA:CPU (more for deeper models); 64 of them passed the kernel's 65530-map
+# limit and compiling failed with "Cannot allocate memory" in long sweeps and tunes.
+@lru_cache(maxsize=8)
 def make_forward(config: ViTConfig, plan: MergePlan | None = None, dtype: str = "float32",
                  examples_per_step="auto", merge_impl: str | None = None):
     """jit(params, images[, merge_key]) -> logits for this config and plan.

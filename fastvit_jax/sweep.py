@@ -16,7 +16,6 @@ import json
 import warnings
 from pathlib import Path
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -145,7 +144,6 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
                                  examples_per_step=examples_per_step, merge_impl=merge_impl)
             measured[same_numbers(plan)] = {"top1": res["top1"], "top5": res["top5"], "images": res["labelled"],
                                             "images_per_s": speed["images_per_s"]}
-            jax.clear_caches()  # compiled plans hold memory maps; dozens of them exhaust the kernel's limit
         row = point_row(config, plan, measured[same_numbers(plan)])
         _append(out_dir, row)
         rows.append(row)
@@ -167,7 +165,6 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
         plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
         row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs, dtype=dtype,
                                            examples_per_step=examples_per_step, merge_impl=merge_impl)["images_per_s"]
-        jax.clear_caches()
     _rewrite(out_dir, rows)
     if plot and rows:
         plot_sweep(rows, out_dir, title)

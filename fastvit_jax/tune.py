@@ -16,7 +16,6 @@ import itertools
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -80,13 +79,6 @@ def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, b
     return np.concatenate(out)
 
 
-def release_compiled() -> None:
-    """Free compiled forwards no longer referenced. Each compiled ViT holds ~1700 memory maps on
-    XLA:CPU; a few dozen plans in one process reach the kernel's limit (65530) and compiling fails
-    with 'Cannot allocate memory'."""
-    jax.clear_caches()
-
-
 class Results:
     """OUT.tune/results.jsonl: per-image top-1 of (stage, options), appended as each finishes."""
 
@@ -131,7 +123,6 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
             idx = pick if stage == "subset" else slice(None)
             got = correct_per_image(forward, params, images[idx], labels[idx], batch_size)
             results.put(stage, options, got)
-            release_compiled()
         bar.update(1)
         return got
 
