@@ -22,6 +22,7 @@ from tqdm import tqdm
 from fastvit_jax import budget
 from fastvit_jax.data import Dataset, load_arrays
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.evaluate import topk_correct
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
@@ -75,7 +76,7 @@ def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, b
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
         logits = np.asarray(forward(params, chunk))[: batch_size - pad]
-        out.append(np.argmax(logits, axis=-1) == labels[start:start + batch_size])
+        out.append(topk_correct(logits, labels[start:start + batch_size], 1))
     return np.concatenate(out)
 
 
@@ -126,20 +127,24 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
         bar.update(1)
         return got
 
+    # ToMe is scored with the candidates even when --metrics leaves out its metric: every row
+    # reports the subset score and the paired difference against it
     reference = budget.options_for_gflops(config, REFERENCE, target_gflops)
-    with tqdm(total=len(found), desc="tune: subset", unit="plan", disable=not progress) as bar:
-        first = {o: score("subset", o, bar) for o in found}
-    ranked = sorted(found, key=lambda o: (-first[o].mean(), gflops(config, make_plan(config, o))))
+    scored = list(dict.fromkeys(found + [reference]))
+    cost = {o: gflops(config, make_plan(config, o)) for o in scored}
+    with tqdm(total=len(scored), desc="tune: subset", unit="plan", disable=not progress) as bar:
+        first = {o: score("subset", o, bar) for o in scored}
+    ranked = sorted(found, key=lambda o: (-first[o].mean(), cost[o]))
     final_set = list(dict.fromkeys(ranked[:finalists] + [reference]))
     with tqdm(total=len(final_set), desc="tune: all images", unit="plan", disable=not progress) as bar:
         full = {o: score("full", o, bar) for o in final_set}
-    order = sorted(final_set, key=lambda o: (-full[o].mean(), gflops(config, make_plan(config, o))))
+    order = sorted(final_set, key=lambda o: (-full[o].mean(), cost[o]))
     rows = []
     for o in order:
         n, right = len(full[o]), int(full[o].sum())
         lo, hi = wilson_interval(right, n)
         vs = paired_difference(full[o], full[reference])
-        rows.append({"plan": describe(o), "method": o.method, "r": o.r, "gflops": gflops(config, make_plan(config, o)),
+        rows.append({"plan": describe(o), "method": o.method, "r": o.r, "gflops": cost[o],
                      "subset_top1": float(first[o].mean()), "top1": right / n, "top1_lo": lo, "top1_hi": hi,
                      "vs_tome": vs["diff"], "vs_tome_lo": vs["lo"], "vs_tome_hi": vs["hi"],
                      "options": o.to_dict()})
@@ -151,5 +156,5 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
 def tune_summary(result: dict) -> dict:
     """What the plan file records about the search."""
     keep = {k: v for k, v in result.items() if k not in ("best", "reference")}
-    return {**keep, "reference": result["reference"].to_dict(), "rows": [dict(r) for r in result["rows"]]}
+    return {**keep, "reference": result["reference"].to_dict()}
 

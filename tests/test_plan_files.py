@@ -165,6 +165,18 @@ def test_tune_writes_the_best_plan_and_resumes(setup, capsys, tmp_path):
     assert code == 2 and "holds tune results with other settings" in err.splitlines()[-1]
 
 
+def test_tune_scores_tome_even_when_its_metric_is_not_searched(setup, capsys, tmp_path):
+    """--metrics x_pre leaves ToMe's own metric (k) out of the candidates; ToMe is still the reference."""
+    ckpt, imgs = setup
+    code, stdout, _ = run(capsys, "tune", "--checkpoint", ckpt, "--data", imgs, "--target-speedup", "1.5",
+                          "--methods", "tome", "--metrics", "x_pre", "--subset", "3", "--finalists", "1",
+                          "--batch-size", "4", "--out", tmp_path / "p.json", "--json")
+    res = json.loads(stdout)
+    assert code == 0 and res["reference"]["metric"] == "k"
+    assert {r["options"]["metric"] for r in res["rows"]} == {"k", "x_pre"}
+    assert MergeOptions.from_dict(res["best"]).metric in ("k", "x_pre")
+
+
 @pytest.mark.parametrize("extra,msg", [
     ([], "needs one budget"),
     (["--target-gflops", "0.01"], "no candidate meets 0.010 GFLOPs"),
