@@ -152,11 +152,12 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
     if getattr(args, "plan", None):
         if args.method != "none" or args.r or has_target(args):
             raise FastViTError("--plan gives the merge options; leave out --method/--r/--target-*")
-        from fastvit_jax.plan_file import load_plan_options
-
         if config is None:
             raise FastViTError("--plan needs the model to check the plan against")
-        return load_plan_options(args.plan, config) if method is None else _options(args, method, load_plan_options(args.plan, config).r)
+        from fastvit_jax.plan_file import load_plan_options
+
+        options = load_plan_options(args.plan, config)
+        return options if method is None else _options(args, method, options.r)  # visualize --compare: the plan's r
     options = _options(args, method or args.method, args.r)
     if config is None or not has_target(args):
         return options
