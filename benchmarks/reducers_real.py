@@ -77,13 +77,7 @@ def main(argv=None):
 
     tome_at = {r: gflops(config, make_plan(config, MergeOptions("tome", r))) for r in TUNED_AT}
     budgets = sorted(set([float(b) for b in args.budgets.split(",") if b] + list(tome_at.values())))
-    points = {}
-    for b in budgets:
-        for label, base in methods.items():
-            try:
-                points[(b, label)] = budget.options_for_gflops(config, base, b)
-            except FastViTError:
-                pass
+    points = {(b, label): o for b in budgets for label, o in at_budget(config, methods, b).items()}
     results = Results(out / "points", sweep_settings(params, config, pre, union, 32))
     todo = list(dict.fromkeys(o for o in points.values() if results.get("union", o) is None))
     for o in tqdm(todo, desc="points", unit="plan"):
@@ -162,6 +156,17 @@ def main(argv=None):
     print(f"wrote {out}/summary.json, summary.md, top1_vs_gflops.png/.svg")
 
 
+def at_budget(config, methods: dict, gflops_budget: float) -> dict:
+    """{label: options at the smallest r within the budget}, leaving out methods that cannot meet it."""
+    points = {}
+    for label, base in methods.items():
+        try:
+            points[label] = budget.options_for_gflops(config, base, gflops_budget)
+        except FastViTError:
+            pass
+    return points
+
+
 def cifar(args, out: Path, methods: dict) -> None:
     """Each method at the budgets of ToMe r=13 and r=16 on the bundled CIFAR-10 pair (same images)."""
     from fastvit_jax.hub import load_model
@@ -174,12 +179,7 @@ def cifar(args, out: Path, methods: dict) -> None:
         results = Results(out / name, sweep_settings(params, config, pre, ds, 32))
         for r in TUNED_AT:
             at = gflops(config, make_plan(config, MergeOptions("tome", r)))
-            points = {}
-            for label, base in methods.items():
-                try:
-                    points[label] = budget.options_for_gflops(config, base, at)
-                except FastViTError:
-                    continue
+            points = at_budget(config, methods, at)
             for o in [MergeOptions()] + list(points.values()):
                 if results.get("all", o) is None:
                     results.put("all", o, correct_per_image(make_forward(config, make_plan(config, o)), params,
