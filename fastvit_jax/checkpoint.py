@@ -1,4 +1,4 @@
-"""Checkpoints: Google .npz (flat '/'-joined keys) and orbax, config inference, posemb resize, downloads.
+"""Checkpoints: loading any layout (checkpoints/) onto our tree, config inference, posemb resize, saving.
 
 One loader (`load`) fixes everything up in one place, like big_vision's `load`: it reads the file,
 infers or checks the config, resizes position embeddings for a new resolution and verifies every
@@ -7,83 +7,25 @@ key and shape against the model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from fastvit_jax.checkpoint_layouts import to_model_tree
+from fastvit_jax import checkpoints
+from fastvit_jax.checkpoints import META_KEY, Description, meta_array, sources
+from fastvit_jax.checkpoints.sources import cache_dir, cache_path, download  # noqa: F401 (public here too)
+from fastvit_jax.checkpoints.tree import flatten, unflatten  # noqa: F401 (public here too)
 from fastvit_jax.config import ViTConfig, stem_stride
 from fastvit_jax.errors import FastViTError
-
-_PREFIXES = ("params/", "opt/target/")
-
-
-# ---------------------------------------------------------------- flat <-> nested
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        for p in _PREFIXES:
-            if key.startswith(p):
-                key = key[len(p):]
-        node = tree
-        *parents, leaf = key.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-# ---------------------------------------------------------------- npz
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Flat {key: array} of a Google .npz, read without pickle. Errors name the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FastViTError(f"checkpoint not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
-        raise FastViTError(f"{path}: not a readable .npz checkpoint (truncated or corrupt: {e})") from None
 
 
 # What a file is (model family, GELU, preprocessing), beside the params under one extra key that
 # Google-layout readers load as one more (unused) array: JSON text as uint8.
-META_KEY = "fastvit_meta"
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-def _meta_array(meta: dict) -> np.ndarray:
-    return np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-
-
-def _read_meta(flat: dict, source) -> dict | None:
-    raw = flat.pop(META_KEY, None)
-    if raw is None:
-        return None
-    try:
-        return json.loads(np.asarray(raw, np.uint8).tobytes().decode())
-    except (ValueError, UnicodeDecodeError):
-        raise FastViTError(f"{source}: key {META_KEY} is not the JSON fastvit writes there") from None
 
 
 def save_npz(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -92,57 +34,27 @@ def save_npz(params: dict, path: str | os.PathLike, meta: dict | None = None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     if meta:
-        flat[META_KEY] = _meta_array(meta)
+        flat[META_KEY] = meta_array(meta)
     with open(path, "wb") as f:
         np.savez(f, **flat)
     return path
 
 
-# ---------------------------------------------------------------- orbax
 def save_orbax(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     tree = jax.tree_util.tree_map(np.asarray, params)
     if meta:
-        tree = {**tree, META_KEY: _meta_array(meta)}
+        tree = {**tree, META_KEY: meta_array(meta)}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree, force=True)
     return path
 
 
-def read_orbax(path: str | os.PathLike) -> dict:
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(path)
-    except Exception as e:  # orbax raises many types for a broken directory
-        raise FastViTError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from None
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def read_file(path: str | os.PathLike) -> tuple[dict, dict | None]:
-    """(nested tree as stored, what the file says it is or None) from .npz, an orbax directory, or a
-    timm .safetensors/.pth (converted on the fly; DeiT/timm weights: exact GELU, deit preprocessing)."""
-    path = Path(path)
-    if not path.exists():
-        raise FastViTError(f"checkpoint not found: {path}")
-    if path.suffix in TORCH_SUFFIXES and not path.is_dir():
-        from checkpoints_convert.timm_vit import convert_file
-
-        return convert_file(path), {"family": "deit", "gelu": "exact", "preprocessing": "deit", "crop_pct": 0.9}
-    flat = flatten(read_orbax(path)) if path.is_dir() else read_npz(path)
-    meta = _read_meta(flat, path)
-    return unflatten(flat), meta
-
-
-def read_checkpoint(path: str | os.PathLike, tower: str | None = None) -> tuple[dict, dict | None]:
-    """(params in our tree, what the file says it is or None): big_vision layouts are renamed and a
-    two-tower file gives its image tower (checkpoint_layouts)."""
-    params, meta = read_file(path)
-    return to_model_tree(params, path, tower)[0], meta
+def read_checkpoint(path: str | os.PathLike, tower: str | None = None) -> tuple[dict, Description]:
+    """(params in our tree, what the file says it is): any layout of `checkpoints`, any source."""
+    return checkpoints.read(sources.resolve(path), tower)
 
 
 def read_params(path: str | os.PathLike) -> dict:
@@ -164,11 +76,12 @@ def resnet_stages(params: dict) -> tuple[int, ...] | None:
     return tuple(stages)
 
 
-def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None) -> ViTConfig:
-    """Architecture from parameter shapes and which keys exist (our tree: see checkpoint_layouts).
+def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None, ln_eps: float = 1e-6) -> ViTConfig:
+    """Architecture from parameter shapes and which keys exist (our tree: see checkpoints/).
 
-    Class token -> pool "tok", MAPHead_0 -> "map", neither -> "gap"; no position parameter ->
-    sincos2d, whose resolution the file cannot say (image_size, else DEFAULT_SINCOS_SIZE)."""
+    Class token -> pool "tok" (with `dist` beside it: distilled DeiT), MAPHead_0 -> "map", neither ->
+    "gap"; no position parameter -> sincos2d, whose resolution the file cannot say (image_size, else
+    DEFAULT_SINCOS_SIZE)."""
     try:
         kernel = params["embedding"]["kernel"]
         blocks = [k for k in params["Transformer"] if re.fullmatch(r"encoderblock_\d+", k)]
@@ -183,20 +96,27 @@ def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None
         raise FastViTError(f"both a class token (cls {tuple(np.shape(params['cls']))}) and an attention-pooling "
                            f"head (MAPHead_0): no known pool type has both")
     pool = "tok" if "cls" in params else "map" if "MAPHead_0" in params else "gap"
+    distilled = "dist" in params
+    if distilled and pool != "tok":
+        raise FastViTError("a distillation token (dist) without a class token (cls)")
     posemb = params["Transformer"].get("posembed_input", {}).get("pos_embedding")
     pre = params.get("pre_logits", {}).get("kernel")
     head = params.get("head", {}).get("kernel")
+    if np.ndim(kernel) != 4 or np.ndim(q) != 3 or np.ndim(mlp) != 2:
+        raise FastViTError(f"embedding/kernel {tuple(np.shape(kernel))}, query/kernel {tuple(np.shape(q))} or "
+                           f"Dense_0/kernel {tuple(np.shape(mlp))} is not a ViT's (4, 3 and 2 dimensions)")
     cfg = dict(width=int(kernel.shape[-1]), depth=len(blocks), heads=int(q.shape[1]), mlp_dim=int(mlp.shape[1]),
                patch=int(kernel.shape[0]), num_classes=0 if head is None else int(head.shape[1]),
                pre_logits=None if pre is None else int(pre.shape[1]), gelu=gelu, resnet=resnet,
-               resnet_width=resnet_width, pool=pool)
+               resnet_width=resnet_width, pool=pool, ln_eps=float(ln_eps), distilled=distilled)
     if posemb is None:
         return ViTConfig(**cfg, image_size=image_size or DEFAULT_SINCOS_SIZE, posemb="sincos2d")
-    tokens = int(posemb.shape[1]) - (pool == "tok")
-    side = math.isqrt(tokens)
+    prefix = (1 + distilled) if pool == "tok" else 0
+    tokens = int(posemb.shape[1]) - prefix
+    side = math.isqrt(max(tokens, 0))
     if side * side != tokens:
         raise FastViTError(f"pos_embedding has {tokens} patch tokens, not a square grid "
-                           f"(pool {pool!r}: {'one class token' if pool == 'tok' else 'no class token'})")
+                           f"(pool {pool!r}: {prefix} prefix token(s))")
     return ViTConfig(**cfg, image_size=side * cfg["patch"] * stem_stride(resnet))
 
 
@@ -238,102 +158,74 @@ def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") ->
         raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
 
 
+STATED_FIELDS = ("gelu", "ln_eps")  # what a file's own config states about how its model computes
+
+
 def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta: bool = False,
          tower: str | None = None, notes: list | None = None):
-    """Read a checkpoint and return (params, config), and the file's own description when with_meta.
+    """Read a checkpoint and return (params, config), and its Description when with_meta.
 
-    Without config, the architecture is inferred from the shapes (GELU from the file's description,
-    else tanh). With one, the file is checked against it; position embeddings are resized when only
-    the resolution differs, and a representation layer (pre_logits) present in the file is used.
+    Without config, the architecture is inferred from the shapes, GELU and LayerNorm eps from what
+    the file says (its config files; else the layout's default). With one, the file is checked
+    against it, except that what the file itself states (GELU, eps) wins; position embeddings are
+    resized when only the resolution differs, and a representation layer (pre_logits) present in
+    the file is used.
     """
-    params, meta = read_checkpoint(path, tower)
-    found = infer_config(params, gelu=config.gelu if config else (meta or {}).get("gelu", "tanh"),
-                         image_size=config.image_size if config else None)
+    params, desc = read_checkpoint(path, tower)
+    stated = {k: getattr(desc, k) for k in STATED_FIELDS
+              if getattr(desc, k) is not None and not desc.sources.get(k, "").startswith("assumed")}
+    found = infer_config(params, gelu=config.gelu if config else desc.gelu or "tanh",
+                         image_size=config.image_size if config else desc.image_size,
+                         ln_eps=config.ln_eps if config else desc.ln_eps or 1e-6)
     if config is None:
         config = found
-        if found.posemb == "sincos2d" and notes is not None:
+        if found.posemb == "sincos2d" and notes is not None and desc.image_size is None:
             notes.append(f"{path} has fixed sincos2d position embeddings and does not store its resolution: "
                          f"using {found.image_size} px (pass --model to choose an entry with another)")
     else:
+        config = config.replace(**stated)
         if found.pre_logits != config.pre_logits:
             config = config.replace(pre_logits=found.pre_logits)
         if (found.grid != config.grid and found.posemb == "learn" and found.patch == config.patch
                 and found.width == config.width):
             pe = params["Transformer"]["posembed_input"]
-            pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"]), config.grid, config.num_prefix)
+            pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"], np.float32), config.grid,
+                                                config.num_prefix)
     check_params(params, config, str(path))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    return (params, config, meta) if with_meta else (params, config)
+    return (params, config, desc) if with_meta else (params, config)
 
 
-# ---------------------------------------------------------------- downloads
 def describe(path: str | os.PathLike, tower: str | None = None) -> dict:
-    """What `fastvit inspect` shows: the layout and config inferred from the keys and shapes, the
-    parameter count and every stored key with its shape."""
-    stored, meta = read_file(path)
-    params, layout = to_model_tree(stored, path, tower)
-    config = infer_config(params)
+    """What `fastvit inspect` shows: the layout, the config inferred from the keys and shapes, what
+    the file says about itself and where each statement came from, the parameter count and every
+    stored key with its shape and dtype."""
+    local = sources.resolve(path)
+    weights, _ = checkpoints.locate(local)
+    stored = checkpoints.list_arrays(weights)
+    params, desc = checkpoints.read(local, tower)
+    config = infer_config(params, gelu=desc.gelu or "tanh", image_size=desc.image_size, ln_eps=desc.ln_eps or 1e-6)
     cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
-                                          "num_classes", "pre_logits", "resnet", "pool", "posemb")}
+                                          "num_classes", "pre_logits", "resnet", "pool", "posemb", "distilled",
+                                          "gelu", "ln_eps")}
     cfg["variant"], cfg["family"] = config.variant, config.family
-    return {"file": str(path), "layout": layout, "config": cfg, "meta": meta,
-            "parameters": sum(int(np.size(v)) for v in flatten(params).values()),
-            "keys": {k: list(np.shape(v)) for k, v in flatten(stored).items()}}
-
-
-GOOGLE_META = {"family": "google", "gelu": "tanh", "preprocessing": "inception"}
+    return {"file": str(path), "local": str(weights), "layout": desc.layout, "config": cfg,
+            "description": desc.summary(), "parameters": sum(int(np.size(v)) for v in flatten(params).values()),
+            "keys": {k: [list(v.shape), str(v.dtype)] for k, v in stored.items()}}
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, meta: dict | None = None) -> dict:
     """Any readable checkpoint -> Google-layout .npz or orbax (fmt None: npz when dst ends in .npz).
-    The output says what it is: `meta` if given, else the source's own description, else Google's
-    (timm/DeiT sources describe themselves); "assumed" in the result says when that was a guess."""
-    params, found = read_checkpoint(src)
-    meta = meta or found or GOOGLE_META
-    config = infer_config(params, gelu=meta.get("gelu", "tanh"))
+    The output says what it is: `meta` if given, else the source's own description (with what it
+    assumed: "assumed" in the result lists those fields)."""
+    params, desc = read_checkpoint(src)
+    meta = meta or desc.to_meta()
+    config = infer_config(params, gelu=meta.get("gelu", "tanh"), ln_eps=meta.get("ln_eps", 1e-6),
+                          image_size=desc.image_size)
     check_params(params, config, str(src))
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     fmt = fmt or ("npz" if Path(dst).suffix == ".npz" else "orbax")
     out = save_npz(params, dst, meta) if fmt == "npz" else save_orbax(params, dst, meta)
     return {"src": str(src), "dst": str(out), "format": fmt, "variant": config.variant,
             "image_size": config.image_size, "num_classes": config.num_classes, "meta": meta,
-            "assumed": meta is GOOGLE_META}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
-
-
-def cache_path(url: str) -> Path:
-    """Where url is cached: its bucket path, since folders reuse file names (sam/ViT-B_16.npz,
-    imagenet21k/ViT-B_16.npz, ...)."""
-    path = urllib.parse.urlparse(url).path.lstrip("/")
-    return cache_dir() / (path or url.rsplit("/", 1)[-1])
-
-
-def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
-    """Fetch url into the cache (or dest) with a progress bar; return the local path.
-
-    When the network is unreachable the error names the URL and where to put the file by hand.
-    """
-    dest = Path(dest) if dest else cache_path(url)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            from tqdm import tqdm
-
-            with open(tmp, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True,
-                                            desc=dest.name[:40], disable=not progress) as bar:
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        tmp.replace(dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
-        raise FastViTError(f"could not download {url} ({reason}); download it elsewhere and place it "
-                           f"at {dest} (or pass --checkpoint PATH)") from None
-    return dest
+            "assumed": sorted(desc.assumed)}

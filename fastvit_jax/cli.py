@@ -106,10 +106,14 @@ def cmd_demo(args):
          arg("--tower", help="image tower of a two-tower checkpoint"))
 def cmd_inspect(args):
     d = describe(args.file, args.tower)
-    keys = [{"key": k, "shape": str(tuple(shape))} for k, shape in d["keys"].items()]
-    head = f"{args.file}\n  family: {d['config']['family']} ({d['config']['variant']}), {d['layout']} layout\n  "
+    keys = [{"key": k, "shape": str(tuple(shape)), "dtype": dtype} for k, (shape, dtype) in d["keys"].items()]
+    desc = d["description"]
+    said = "\n".join(f"    {k}: {desc['preprocess'].get(k, desc.get(k))}  <- {src}" for k, src in desc["sources"].items())
+    head = (f"{args.file}\n  family: {d['config']['family']} ({d['config']['variant']}), {d['layout']} layout"
+            + (f", read from {d['local']}" if d["local"] != args.file else "") + "\n  ")
     emit(args, d, head + "  ".join(f"{k}={v}" for k, v in d["config"].items() if k not in ("family", "variant"))
-         + f"\n  parameters: {d['parameters']:,}\n\n" + format_table(keys, ["key", "shape"]))
+         + f"\n  parameters: {d['parameters']:,}\n  what the file says (and where):\n{said}\n\n"
+         + format_table(keys, ["key", "shape", "dtype"]))
 
 
 @command("convert", "convert a checkpoint (timm/DeiT .safetensors/.pth, .npz, orbax) to .npz or orbax",
@@ -120,7 +124,7 @@ def cmd_convert(args):
     res = convert(args.src, args.dst, args.format, meta=arguments.model_meta(args))
     emit(args, res, f"wrote {res['dst']} ({res['format']}, {res['variant']}, {res['image_size']}px, "
                     f"{res['num_classes']} classes; {res['meta']['gelu']} GELU, {res['meta']['preprocessing']} "
-                    f"preprocessing{', assumed: pass --model to say what it is' if res['assumed'] else ''})")
+                    f"preprocessing{'; assumed ' + ', '.join(res['assumed']) + ': pass --model to say what it is' if res['assumed'] else ''})")
 
 
 @command("predict", "top-5 classes of images", arg("images", nargs="+"), MODEL, MERGE)

@@ -45,6 +45,9 @@ class ViTConfig:
     resnet_width: int = 64
     pool: str = "tok"
     posemb: str = "learn"
+    # DeiT's distillation token after the class token, with its own head; the logits are the mean of
+    # both heads (as timm evaluates distilled DeiT), and merging protects both tokens.
+    distilled: bool = False
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -57,6 +60,8 @@ class ViTConfig:
             raise FastViTError(f"posemb must be one of {', '.join(POSEMBS)}, got {self.posemb!r}")
         if self.posemb == "sincos2d" and self.width % 4:
             raise FastViTError(f"sincos2d position embeddings need a width divisible by 4, got {self.width}")
+        if self.distilled and (self.pool != "tok" or self.pre_logits):
+            raise FastViTError("a distillation token needs a class token (pool 'tok') and no pre_logits")
         if self.resnet is not None:
             object.__setattr__(self, "resnet", tuple(int(n) for n in self.resnet))
         if self.image_size % self.stride:
@@ -89,8 +94,8 @@ class ViTConfig:
 
     @property
     def num_prefix(self) -> int:
-        """Tokens before the patch tokens (the class token); merging never touches them."""
-        return 1 if self.pool == "tok" else 0
+        """Tokens before the patch tokens (class, distillation); merging never touches them."""
+        return (1 + self.distilled) if self.pool == "tok" else 0
 
     @property
     def num_patches(self) -> int:
@@ -119,7 +124,7 @@ class ViTConfig:
     def family(self) -> str:
         """A short description: 'ViT', 'ResNet hybrid'; with the head when it is not the class token."""
         family = "ResNet hybrid" if self.resnet is not None else "ViT"
-        head = {"tok": "", "gap": ", GAP head", "map": ", MAP head"}[self.pool]
+        head = {"tok": ", distilled" if self.distilled else "", "gap": ", GAP head", "map": ", MAP head"}[self.pool]
         return family + head + (", sincos2d posemb" if self.posemb == "sincos2d" else "")
 
     def replace(self, **kw) -> "ViTConfig":

@@ -56,23 +56,45 @@ def label_names(num_classes: int, class_names: list[str] | None = None) -> list[
 FAMILIES = ("inception", "deit", "crop")  # preprocessing families, see Preprocess
 
 
+INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+_DEFAULT_INTERPOLATION = {"inception": "bilinear", "deit": "bicubic", "crop": "bilinear"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Two steps: `pixels` resizes/crops an image to (size, size, 3) uint8, `normalise` maps those
     pixels to the model's input; calling the object does both.
 
-    family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google).
-    family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std.
+    family "inception": resize to size x size (bilinear), pixels to [-1, 1] (AugReg/SAM/Google;
+    transformers' ViTImageProcessor is this geometry).
+    family "deit": shorter side to floor(size / crop_pct) (bicubic), center crop, ImageNet mean/std
+    (timm's eval transform is this geometry).
     family "crop": shorter side to round(size / crop_pct) (bilinear), center crop, [-1, 1] (the CIFAR
-    models trained here on random size x size crops of 32 x 32 images: crop_pct = 28/32)."""
+    models trained here on random size x size crops of 32 x 32 images: crop_pct = 28/32).
+    mean, std (of pixels in [0, 1]) and interpolation replace the family's when a checkpoint's own
+    config states them (timm's pretrained_cfg, transformers' preprocessor_config.json)."""
 
     family: str = "inception"
     size: int = 224
     crop_pct: float = 0.9
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise FastViTError(f"unknown preprocessing {self.family!r}; allowed: {', '.join(FAMILIES)}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise FastViTError(f"unknown interpolation {self.interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != 3 or (name == "std" and min(value) <= 0):
+                    raise FastViTError(f"preprocessing {name} must be 3 numbers{' > 0' if name == 'std' else ''}, "
+                                       f"got {value}")
+                object.__setattr__(self, name, value)
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         return self.normalise(self.pixels(img))
@@ -80,20 +102,39 @@ class Preprocess:
     def pixels(self, img: Image.Image) -> np.ndarray:
         """The pixels the model sees, (size, size, 3) uint8."""
         img = img.convert("RGB")
+        resample = INTERPOLATIONS[self.interpolation or _DEFAULT_INTERPOLATION[self.family]]
         if self.family == "inception":
-            img = img.resize((self.size, self.size), Image.BILINEAR)
+            img = img.resize((self.size, self.size), resample)
         elif self.family == "deit":
-            img = _center_crop(_resize_shorter(img, math.floor(self.size / self.crop_pct), Image.BICUBIC), self.size)
+            img = _center_crop(_resize_shorter(img, math.floor(self.size / self.crop_pct), resample), self.size)
         else:
-            img = _center_crop(_resize_shorter(img, self.train_size, Image.BILINEAR), self.size)
+            img = _center_crop(_resize_shorter(img, self.train_size, resample), self.size)
         return np.asarray(img, np.uint8)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels -> float32 model input."""
         x = np.asarray(pixels, np.float32)
+        if self.mean is not None or self.std is not None:
+            mean, std = self.mean_std
+            return (x / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         if self.family == "deit":
             return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         return x / 127.5 - 1.0
+
+    @property
+    def mean_std(self) -> tuple:
+        """(mean, std) of pixels in [0, 1]: the stated ones, else the family's."""
+        default = (tuple(IMAGENET_MEAN.tolist()), tuple(IMAGENET_STD.tolist())) if self.family == "deit" \
+            else ((0.5,) * 3, (0.5,) * 3)
+        return (self.mean if self.mean is not None else default[0], self.std if self.std is not None else default[1])
+
+    def describe(self) -> str:
+        mean, std = self.mean_std
+        geometry = (f"resize to {self.size}" if self.family == "inception" else
+                    f"shorter side to {math.floor(self.size / self.crop_pct) if self.family == 'deit' else self.train_size}"
+                    f", center crop {self.size}")
+        return (f"{geometry} ({self.interpolation or _DEFAULT_INTERPOLATION[self.family]}), "
+                f"mean {tuple(round(float(m), 4) for m in mean)}, std {tuple(round(float(s), 4) for s in std)}")
 
     @property
     def train_size(self) -> int:

@@ -22,7 +22,7 @@ from fastvit_jax.models.vit import VisionTransformer
 
 def feature_params(params: dict) -> dict:
     """The parameters of the headless model: everything but the classifier."""
-    return {k: v for k, v in params.items() if k != "head"}
+    return {k: v for k, v in params.items() if k not in ("head", "head_dist")}
 
 
 @lru_cache(maxsize=16)

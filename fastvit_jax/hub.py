@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import Description, sources
 from fastvit_jax.data import Preprocess
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
+
+PREPROCESS_KEYS = ("family", "crop_pct", "mean", "std", "interpolation")
 
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
@@ -16,35 +19,70 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     """(params, config, Preprocess).
 
     name only: the bundled weights, else the official file (downloaded into the cache once).
-    path only: the architecture is inferred from the shapes; GELU and preprocessing come from what
-    the file says it is (files written by `fastvit convert`, timm/DeiT files), else Google's defaults,
-    and a line saying so is appended to `notes`.
+    path (a file, a folder, a URL, hf-hub:ORG/NAME): the architecture is inferred from the shapes;
+    GELU, LayerNorm eps and preprocessing come from what the file says about itself (its config
+    files, or what `fastvit convert` wrote), else from `name`'s entry, else the layout's default,
+    and a note names what was assumed. Explicit gelu / preprocessing / crop_pct win over all.
     neither: the bundled DeiT-Tiny. random_weights: the named architecture, randomly initialised.
     """
     if name is None and path is None:
         name = DEFAULT_MODEL
     entry = get_entry(name) if name else None
     config = entry.config if entry else None
-    if config is not None and gelu:
-        config = config.replace(gelu=gelu)
-    if path is None and entry is not None and not random_weights:
+    official = path is None and entry is not None and not random_weights
+    if official:
         path = _official_file(entry)
     if path is None:  # random weights of a named architecture
         from fastvit_jax.models.vit import init_params
 
-        params, meta = init_params(config), None
+        config = config.replace(gelu=gelu) if gelu else config
+        return init_params(config), config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
+                                                       crop_pct or entry.crop_pct)
+    params, config, desc = checkpoint.load(path, config, with_meta=True, tower=tower, notes=notes)
+    if gelu:
+        config = config.replace(gelu=gelu)
+    stated = _stated_preprocess(desc)
+    if entry is not None and (official or not stated):
+        pre = {"family": entry.preprocessing, "crop_pct": entry.crop_pct}
     else:
-        params, config, meta = checkpoint.load(path, config, with_meta=True, tower=tower, notes=notes)
-    if entry is not None:
-        return params, config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
-                                          crop_pct or entry.crop_pct)
-    meta = meta or {}
-    if not meta and not (gelu and preprocessing) and notes is not None:
-        notes.append(f"{path} does not say what model it is: assumed a Google ViT ({gelu or 'tanh'} GELU, "
-                     f"{preprocessing or 'inception'} preprocessing); pass --model, or --gelu and --preprocessing")
-    config = config.replace(gelu=gelu or meta.get("gelu", "tanh"))
-    return params, config, Preprocess(preprocessing or meta.get("preprocessing", "inception"), config.image_size,
-                                      crop_pct or meta.get("crop_pct", 0.9))
+        pre = {k: v for k, v in desc.preprocess.items() if v is not None}
+        if notes is not None:
+            _note_assumptions(path, desc, gelu, preprocessing, notes)
+    if preprocessing:  # a family asked for by name replaces everything the file said
+        pre = {"family": preprocessing, "crop_pct": pre.get("crop_pct", 0.9)}
+    if crop_pct:
+        pre["crop_pct"] = crop_pct
+    pre.setdefault("family", "inception")
+    return params, config, Preprocess(size=config.image_size, **{k: pre[k] for k in PREPROCESS_KEYS if k in pre})
+
+
+def _stated_preprocess(desc: Description) -> bool:
+    return any(not desc.sources.get(k, "assumed").startswith("assumed") for k in PREPROCESS_KEYS)
+
+
+def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list) -> None:
+    """One note naming what the file does not say and what was assumed in its place."""
+    assumed = desc.assumed
+    if gelu:
+        assumed.pop("gelu", None)
+    if preprocessing:
+        for key in PREPROCESS_KEYS:
+            assumed.pop(key, None)
+    assumed.pop("ln_eps", None)  # every layout's own default, not a guess
+    if not assumed:
+        return
+    if desc.layout in ("vision_transformer", "big_vision"):
+        notes.append(f"{path} does not say what model it is: assumed a Google ViT ({desc.gelu} GELU, "
+                     f"{desc.preprocess.get('family')} preprocessing); pass --model, or --gelu and --preprocessing")
+        return
+    said = ", ".join(f"{k} = {_show(desc, k)}" for k in assumed)
+    why = sorted({v.removeprefix("assumed: ") for v in assumed.values()})
+    notes.append(f"{path} does not state its {', '.join(assumed)}: assumed {said} ({'; '.join(why)}); "
+                 f"pass --model, or --gelu and --preprocessing")
+
+
+def _show(desc: Description, key: str):
+    return desc.preprocess.get(key) if key in PREPROCESS_KEYS else getattr(desc, key)
 
 
 def _official_file(entry) -> Path:
@@ -53,4 +91,4 @@ def _official_file(entry) -> Path:
     if entry.url is None:
         raise FastViTError(f"{entry.name} has no official Google file; convert timm weights with "
                            f"`fastvit convert WEIGHTS.safetensors OUT.npz` and pass --checkpoint OUT.npz")
-    return checkpoint.download(entry.url)
+    return sources.resolve(entry.url)

@@ -3,6 +3,7 @@ setting that produced it matches (sweeps' DIR/settings.json, training's OUT.stat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,6 +26,20 @@ def _dotted(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _field_defaults() -> dict:
+    """Settings written before a field existed compare equal to its default: the dataclasses whose
+    fields are recorded whole, by where they sit in a record."""
+    from fastvit_jax.config import ViTConfig
+    from fastvit_jax.data import Preprocess
+
+    out = {}
+    for where, cls in (("model.config.", ViTConfig), ("preprocess.", Preprocess)):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[where + f.name] = json.loads(json.dumps(f.default))
+    return out
+
+
 def check_settings(folder: Path, settings: dict, *, what: str, advice: str, only_given: bool = False,
                    results_without_record: bool = False) -> None:
     """folder/settings.json records `settings` the first time; later calls with other settings are refused
@@ -41,6 +56,8 @@ def check_settings(folder: Path, settings: dict, *, what: str, advice: str, only
         return
     saved, now = _dotted(json.loads(file.read_text())), _dotted(json.loads(json.dumps(settings)))
     keys = now if only_given else sorted(set(saved) | set(now))
-    diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+    defaults = _field_defaults()
+    value = lambda d, k: d.get(k, defaults.get(k))
+    diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if value(saved, k) != value(now, k)]
     if diff:
         raise FastViTError(f"{folder} holds {what} with other settings ({'; '.join(diff[:3])}); {advice}")

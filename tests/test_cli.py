@@ -83,7 +83,7 @@ def test_inspect_and_convert(setup, capsys, tmp_path):
     cfg, ckpt, _ = setup
     code, out, _ = run(capsys, "inspect", str(ckpt), "--json")
     res = json.loads(out)
-    assert res["config"]["width"] == 32 and res["keys"]["cls"] == [1, 1, 32]
+    assert res["config"]["width"] == 32 and res["keys"]["cls"] == [[1, 1, 32], "float32"]
     code, out, _ = run(capsys, "convert", str(ckpt), str(tmp_path / "orbax_out"))
     assert code == 0 and "orbax" in out
     params, cfg2 = checkpoint.load(tmp_path / "orbax_out")
@@ -209,7 +209,7 @@ def test_files_say_what_they_are(setup, capsys, tmp_path):
         for k, v in original.items():
             np.testing.assert_array_equal(z[k], v)
     code, out, _ = run(capsys, "convert", str(ckpt), str(tmp_path / "plain.npz"))
-    assert "assumed" in out and json.loads(run(capsys, "inspect", str(tmp_path / "plain.npz"), "--json")[1])["meta"][
+    assert "assumed" in out and json.loads(run(capsys, "inspect", str(tmp_path / "plain.npz"), "--json")[1])["description"][
         "gelu"] == "tanh"
 
 

@@ -155,7 +155,8 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
         clamped |= short
         n = op.tokens_out
     return MergePlan(tuple(ops), options, skip=skip, transition=sum(op.kind == "local" for op in ops),
-                     num_prefix=prefix, track_source=track_source, patch_grid=patch_grid, clamped=clamped)
+                     num_prefix=prefix, distill_token=getattr(config, "distilled", False), track_source=track_source,
+                     patch_grid=patch_grid, clamped=clamped)
 
 
 def reducer_fields(options: MergeOptions, block: int, depth: int) -> dict:

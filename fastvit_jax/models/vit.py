@@ -3,11 +3,11 @@
 Module names follow google-research/vision_transformer (models_vit.py) exactly, so an AugReg/SAM
 .npz loads without renaming:
   [conv_root, gn_root, block{i}/unit{j}/...]  (hybrids: models/resnet.py)
-  embedding, [cls], Transformer/posembed_input/pos_embedding  (absent for sincos2d),
+  embedding, [cls], [dist], Transformer/posembed_input/pos_embedding  (absent for sincos2d),
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
                                LayerNorm_2, MlpBlock_3/{Dense_0, Dense_1}},
-  Transformer/encoder_norm, [MAPHead_0], [pre_logits], [head].
-big_vision files are renamed onto this tree when they are read (checkpoint_layouts.py).
+  Transformer/encoder_norm, [MAPHead_0], [pre_logits], [head], [head_dist].
+Other layouts (big_vision, timm, transformers) are renamed onto this tree when read (checkpoints/).
 
 Token merging happens between attention and MLP of each block, as the MergePlan says; the block
 itself only hands its features to merge.apply.apply_op.
@@ -190,8 +190,8 @@ def pool_tokens(config: ViTConfig, plan: MergePlan, state: TokenState, dtype: Dt
     """The image's feature from the final tokens. After merging, the mean weighs each token by the
     patches it holds (as ToMe pools its global-pool models); before, it is the plain mean."""
     x, merged = state.x, plan.merged_before(config.depth)
-    if config.pool == "tok":
-        return x[:, 0]
+    if config.pool == "tok":  # distilled: the mean of both tokens, timm's pre-logits feature
+        return (x[:, 0] + x[:, 1]) / 2 if config.distilled else x[:, 0]
     if config.pool == "gap":
         if not merged:
             return jnp.mean(x, axis=1)
@@ -256,13 +256,18 @@ class VisionTransformer(nn.Module):
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         if cfg.pool == "tok":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
-            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
+            prefix = [self.param("cls", nn.initializers.zeros, (1, 1, c))]
+            if cfg.distilled:
+                prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c)))
+            x = jnp.concatenate([jnp.tile(p.astype(x.dtype), (b, 1, 1)) for p in prefix] + [x], axis=1)
         state = Encoder(cfg, plan, self.dtype, name="Transformer")(x, merge_key)
         x = pool_tokens(cfg, plan, state, self.dtype)
         if cfg.pre_logits:
             x = jnp.tanh(nn.Dense(cfg.pre_logits, dtype=self.dtype, name="pre_logits")(x))
-        if cfg.num_classes:
+        if cfg.num_classes and cfg.distilled:  # timm's eval: the mean of the class and distillation heads
+            x = (nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(state.x[:, 0])
+                 + nn.Dense(cfg.num_classes, dtype=self.dtype, name="head_dist")(state.x[:, 1])) / 2
+        elif cfg.num_classes:
             x = nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(x)
         logits = x.astype(jnp.float32)
         return (logits, state) if return_state else logits

@@ -1,0 +1,136 @@
+"""Where a checkpoint comes from: a local path, a URL (`http(s)://`, `gs://` public buckets through
+their https form), a Hugging Face repo (`hf-hub:ORG/NAME[@REVISION]`) or an AugReg file stem.
+Remote files are fetched once into the cache (`$FASTVIT_CACHE`, default ~/.cache/fastvit_jax) and
+reused without a request. A download is written under a temporary name and renamed only when
+complete (its length checked against what the server announced), so an interrupted transfer never
+leaves a file that later loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from fastvit_jax.errors import FastViTError
+
+GCS_HTTPS = "https://storage.googleapis.com/"
+AUGREG = GCS_HTTPS + "vit_models/augreg/"
+# AugReg file stems: {model}-{pretraining recipe}[--{fine-tuning recipe}], e.g.
+# S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224
+_AUGREG_STEM = re.compile(r"^(R\d*_)?[A-Za-z]+_\d+-i(1k|21k)-\d+ep-lr_[\d.]+-aug_\w+-wd_[\d.]+-do_[\d.]+-sd_[\d.]+"
+                          r"(--[\w.]+-steps_\d+k-lr_[\d.]+-res_\d+)?$")
+HF_FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json",
+            "model-*.safetensors", "pytorch_model.bin", "flax_model.msgpack", "open_clip_model.safetensors")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
+
+
+def cache_path(url: str) -> Path:
+    """Where url is cached: its bucket path, since folders reuse file names (sam/ViT-B_16.npz,
+    imagenet21k/ViT-B_16.npz, ...)."""
+    path = urllib.parse.urlparse(url).path.lstrip("/")
+    return cache_dir() / (path or url.rsplit("/", 1)[-1])
+
+
+def is_remote(spec: str) -> bool:
+    return str(spec).startswith(("http://", "https://", "gs://", "hf-hub:")) or is_augreg_stem(spec)
+
+
+def is_augreg_stem(spec) -> bool:
+    return bool(_AUGREG_STEM.match(str(spec).removesuffix(".npz")))
+
+
+def https_url(spec: str) -> str:
+    """gs://bucket/path -> its public https form; AugReg stems -> their file in gs://vit_models/augreg."""
+    if spec.startswith("gs://"):
+        return GCS_HTTPS + spec[len("gs://"):]
+    if is_augreg_stem(spec):
+        return AUGREG + spec.removesuffix(".npz") + ".npz"
+    return spec
+
+
+def resolve(spec: str | os.PathLike, progress: bool = True) -> Path:
+    """A local path for any checkpoint spec (downloading it into the cache the first time)."""
+    spec_s = str(spec)
+    if isinstance(spec, Path) or not is_remote(spec_s) or Path(spec_s).exists():
+        return Path(spec)
+    if spec_s.startswith("hf-hub:"):
+        return hf_snapshot(spec_s[len("hf-hub:"):], progress)
+    return download(https_url(spec_s), progress=progress)
+
+
+def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
+    """Fetch url into the cache (or dest) with a progress bar; return the local path.
+
+    When the network is unreachable the error names the URL and where to put the file by hand.
+    """
+    dest = Path(dest) if dest else cache_path(url)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            from tqdm import tqdm
+
+            got = 0
+            with open(tmp, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True,
+                                            desc=dest.name[:40], disable=not progress) as bar:
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        if total and got != total:
+            raise OSError(f"the transfer ended after {got} of {total} bytes")
+        tmp.replace(dest)
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise FastViTError(f"could not download {url} ({reason}); download it elsewhere and place it "
+                           f"at {dest} (or pass --checkpoint PATH)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def hf_folder(repo: str) -> Path:
+    return cache_dir() / "hf-hub" / repo.replace("@", "/")
+
+
+def _complete(folder: Path) -> bool:
+    from fastvit_jax.checkpoints import WEIGHT_FILES
+
+    return (folder / "config.json").exists() and any((folder / f).exists() for f in WEIGHT_FILES)
+
+
+def hf_snapshot(repo: str, progress: bool = True) -> Path:
+    """A Hugging Face repo's config and weights files in the cache (ORG/NAME, or ORG/NAME@REVISION)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", repo):
+        raise FastViTError(f"hf-hub:{repo}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    folder = hf_folder(repo)
+    if _complete(folder):
+        return folder
+    name, _, revision = repo.partition("@")
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FastViTError(f"hf-hub:{repo} needs huggingface_hub (pip install 'fastvit-jax[hub]'), or download "
+                           f"the repo's config.json and model.safetensors into {folder}") from None
+    try:
+        huggingface_hub.snapshot_download(name, revision=revision or None, local_dir=folder,
+                                          allow_patterns=list(HF_FILES))
+    except Exception as e:  # offline, unknown repo, gated repo: huggingface_hub raises many types
+        raise FastViTError(f"could not download hf-hub:{repo} ({type(e).__name__}); download the repo's "
+                           f"config.json (and preprocessor_config.json) and model.safetensors elsewhere "
+                           f"and place them in {folder}") from None
+    if not _complete(folder):
+        raise FastViTError(f"hf-hub:{repo} has no config.json with model.safetensors, pytorch_model.bin or "
+                           f"flax_model.msgpack (looked in {folder})")
+    return folder

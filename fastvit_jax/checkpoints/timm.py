@@ -1,0 +1,162 @@
+"""timm (and DeiT) ViT state dicts: `model.safetensors` / `pytorch_model.bin` / `.pth`, alone or in a
+Hugging Face folder whose config.json holds timm's `architecture` and `pretrained_cfg`.
+
+Layout changes: Linear weights are (out, in) in PyTorch and (in, out) in flax; the fused qkv Linear
+splits into query/key/value kernels (width, heads, head_dim); the patch-embedding Conv goes from
+OIHW to HWIO. Distilled DeiT's `dist_token` and `head_dist` become `dist` and `head_dist`.
+What the model is run with comes from pretrained_cfg: mean, std, interpolation, crop_pct, input
+size; timm's ViT computes the exact GELU and LayerNorm with eps 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.description import Description
+from fastvit_jax.errors import FastViTError
+
+NAME = "timm"
+# timm's state dict has no head count; these are the published widths (config.json's model_args
+# can say otherwise).
+HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16}
+IMAGENET_DEFAULT = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic",
+                    "crop_pct": 0.9}
+
+
+def matches(keys) -> bool:
+    return any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in keys)
+
+
+def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, source="state dict") -> dict:
+    """timm ViT/DeiT keys -> nested Google params. Every key must be used: a LayerScale, an extra
+    norm or a head this model does not have is refused, not dropped."""
+    sd = {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
+    used = set()
+
+    def take(key):
+        if key not in sd:
+            raise FastViTError(f"{source}: not a timm ViT state dict: missing key {key}")
+        used.add(key)
+        return sd[key]
+
+    width = take("cls_token").shape[-1]
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    heads = heads or HEADS.get(width)
+    if heads is None:
+        raise FastViTError(f"{source}: cannot tell the number of heads for width {width}: no config.json "
+                           f"with model_args.num_heads beside the file")
+    dh = width // heads
+    p = {
+        "embedding": {"kernel": take("patch_embed.proj.weight").transpose(2, 3, 1, 0),
+                      "bias": take("patch_embed.proj.bias")},
+        "cls": take("cls_token"),
+        "Transformer": {"posembed_input": {"pos_embedding": take("pos_embed")},
+                        "encoder_norm": {"scale": take("norm.weight"), "bias": take("norm.bias")}},
+    }
+    if "dist_token" in sd:
+        p["dist"] = take("dist_token")
+    for head in ("head", "head_dist"):
+        if f"{head}.weight" in sd:
+            p[head] = {"kernel": take(f"{head}.weight").T, "bias": take(f"{head}.bias")}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        qkv_w = take(b + "attn.qkv.weight").reshape(3, width, width)  # (3, out, in)
+        qkv_b = take(b + "attn.qkv.bias").reshape(3, width)
+        attn = {name: {"kernel": qkv_w[j].T.reshape(width, heads, dh), "bias": qkv_b[j].reshape(heads, dh)}
+                for j, name in enumerate(("query", "key", "value"))}
+        attn["out"] = {"kernel": take(b + "attn.proj.weight").T.reshape(heads, dh, width),
+                       "bias": take(b + "attn.proj.bias")}
+        p["Transformer"][f"encoderblock_{i}"] = {
+            "LayerNorm_0": {"scale": take(b + "norm1.weight"), "bias": take(b + "norm1.bias")},
+            "MultiHeadDotProductAttention_1": attn,
+            "LayerNorm_2": {"scale": take(b + "norm2.weight"), "bias": take(b + "norm2.bias")},
+            "MlpBlock_3": {"Dense_0": {"kernel": take(b + "mlp.fc1.weight").T, "bias": take(b + "mlp.fc1.bias")},
+                           "Dense_1": {"kernel": take(b + "mlp.fc2.weight").T, "bias": take(b + "mlp.fc2.bias")}},
+        }
+    unused = sorted(set(sd) - used)
+    if unused:
+        raise FastViTError(f"{source}: {len(unused)} key(s) this ViT does not have, e.g. {unused[0]} "
+                           f"{tuple(sd[unused[0]].shape)}: refused rather than half-loaded")
+    return p
+
+
+def describe(folder_config: dict | None, source) -> Description:
+    desc = Description(NAME, folder_config=folder_config)
+    desc.state("gelu", "exact", "timm's ViT (nn.GELU)")
+    desc.state("ln_eps", 1e-6, "timm's ViT (LayerNorm eps 1e-6)")
+    cfg = (folder_config or {}).get("pretrained_cfg")
+    where = "config.json pretrained_cfg"
+    if cfg:
+        crop_mode = cfg.get("crop_mode", "center")
+        if crop_mode != "center":
+            raise FastViTError(f"{source}: pretrained_cfg crop_mode {crop_mode!r} is not supported (allowed: center)")
+        desc.state("family", "deit", f"{where} (shorter side to input/crop_pct, center crop)")
+        for key in ("mean", "std"):
+            if key in cfg:
+                desc.state(key, tuple(float(v) for v in cfg[key]), f"{where}.{key}")
+        if "interpolation" in cfg:
+            desc.state("interpolation", cfg["interpolation"], f"{where}.interpolation")
+        if "crop_pct" in cfg:
+            desc.state("crop_pct", float(cfg["crop_pct"]), f"{where}.crop_pct")
+        if "input_size" in cfg:
+            desc.state("image_size", int(cfg["input_size"][-1]), f"{where}.input_size")
+        if cfg.get("tag"):
+            desc.model_family = f"timm:{folder_config.get('architecture', '?')}.{cfg['tag']}"
+    else:
+        desc.model_family = "deit"
+        why = "no config.json with timm's pretrained_cfg beside the file; timm's ImageNet default (DeiT)"
+        desc.assume("family", "deit", why)
+    for key, value in IMAGENET_DEFAULT.items():
+        desc.assume(key, value, "timm's ImageNet default, the file's config does not say")
+    return desc
+
+
+def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
+    config = folder.config if folder else None
+    heads = ((config or {}).get("model_args") or {}).get("num_heads")
+    sd = {k: v.read() for k, v in stored.items()}
+    params = convert_state_dict(sd, heads, source)
+    desc = describe(config, source)
+    classes = (config or {}).get("num_classes")
+    head = params.get("head", {}).get("kernel")
+    if classes is not None and int(classes) != (0 if head is None else head.shape[1]):
+        raise FastViTError(f"{source}: config.json says num_classes {classes} but the head has "
+                           f"{0 if head is None else head.shape[1]} outputs")
+    return params, desc
+
+
+def to_state_dict(params: dict) -> dict[str, np.ndarray]:
+    """Inverse of convert_state_dict: Google params -> timm keys (for round-trip checks and export)."""
+    t = params["Transformer"]
+    width = params["cls"].shape[-1]
+    sd = {
+        "cls_token": params["cls"], "pos_embed": t["posembed_input"]["pos_embedding"],
+        "patch_embed.proj.weight": params["embedding"]["kernel"].transpose(3, 2, 0, 1),
+        "patch_embed.proj.bias": params["embedding"]["bias"],
+        "norm.weight": t["encoder_norm"]["scale"], "norm.bias": t["encoder_norm"]["bias"],
+    }
+    if "dist" in params:
+        sd["dist_token"] = params["dist"]
+    for head in ("head", "head_dist"):
+        if head in params:
+            sd[f"{head}.weight"], sd[f"{head}.bias"] = params[head]["kernel"].T, params[head]["bias"]
+    i = 0
+    while f"encoderblock_{i}" in t:
+        blk, b = t[f"encoderblock_{i}"], f"blocks.{i}."
+        attn = blk["MultiHeadDotProductAttention_1"]
+        sd[b + "attn.qkv.weight"] = np.concatenate(
+            [attn[n]["kernel"].reshape(width, width).T for n in ("query", "key", "value")], axis=0)
+        sd[b + "attn.qkv.bias"] = np.concatenate([attn[n]["bias"].reshape(width) for n in ("query", "key", "value")])
+        sd[b + "attn.proj.weight"] = attn["out"]["kernel"].reshape(width, width).T
+        sd[b + "attn.proj.bias"] = attn["out"]["bias"]
+        for src, dst in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+            sd[b + dst + ".weight"], sd[b + dst + ".bias"] = blk[src]["scale"], blk[src]["bias"]
+        for src, dst in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            sd[b + f"mlp.{dst}.weight"] = blk["MlpBlock_3"][src]["kernel"].T
+            sd[b + f"mlp.{dst}.bias"] = blk["MlpBlock_3"][src]["bias"]
+        i += 1
+    return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sd.items()}

@@ -1,0 +1,223 @@
+"""Hugging Face transformers folders: `ViTForImageClassification` / `ViTModel` (model.safetensors,
+pytorch_model.bin or flax_model.msgpack) and SigLIP vision towers (`SiglipVisionModel`, or the
+vision half of a `SiglipModel`), with config.json and preprocessor_config.json beside them.
+
+Names map one to one onto our tree (query/key/value Linears become (width, heads, head_dim)
+kernels; `layernorm_before`/`layernorm_after` are LayerNorm_0/LayerNorm_2; ViTModel's tanh pooler
+is our pre_logits; SigLIP's attention-pooling head is MAPHead_0). The GELU form, LayerNorm eps,
+heads and classes come from config.json (transformers' ViT uses eps 1e-12 and the exact GELU; SigLIP
+eps 1e-6 and the tanh GELU); the preprocessing from preprocessor_config.json (a square resize with
+its resample filter, rescale by 1/255, its mean and std).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.description import Description
+from fastvit_jax.errors import FastViTError
+
+NAME = "transformers"
+GELUS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_VIT = re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.weight$")
+_SIGLIP = "vision_model.embeddings.patch_embedding.weight"
+
+
+def matches(keys) -> bool:
+    return any(_VIT.match(_torch_name(k)) or _torch_name(k) == _SIGLIP for k in keys)
+
+
+def _torch_name(key: str) -> str:
+    return key.replace("/", ".")
+
+
+def torch_layout(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Flax msgpack names and layouts (a/b/kernel (in, out), scale) -> the PyTorch ones (a.b.weight
+    (out, in), weight): one mapping then serves both formats."""
+    if not any("/" in k for k in sd):
+        return sd
+    out = {}
+    for key, value in sd.items():
+        *path, leaf = key.split("/")
+        if leaf == "kernel":
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+            leaf = "weight"
+        elif leaf == "scale":
+            leaf = "weight"
+        out[".".join(path + [leaf])] = value
+    return out
+
+
+class _Keys:
+    """Takes keys from a state dict; whatever is left at the end was not understood."""
+
+    def __init__(self, sd, source):
+        self.sd, self.source, self.used = sd, source, set()
+
+    def __call__(self, key):
+        if key not in self.sd:
+            raise FastViTError(f"{self.source}: missing key {key} (transformers layout)")
+        self.used.add(key)
+        return self.sd[key]
+
+    def has(self, key):
+        return key in self.sd
+
+    def linear(self, name):
+        return {"kernel": self(name + ".weight").T, "bias": self(name + ".bias")}
+
+    def norm(self, name):
+        return {"scale": self(name + ".weight"), "bias": self(name + ".bias")}
+
+    def heads(self, name, heads):
+        w, b = self(name + ".weight").T, self(name + ".bias")  # (in, out)
+        return {"kernel": w.reshape(w.shape[0], heads, -1), "bias": b.reshape(heads, -1)}
+
+    def out(self, name, heads):
+        w = self(name + ".weight").T  # (in = heads * dh, width)
+        return {"kernel": w.reshape(heads, -1, w.shape[1]), "bias": self(name + ".bias")}
+
+    def finish(self, ignore=()):
+        unused = sorted(k for k in set(self.sd) - self.used if not any(k.startswith(p) for p in ignore))
+        if unused:
+            raise FastViTError(f"{self.source}: {len(unused)} key(s) this ViT does not have, e.g. {unused[0]} "
+                               f"{tuple(np.shape(self.sd[unused[0]]))}: refused rather than half-loaded")
+
+
+def vit_tree(sd: dict, config: dict, source) -> dict:
+    prefix = "vit." if any(k.startswith("vit.") for k in sd) else ""
+    take, heads = _Keys(sd, source), int(config["num_attention_heads"])
+    e = prefix + "embeddings."
+    p = {"embedding": {"kernel": take(e + "patch_embeddings.projection.weight").transpose(2, 3, 1, 0),
+                       "bias": take(e + "patch_embeddings.projection.bias")},
+         "cls": take(e + "cls_token"),
+         "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
+                         "encoder_norm": take.norm(prefix + "layernorm")}}
+    i = 0
+    while take.has(f"{prefix}encoder.layer.{i}.layernorm_before.weight"):
+        b = f"{prefix}encoder.layer.{i}."
+        attn = {n: take.heads(b + f"attention.attention.{n}", heads) for n in ("query", "key", "value")}
+        attn["out"] = take.out(b + "attention.output.dense", heads)
+        p["Transformer"][f"encoderblock_{i}"] = {
+            "LayerNorm_0": take.norm(b + "layernorm_before"), "MultiHeadDotProductAttention_1": attn,
+            "LayerNorm_2": take.norm(b + "layernorm_after"),
+            "MlpBlock_3": {"Dense_0": take.linear(b + "intermediate.dense"), "Dense_1": take.linear(b + "output.dense")}}
+        i += 1
+    if take.has(prefix + "pooler.dense.weight"):  # ViTModel: tanh(Dense(cls)), vision_transformer's pre_logits
+        p["pre_logits"] = take.linear(prefix + "pooler.dense")
+    if take.has("classifier.weight"):
+        p["head"] = take.linear("classifier")
+    take.finish()
+    return p
+
+
+def siglip_tree(sd: dict, config: dict, source) -> dict:
+    take, heads = _Keys(sd, source), int(config["num_attention_heads"])
+    v = "vision_model."
+    pe = take(v + "embeddings.position_embedding.weight")  # (N, D): an nn.Embedding over patch positions
+    p = {"embedding": {"kernel": take(v + "embeddings.patch_embedding.weight").transpose(2, 3, 1, 0),
+                       "bias": take(v + "embeddings.patch_embedding.bias")},
+         "Transformer": {"posembed_input": {"pos_embedding": pe[None]},
+                         "encoder_norm": take.norm(v + "post_layernorm")}}
+    i = 0
+    while take.has(f"{v}encoder.layers.{i}.layer_norm1.weight"):
+        b = f"{v}encoder.layers.{i}."
+        attn = {n: take.heads(b + f"self_attn.{t}_proj", heads) for n, t in (("query", "q"), ("key", "k"),
+                                                                             ("value", "v"))}
+        attn["out"] = take.out(b + "self_attn.out_proj", heads)
+        p["Transformer"][f"encoderblock_{i}"] = {
+            "LayerNorm_0": take.norm(b + "layer_norm1"), "MultiHeadDotProductAttention_1": attn,
+            "LayerNorm_2": take.norm(b + "layer_norm2"),
+            "MlpBlock_3": {"Dense_0": take.linear(b + "mlp.fc1"), "Dense_1": take.linear(b + "mlp.fc2")}}
+        i += 1
+    h = v + "head."
+    if take.has(h + "probe"):
+        w, bias = take(h + "attention.in_proj_weight"), take(h + "attention.in_proj_bias")  # (3D, D), (3D,)
+        width = w.shape[1]
+        attn = {n: {"kernel": w[j * width:(j + 1) * width].T.reshape(width, heads, -1),
+                    "bias": bias[j * width:(j + 1) * width].reshape(heads, -1)}
+                for j, n in enumerate(("query", "key", "value"))}
+        attn["out"] = take.out(h + "attention.out_proj", heads)
+        p["MAPHead_0"] = {"probe": take(h + "probe"), "MultiHeadDotProductAttention_0": attn,
+                          "LayerNorm_0": take.norm(h + "layernorm"),
+                          "MlpBlock_0": {"Dense_0": take.linear(h + "mlp.fc1"), "Dense_1": take.linear(h + "mlp.fc2")}}
+    take.finish(ignore=("text_model.", "logit_scale", "logit_bias"))  # a SiglipModel's other tower
+    return p
+
+
+def model_config(folder_config: dict | None, source, siglip: bool) -> dict:
+    if not folder_config:
+        raise FastViTError(f"{source}: a transformers checkpoint needs its config.json beside it "
+                           f"(heads, GELU and LayerNorm eps are not in the weights)")
+    config = folder_config.get("vision_config", folder_config) if siglip else folder_config
+    for key in ("num_attention_heads",):
+        if key not in config:
+            raise FastViTError(f"{source}: config.json has no {key}")
+    return config
+
+
+def describe(config: dict, pre: dict | None, siglip: bool, source) -> Description:
+    desc = Description(NAME)
+    act = config.get("hidden_act", "gelu_pytorch_tanh" if siglip else "gelu")
+    if act not in GELUS:
+        raise FastViTError(f"{source}: config.json hidden_act {act!r} is not supported (allowed: {', '.join(GELUS)})")
+    how = "config.json hidden_act" if "hidden_act" in config else "transformers' default hidden_act"
+    desc.state("gelu", GELUS[act], f"{how} {act!r}")
+    eps = config.get("layer_norm_eps")
+    desc.state("ln_eps", float(eps if eps is not None else 1e-6 if siglip else 1e-12),
+               "config.json layer_norm_eps" if eps is not None else "transformers' default layer_norm_eps")
+    if "image_size" in config:
+        desc.state("image_size", int(config["image_size"]), "config.json image_size")
+    labels = config.get("id2label")
+    if labels and not siglip:
+        desc.label_names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))]
+    where = "preprocessor_config.json"
+    if pre is None:
+        defaults = "SiglipImageProcessor" if siglip else "ViTImageProcessor"
+        why = f"no {where} in the folder; {defaults}'s defaults"
+        desc.assume("family", "inception", why + " (square resize)")
+        desc.assume("interpolation", "bicubic" if siglip else "bilinear", why)
+        desc.assume("mean", (0.5, 0.5, 0.5), why)
+        desc.assume("std", (0.5, 0.5, 0.5), why)
+        return desc
+    if not pre.get("do_resize", True) or pre.get("do_center_crop"):
+        raise FastViTError(f"{source}: {where} asks for do_resize={pre.get('do_resize')}, "
+                           f"do_center_crop={pre.get('do_center_crop')}: only a square resize is supported")
+    if pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise FastViTError(f"{source}: {where} rescale_factor {pre['rescale_factor']} is not 1/255")
+    desc.state("family", "inception", f"{where} (resize to size, no crop)")
+    resample = pre.get("resample", 3 if siglip else 2)
+    desc.state("interpolation", PIL_RESAMPLE.get(int(resample), "bilinear"), f"{where}.resample {resample}")
+    if pre.get("do_normalize", True):
+        for key in ("mean", "std"):
+            if f"image_{key}" in pre:
+                desc.state(key, tuple(float(x) for x in pre[f"image_{key}"]), f"{where}.image_{key}")
+    else:
+        desc.state("mean", (0.0, 0.0, 0.0), f"{where}.do_normalize false")
+        desc.state("std", (1.0, 1.0, 1.0), f"{where}.do_normalize false")
+    size = pre.get("size")
+    side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+    if side and "image_size" not in desc.sources:
+        desc.state("image_size", int(side), f"{where}.size")
+    return desc
+
+
+def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
+    sd = torch_layout({k: v.read() for k, v in stored.items()
+                       if not _torch_name(k).startswith("text_model.")})  # a SiglipModel's text half stays on disk
+    siglip = _SIGLIP in sd
+    folder_config = folder.config if folder else None
+    config = model_config(folder_config, source, siglip)
+    params = siglip_tree(sd, config, source) if siglip else vit_tree(sd, config, source)
+    desc = describe(config, folder.preprocessor if folder else None, siglip, source)
+    desc.folder_config = folder_config
+    desc.model_family = f"transformers:{folder_config.get('model_type', '?')}"
+    width = params["embedding"]["kernel"].shape[-1]
+    if int(config.get("hidden_size", width)) != width:
+        raise FastViTError(f"{source}: config.json hidden_size {config['hidden_size']} contradicts the weights "
+                           f"(width {width})")
+    return params, desc
