@@ -13,6 +13,10 @@ from scipy.special import erf
 
 
 def layer_norm(x, scale, bias, eps=1e-6):
+    return _layer_norm(x, scale, bias, eps)
+
+
+def _layer_norm(x, scale, bias, eps):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
     return (x - mu) / np.sqrt(var + eps) * scale + bias
@@ -35,7 +39,7 @@ def cosine(u, v):
 
 
 # ------------------------------------------------------------------ merging, one example
-def bipartite_groups(metric, r, protect_first=True, valid=None):
+def bipartite_groups(metric, r, protect_first=True, valid=None, protect_second=False):
     """Loop version of ToMe matching. Returns (output token list, each a list of input indices).
 
     A = even positions, B = odd positions. Each A token (not protected, real) picks its most similar
@@ -49,7 +53,8 @@ def bipartite_groups(metric, r, protect_first=True, valid=None):
     for a in a_idx:
         if (protect_first and a == 0) or not valid[a]:
             continue
-        cands = [(cosine(metric[a], metric[b]), -k, b) for k, b in enumerate(b_idx) if valid[b]]
+        cands = [(cosine(metric[a], metric[b]), -k, b) for k, b in enumerate(b_idx)
+                 if valid[b] and not (protect_second and b == 1)]  # a distillation token receives nothing
         if cands:
             s, _, b = max(cands)  # highest similarity; among equals the first B
             best[a] = (s, b)
@@ -58,6 +63,9 @@ def bipartite_groups(metric, r, protect_first=True, valid=None):
     for a in sorted(ranked):
         merged_into[best[a][1]].append(a)
     out = [[a] for a in a_idx if a not in ranked] + [merged_into[b] for b in b_idx]
+    if protect_second:  # ToMe keeps [cls, distill] in front: [cls, distill, other unmerged A, other B]
+        out.remove([1])
+        out.insert(1, [1])
     return [g for g in out if all(valid[i] for i in g)], [best[a][0] for a in ranked]
 
 
@@ -264,7 +272,7 @@ def attention(q_in, kv_in, f, pre, heads, size_log=None):
 
 # ------------------------------------------------------------------ forward
 def forward(flat, images, *, heads, gelu_exact=False, plan=None, metric_name="k", prop_attn=True,
-            pool="tok", features=False):
+            pool="tok", features=False, eps=1e-6):
     """Logits for images (B, H, W, 3). plan: list per block of None | ("global", r) |
     ("reduce", r, rule, combine, margin) |
     ("local", r_window, window, grid) | ("drop", r) | ("truncate", tokens_out).
@@ -289,9 +297,10 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
     x = np.array(patches)
     if "Transformer/posembed_input/pos_embedding" not in f:
         x = x + sincos_2d(gh, gw, x.shape[1])
-    pre_n = 1 if "cls" in f else 0
+    prefix = [f[k][0] for k in ("cls", "dist") if k in f]
+    pre_n = len(prefix)
     if pre_n:
-        x = np.concatenate([f["cls"][0], x])
+        x = np.concatenate(prefix + [x])
     if "Transformer/posembed_input/pos_embedding" in f:
         x = x + f["Transformer/posembed_input/pos_embedding"][0]
     size = np.ones(len(x))
@@ -321,12 +330,12 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
         if op is not None:
             metric = feats[metric_name]
             if op[0] == "global":
-                groups, _ = bipartite_groups(metric, op[1], protect_first=pre_n > 0)
+                groups, _ = bipartite_groups(metric, op[1], protect_first=pre_n > 0, protect_second=pre_n == 2)
                 x, size, pos = combine(groups, x, size, pos)
                 merged = True
             elif op[0] == "local":
                 groups = local_groups(metric[pre_n:], pos[pre_n:], op[1], op[2], op[3])
-                groups = [[0]] * pre_n + [[t + pre_n for t in g] for g in groups]
+                groups = [[p] for p in range(pre_n)] + [[t + pre_n for t in g] for g in groups]
                 x, size, pos = combine(groups, x, size, pos)
                 merged = True
             elif op[0] == "reduce":  # ("reduce", r, rule, combine, margin)
@@ -352,6 +361,10 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
         y = gelu(y @ f[pre + "MlpBlock_3/Dense_0/kernel"] + f[pre + "MlpBlock_3/Dense_0/bias"], gelu_exact)
         x = x + y @ f[pre + "MlpBlock_3/Dense_1/kernel"] + f[pre + "MlpBlock_3/Dense_1/bias"]
     x = layer_norm(x, f["Transformer/encoder_norm/scale"], f["Transformer/encoder_norm/bias"])
+    if pool == "tok" and pre_n == 2:
+        if features or "head/kernel" not in f:
+            return (x[0] + x[1]) / 2
+        return (x[0] @ f["head/kernel"] + f["head/bias"] + x[1] @ f["head_dist/kernel"] + f["head_dist/bias"]) / 2
     if pool == "tok":
         x = x[0]
     elif pool == "gap":

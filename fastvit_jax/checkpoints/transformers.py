@@ -23,12 +23,12 @@ from fastvit_jax.errors import FastViTError
 NAME = "transformers"
 GELUS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-_VIT = re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.weight$")
+_VIT = re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.(weight|kernel)$")
 _SIGLIP = "vision_model.embeddings.patch_embedding.weight"
 
 
 def matches(keys) -> bool:
-    return any(_VIT.match(_torch_name(k)) or _torch_name(k) == _SIGLIP for k in keys)
+    return any(_VIT.match(_torch_name(k)) or _torch_name(k).startswith(_SIGLIP[:-6]) for k in keys)
 
 
 def _torch_name(key: str) -> str:
