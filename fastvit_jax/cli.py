@@ -82,8 +82,20 @@ def model_forward(args, config, plan):
 
 
 # ---------------------------------------------------------------- commands
-@command("models", "list registered models")
+@command("models", "list registered models",
+         arg("--augreg", action="store_true", help="list the AugReg index instead (every file in gs://vit_models/augreg "
+                                                   "with pretraining, fine-tuning and recorded top-1); any FILE "
+                                                   "loads as --checkpoint FILE"))
 def cmd_models(args):
+    if args.augreg:
+        from fastvit_jax.augreg import COLUMNS, index
+
+        notes: list[str] = []
+        rows = index(notes=notes)
+        for note in notes:
+            print(f"fastvit: note: {note}", file=sys.stderr)
+        emit(args, rows, format_table(rows, list(COLUMNS)))
+        return
     rows = model_rows()
     emit(args, rows, format_table(rows, ["name", "family", "variant", "res", "classes", "preprocessing", "file"]))
 

@@ -137,10 +137,13 @@ def _build() -> dict[str, ModelEntry]:
                                f"{BIG_VISION}/siglip/{stem}.npz", label_set="none",
                                note="SigLIP image tower (the file's img/ tower), features only")
     for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
-        name = f"deit_{size}_patch16_224"
-        reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact"), "deit", None,
-                               note="DeiT (Touvron et al. 2021); convert timm weights with `fastvit convert`",
-                               bundled=f"{name}.npz" if size == "tiny" else None)
+        for distilled in (False, True):  # timm's Hugging Face copies of facebookresearch/deit's weights
+            name = f"deit_{size}{'_distilled' if distilled else ''}_patch16_224"
+            reg[name] = ModelEntry(name, variant_config(variant, 224, gelu="exact", distilled=distilled), "deit",
+                                   f"hf-hub:timm/{name}.fb_in1k",
+                                   note="DeiT (Touvron et al. 2021)" + (", distilled: mean of both heads"
+                                                                        if distilled else ""),
+                                   bundled=f"{name}.npz" if name == "deit_tiny_patch16_224" else None)
     # Small ViT for CIFAR-10 (32 px, patch 4 -> 8 x 8 grid): trained here with `fastvit train`.
     reg["vit_cifar_patch4_32"] = ModelEntry(
         "vit_cifar_patch4_32", ViTConfig(width=128, depth=6, heads=2, mlp_dim=256, patch=4, image_size=32,
@@ -201,6 +204,8 @@ def _short(url: str | None) -> str:
     """The file as its bucket names it: 'sam/ViT-B_16.npz', 'big_vision/vit_s16_i1k_300ep.npz'."""
     if url is None:
         return "(convert)"
+    if url.startswith("hf-hub:"):
+        return url
     return url.removeprefix(GCS + "/").removeprefix("https://storage.googleapis.com/")
 
 
