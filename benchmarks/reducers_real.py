@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from fastvit_jax import budget

@@ -8,7 +8,6 @@ folders (`test/<class>/*.jpg`) map to the sorted folder index; -1 means unlabell
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fastvit_jax.dataset import Dataset, EncodedImage, spread  # noqa: F401 (public here too)
 from fastvit_jax.errors import FastViTError
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -182,22 +182,6 @@ def decode(img: Image.Image) -> Image.Image:
 
 
 # ---------------------------------------------------------------- data sets
-@dataclasses.dataclass
-class Dataset:
-    items: list[tuple[object, int]]  # (path or zero-arg loader returning a PIL image, label)
-    class_names: list[str] | None = None  # for non-ImageNet folders
-    name: str = ""
-
-    def __len__(self):
-        return len(self.items)
-
-    def limit(self, n: int | None) -> "Dataset":
-        """n items spread evenly over the set (a class-sorted folder keeps all its classes); None: all."""
-        if n is not None and n < 1:
-            raise FastViTError(f"limit must be a positive number of images, got {n}")
-        return spread(self, n)
-
-
 def check_labels(labels, num_classes: int, name: str) -> None:
     """Labels must index the model's classes; -1 (unlabelled) is allowed."""
     labels = np.asarray(labels)
@@ -275,21 +259,6 @@ def packed_dataset(path: str | Path) -> Dataset:
                    [str(n) for n in names] or None, name=str(path))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class EncodedImage:
-    """Loader of one encoded image (packed sets, tfds): `read` returns its bytes when a batch needs them;
-    its str names it in skip reports."""
-
-    name: str
-    read: Callable[[], bytes] = dataclasses.field(repr=False)
-
-    def __call__(self) -> Image.Image:
-        return Image.open(io.BytesIO(self.read()))
-
-    def __str__(self) -> str:
-        return self.name
-
-
 def open_dataset(spec: str, **kw) -> Dataset:
     """An image folder or file, a packed .npz, or tfds:NAME[:SPLIT] (kw: data_dir, manual_dir for tfds)."""
     if spec.startswith("tfds:"):
@@ -350,14 +319,6 @@ def batches(ds: Dataset, preprocess: Callable, batch_size: int, *, workers: int 
             for j, (arr, lab, _, _) in enumerate(ok):
                 images[j], labels[j] = arr, lab
             yield Batch(images, labels, len(ok), [str(r[2]) for r in ok])
-
-
-def spread(ds: Dataset, n: int | None) -> Dataset:
-    """n items evenly spaced over ds (covers many classes of a class-sorted set); all when n is None."""
-    if not n or n >= len(ds):
-        return ds
-    picks = np.linspace(0, len(ds) - 1, n).round().astype(int)
-    return dataclasses.replace(ds, items=[ds.items[i] for i in picks])
 
 
 def load_arrays(ds: Dataset, preprocess, *, require_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from fastvit_jax.merge import bipartite, local, metrics, onehot
 from fastvit_jax.merge.apply import global_merge
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import local_block, make_plan, resolve_merge_impl
-from fastvit_jax.merge.state import TokenState, initial_state, merge_into
+from fastvit_jax.merge.state import TokenState, initial_state
 
 
 def _groups(source):

@@ -10,7 +10,6 @@ size; timm's ViT computes the exact GELU and LayerNorm with eps 1e-6.
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
