@@ -11,7 +11,8 @@ class FastViTError(Exception):
 
 
 def report_errors(fn: Callable[[], int | None], prog: str) -> int:
-    """Run fn; a FastViTError becomes one line on stderr (exit 2), Ctrl-C exit 130, not a traceback."""
+    """Run fn; a FastViTError becomes one line on stderr (exit 2), Ctrl-C exit 130, a closed pipe
+    exit 141 (128 + SIGPIPE), never a traceback."""
     try:
         return fn() or 0
     except FastViTError as e:
@@ -20,3 +21,8 @@ def report_errors(fn: Callable[[], int | None], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`fastvit models | head`): stop quietly, as a C tool would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141

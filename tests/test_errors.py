@@ -137,3 +137,18 @@ def test_limit_spreads_over_a_class_sorted_folder(tmp_path):
     ds = image_folder(tmp_path)
     assert sorted({label for _, label in ds.limit(8).items}) == [0, 1, 2, 3] and len(ds.limit(8)) == 8
     assert len(ds.limit(None)) == len(ds.limit(400)) == 40
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`fastvit inspect FILE | head -c 100`: the pipe closes early; exit 141 (SIGPIPE's), nothing on stderr."""
+    import subprocess
+    import sys
+
+    from conftest import TINY, google_checkpoint
+
+    np.savez(tmp_path / "t.npz", **google_checkpoint(TINY))
+    proc = subprocess.Popen([sys.executable, "-m", "fastvit_jax", "inspect", str(tmp_path / "t.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""

@@ -327,3 +327,18 @@ def test_inspect_names_the_layout_and_sources(tmp_path, capsys):
     assert d["description"]["sources"]["mean"] == "preprocessor_config.json.image_mean"
     code, out, _ = run(capsys, "inspect", str(folder))
     assert "transformers layout" in out and "<- config.json hidden_act 'gelu'" in out
+
+
+def test_convert_keeps_what_the_folder_said(tmp_path, capsys):
+    """`fastvit convert FOLDER OUT.npz` writes the folder's description into OUT, so OUT loads the same
+    model with the same preprocessing and no note."""
+    flat = google_checkpoint(CFG, seed=12)
+    folder = _folder(tmp_path / "hf", {"model.safetensors": hf_vit(flat, 3)})
+    code, out, _ = run(capsys, "convert", str(folder), str(tmp_path / "out.npz"))
+    assert code == 0 and "assumed" not in out
+    notes = []
+    p1, c1, pre1 = load_model(path=folder)
+    p2, c2, pre2 = load_model(path=tmp_path / "out.npz", notes=notes)
+    assert (c1, pre1, notes) == (c2, pre2, [])
+    images = _images()
+    np.testing.assert_array_equal(_forward(p1, c1, images), _forward(p2, c2, images))

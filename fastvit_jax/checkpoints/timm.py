@@ -107,10 +107,11 @@ def describe(folder_config: dict | None, source) -> Description:
             desc.model_family = f"timm:{folder_config.get('architecture', '?')}.{cfg['tag']}"
     else:
         desc.model_family = "deit"
-        why = "no config.json with timm's pretrained_cfg beside the file; timm's ImageNet default (DeiT)"
-        desc.assume("family", "deit", why)
+    why = ("timm's ImageNet defaults (DeiT's), since no config.json with timm's pretrained_cfg is beside the file"
+           if not cfg else "timm's ImageNet default, which pretrained_cfg leaves in place")
+    desc.assume("family", "deit", why)
     for key, value in IMAGENET_DEFAULT.items():
-        desc.assume(key, value, "timm's ImageNet default, the file's config does not say")
+        desc.assume(key, value, why)
     return desc
 
 
