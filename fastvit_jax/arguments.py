@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fastvit_jax.data import FAMILIES
 from fastvit_jax.errors import FastViTError
@@ -79,6 +80,14 @@ def load_model(args, need_weights: bool = True, need_head: bool = True):
     return loaded
 
 
+def check_images_exist(paths) -> None:
+    """Missing image files are a typo, refused before any model loads (unreadable ones are skipped later)."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FastViTError(f"image not found: {missing[0]}{more}")
+
+
 def add_data_args(p: argparse.ArgumentParser, help: str = "image folder, packed .npz (`fastvit pack`), "
                                                             "or tfds:NAME[:SPLIT]") -> None:
     p.add_argument("--data", required=True, help=help)
@@ -122,7 +131,7 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
         g.add_argument("--r", "--r-values", dest="r", default=r,
                        help="tokens merged per block: START:STOP[:STEP] (inclusive) or a comma list")
     else:
-        g.add_argument("--method", choices=METHODS, default="none")
+        g.add_argument("--method", choices=METHODS, help="merging method (default none: the dense model)")
         g.add_argument("--r", type=int, default=0, help="tokens merged per block (per layer for local: spread over windows)")
     g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
     g.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window size")
@@ -135,9 +144,11 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
-        g.add_argument("--target-speedup", type=positive_float, help="pick the smallest r reaching X times the dense speed")
-        g.add_argument("--speedup-by", choices=["measured", "flops"], default="measured",
-                       help="--target-speedup judged by timing the jit forward here, or by the FLOPs ratio")
+        g.add_argument("--target-speedup", type=positive_float,
+                       help="pick the smallest r with X times fewer FLOPs than dense (as in `fastvit tune`)")
+        g.add_argument("--speedup-by", choices=["flops", "measured"], default="flops",
+                       help="--target-speedup judged by the FLOPs ratio (default, deterministic) or by timing the "
+                            "jit forward here")
 
 
 def _options(args, method: str, r: int) -> MergeOptions:
@@ -150,7 +161,7 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
     """The one point of `add_merge_args(several=False)`, for `method` if given. With a config, r is
     chosen by --target-gflops / --target-speedup when one is given (params: for timing)."""
     if getattr(args, "plan", None):
-        if args.method != "none" or args.r or has_target(args):
+        if args.method not in (None, "none") or args.r or has_target(args):
             raise FastViTError("--plan gives the merge options; leave out --method/--r/--target-*")
         if config is None:
             raise FastViTError("--plan needs the model to check the plan against")
@@ -158,8 +169,15 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
 
         options = load_plan_options(args.plan, config)
         return options if method is None else _options(args, method, options.r)  # visualize --compare: the plan's r
-    options = _options(args, method or args.method, args.r)
+    if method is None and args.method is None and (args.r or has_target(args)):
+        raise FastViTError(f"{'--r ' + str(args.r) if args.r else '--target-*'} needs a merging --method "
+                           f"({', '.join(m for m in METHODS if m != 'none')})")
+    options = _options(args, method or args.method or "none", args.r)
     if config is None or not has_target(args):
+        if options.method != "none" and options.r == 0 and not getattr(args, "_noted_r0", False):
+            args._noted_r0 = True  # one note per command, however many times the options are read
+            print(f"fastvit: note: --method {options.method} with r = 0 is the dense model "
+                  f"(pass --r N or --target-gflops X)", file=sys.stderr)
         return options
     from fastvit_jax import budget
 

@@ -141,14 +141,16 @@ def cmd_convert(args):
 
 @command("predict", "top-5 classes of images", arg("images", nargs="+"), MODEL, MERGE)
 def cmd_predict(args):
+    arguments.check_images_exist(args.images)
     params, config, pre = arguments.load_model(args)
     forward = model_forward(args, config, merge_plan(args, config, params))
     results, failed = predict(forward, params, args.images, pre, label_names(config.num_classes))
     lines = [line for r in results for line in
              [r["image"], *(f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}" for t in r["top5"])]]
+    if failed and not results:
+        raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
     emit(args, results + [{"image": p, "error": why} for p, why in failed],
          "\n".join(lines + [f"skipped {p}: {why}" for p, why in failed]))
-    return 1 if failed and not results else 0
 
 
 @command("embed", "image features (pooled; --tokens adds per-token features and sources), dense or merged",
@@ -156,6 +158,7 @@ def cmd_predict(args):
          arg("--tokens", action="store_true", help="also the final tokens, their sizes and the patches each holds"),
          arg("--out", required=True, help="OUT.npz: features (B, D), paths[, tokens, sizes, sources]"))
 def cmd_embed(args):
+    arguments.check_images_exist(args.images)
     params, config, pre = arguments.load_model(args, need_head=False)
     plan = merge_plan(args, config, params)
     out, failed = embed_files(config, params, args.images, pre, plan, tokens=args.tokens, batch_size=args.batch_size)

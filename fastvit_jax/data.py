@@ -168,7 +168,8 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         return decode(Image.open(path))
     except IMAGE_ERRORS as e:  # PIL's own message may name the file again
-        raise FastViTError(f"{path}: cannot read image ({str(e).replace(f' {str(path)!r}', '')})") from None
+        why = str(e).replace(f": {str(path)!r}", "").replace(f" {str(path)!r}", "")  # PIL may name the file again
+        raise FastViTError(f"{path}: cannot read image ({why})") from None
 
 
 # What a damaged, truncated, unknown or oversized (decompression bomb) image raises while decoding.

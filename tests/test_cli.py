@@ -163,7 +163,7 @@ def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
 
 
 def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_path, monkeypatch):
-    """--target-speedup (measured by default) times with the command's params: a result, not a traceback.
+    """--target-speedup --speedup-by measured times with the command's params: a result, not a traceback.
     Timing is replaced by the FLOPs ratio here so the search is deterministic (and fast: a real
     measured search times ~8 plans, ~100 s on this CPU); bench's timing itself is tested elsewhere."""
     from fastvit_jax import bench
@@ -181,12 +181,17 @@ def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_p
     monkeypatch.setattr(bench, "time_forward", fake_time_forward)
     code, out, _ = run(capsys, "sharpness", "--checkpoint", str(ckpt), "--data", str(asset_path("images")),
                        "--num-images", "2", "--micro-batch", "2", "--iters", "2", "--method", "tome",
-                       "--target-speedup", "1.1", "--json")
+                       "--target-speedup", "1.1", "--speedup-by", "measured", "--json")
     res = json.loads(out)
     assert code == 0 and res["r"] > 0 and len(timed) > 2
     code, out, _ = run(capsys, "visualize", str(sorted(imgs.iterdir())[0]), "--checkpoint", str(ckpt), "--method",
-                       "lgtm", "--target-speedup", "1.1", "--out", str(tmp_path / "v.png"), "--json")
+                       "lgtm", "--target-speedup", "1.1", "--speedup-by", "measured", "--out", str(tmp_path / "v.png"),
+                       "--json")
     assert code == 0 and json.loads(out)["regions"]["lgtm"]["r"] > 0
+    timed.clear()  # by default the same flag is a FLOPs ratio, as in `fastvit tune`: nothing is timed
+    code, out, _ = run(capsys, "visualize", str(sorted(imgs.iterdir())[0]), "--checkpoint", str(ckpt), "--method",
+                       "lgtm", "--target-speedup", "1.1", "--out", str(tmp_path / "v.png"), "--json")
+    assert code == 0 and json.loads(out)["regions"]["lgtm"]["r"] > 0 and timed == []
 
 
 def test_files_say_what_they_are(setup, capsys, tmp_path):

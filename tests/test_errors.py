@@ -114,8 +114,11 @@ def test_unreadable_images_are_skipped_and_reported(files, capsys, tmp_path, mon
 def test_predict_lists_failures(files, capsys, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    code, out, _ = run(capsys, ["predict", bad, *model(files), "--json"])
-    assert code == 1 and json.loads(out) == [{"image": str(bad), "error": "cannot read image (cannot identify image file)"}]
+    code, out, err = run(capsys, ["predict", bad, *model(files), "--json"])
+    assert code == 2 and out == "" and err == (f"fastvit: error: no readable image: {bad}: "
+                                               f"cannot read image (cannot identify image file)\n")
+    code, _, err = run(capsys, ["predict", tmp_path / "nosuchimage.jpg", *model(files)])
+    assert code == 2 and err == f"fastvit: error: image not found: {tmp_path / 'nosuchimage.jpg'}\n"
     code, out, _ = run(capsys, ["predict", bad, files / "imgs" / "n01440764_a.png", *model(files)])
     assert code == 0 and out.count(str(bad)) == 1
 
@@ -152,3 +155,16 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     proc.stdout.close()  # the reader leaves before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == ""
+
+
+def test_r_without_method_is_refused_and_method_without_r_noted(capsys):
+    from fastvit_jax.cli import main
+
+    code = main(["plan", "--r", "8"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err == ("fastvit: error: --r 8 needs a merging --method "
+                                 "(tome, dfe, lgtm, drop, pitome, tofu, mctf)\n")
+    code = main(["plan", "--method", "tome", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err.count("fastvit: note: --method tome with r = 0 is the dense model") == 1
+    assert json.loads(out)["plan"]["r"] == 0
