@@ -57,7 +57,18 @@ def candidates(config, methods: list[str], metrics: list[str], target_gflops: fl
                     found.append(budget.options_for_gflops(config, base, target_gflops))
                 except FastViTError as e:
                     skipped.append(str(e))
-    return list(dict.fromkeys(found)), skipped
+    return distinct_plans(config, found), skipped
+
+
+def distinct_plans(config, options: list[MergeOptions]) -> list[MergeOptions]:
+    """The first options of each distinct plan: knobs that change nothing (ToFu's prune blocks inside
+    the skipped blocks, say) would score the same model twice."""
+    from fastvit_jax.sweep import same_numbers
+
+    seen = {}
+    for o in options:
+        seen.setdefault(same_numbers(make_plan(config, o)), o)
+    return list(seen.values())
 
 
 def describe(options: MergeOptions) -> str:

@@ -31,3 +31,4 @@ def test_notebook_executes(path, tmp_path):
     cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += "\n# test overrides\n" + TINY[path.name]
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert not list(tmp_path.iterdir()), "a notebook leaves files beside itself"

@@ -135,6 +135,9 @@ def test_candidates_meet_the_budget():
     for o in found:  # each is the smallest r meeting the budget
         assert gflops(CFG, make_plan(CFG, o)) <= target < gflops(CFG, make_plan(CFG, o.replace(r=o.r - 1)))
     assert MergeOptions("tome", 20, skip=0) in found
+    plans = [make_plan(CFG, o) for o in found]  # no plan is scored twice (tofu skip=1 prune_blocks=0 and =1)
+    assert len({(p.ops, p.metric, p.prop_attn) for p in plans}) == len(found)
+    assert not any(o.method == "tofu" and o.skip == 1 and o.prune_blocks == 1 for o in found)
     with pytest.raises(FastViTError, match="tune cannot search drop"):
         candidates(CFG, ["drop"], ["k"], target)
 
