@@ -181,8 +181,10 @@ def cmd_eval(args):
     res = evaluate(model_forward(args, config, plan), params, arguments.open_data(args).limit(args.limit), pre,
                    batch_size=args.batch_size, progress=not args.no_progress, num_classes=config.num_classes)
     res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "clamped": plan.clamped,
+                "reducer": plan.summary()["reducer"] if plan.method not in ("none", "drop") else "-",
                 "options": plan.options.to_dict(), "plan": plan.summary()})
-    text = format_table([res], ["method", "r", "top1", "top5", "images", "images_per_s", "gflops", "clamped"])
+    text = format_table([res], ["method", "reducer", "r", "top1", "top5", "images", "images_per_s", "gflops",
+                                "clamped"])
     emit(args, res, "\n".join([text] + [f"skipped {p}: {why}" for p, why in res["failed"]]))
 
 

@@ -27,9 +27,13 @@ def run_demo(options: list[MergeOptions], runs: int = 3, progress: bool = True) 
     ds = image_folder(asset_path("images"))
     batch = next(batches(ds, pre, len(ds)))
     plans = {o: make_plan(config, o) for o in options}
-    with tqdm(total=runs, desc="demo: timing rounds", disable=not progress, leave=False) as bar:
+    with tqdm(total=runs, desc=f"demo: compiling {len(plans)} plans", disable=not progress, leave=False) as bar:
+        def round_done(i):  # the first round ends after every plan compiled and ran once
+            bar.set_description("demo: timing rounds", refresh=False)
+            bar.update(1)
+
         speed = time_forwards(config, params, plans, batch_size=batch.count, runs=runs, warmup=1, warmup_s=0.0,
-                              progress=lambda i: bar.update(1))
+                              progress=round_done)
     rows, logits = [], {}
     for o, plan in plans.items():
         logits[o] = np.asarray(jax.block_until_ready(make_forward(config, plan)(params, batch.images)))

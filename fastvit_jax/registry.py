@@ -195,9 +195,12 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return REGISTRY[ALIASES.get(name, name)]
     except KeyError:
-        close = [n for n in REGISTRY if name.split("_")[0] in n][:8]
-        raise FastViTError(f"unknown model {name!r}; e.g. {', '.join(close or sorted(REGISTRY)[:8])} "
-                           f"(`fastvit models` lists all)") from None
+        import difflib
+
+        close = difflib.get_close_matches(name, list(REGISTRY) + list(ALIASES), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else \
+            f"e.g. {', '.join(sorted(REGISTRY)[:6])}"
+        raise FastViTError(f"unknown model {name!r}; {hint} (`fastvit models` lists all)") from None
 
 
 def _short(url: str | None) -> str:

@@ -10,15 +10,18 @@ import time
 from pathlib import Path
 
 
-def _cell(v) -> str:
+def _cell(v, column: str = "") -> str:
     if isinstance(v, float):
+        if column.endswith("per_s") or column.endswith("_s"):  # rates and seconds: one decimal, whatever the size
+            return f"{v:.1f}"
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return "-" if v is None else str(v)
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
-    """Aligned plain-text table; floats to 4 decimals (1 from 10 up), None as '-'."""
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    """Aligned plain-text table; floats to 4 decimals (1 from 10 up; rates and seconds always 1),
+    None as '-'."""
+    cells = [[_cell(r.get(c), c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

@@ -101,8 +101,10 @@ def test_bench_random_weights(capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["eval", "--checkpoint", "/nonexistent.npz", "--data", "."], "checkpoint not found: /nonexistent.npz"),
-    (["predict", "x.jpg", "--model", "vit_nonsense"], "unknown model 'vit_nonsense'"),
-    (["predict", "x.jpg", "--model", "deit_small_patch16_224"], "hf-hub:timm/deit_small_patch16_224.fb_in1k"),
+    (["plan", "--model", "vit_nonsense"], "unknown model 'vit_nonsense'"),
+    (["plan", "--model", "vit_smal_patch16_224"], "did you mean 'vit_small_patch16_224'"),
+    (["plan", "--model", "deit_small_patch16_224", "--checkpoint", "hf-hub:timm/deit_small_patch16_224.fb_in1k"],
+     "hf-hub:timm/deit_small_patch16_224.fb_in1k"),
     (["bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "-3"], "r must be a non-negative"),
 ])
 def test_errors_are_one_line(capsys, argv, msg):

@@ -103,8 +103,10 @@ def rename(params: dict, source) -> dict:
 
 
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
-    flat = select_tower(stored, source, tower)
-    params = rename(unflatten({k: v.read() for k, v in flat.items()}), source)
+    from fastvit_jax.checkpoints.google import fix_groupnorm
+
+    flat = select_tower(stored, source, tower)  # hybrids saved by today's flax get these names too
+    params = rename(unflatten({k: fix_groupnorm(k, v).read() for k, v in flat.items()}), source)
     desc = Description(NAME)
     desc.assume("gelu", "tanh", "big_vision's ViT uses flax's nn.gelu (tanh approximation)")
     desc.assume("ln_eps", 1e-6, "flax LayerNorm as in big_vision")
