@@ -1,7 +1,17 @@
+import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# JAX's persistent compilation cache for the whole suite, set before anything imports jax so the
+# processes tests start (CLI subprocesses, notebook kernels, peers) inherit it: the same program
+# compiled again (a model's init, a CLI run of a plan another test compiled) is read back instead.
+# One folder per xdist worker, so no two processes write one entry at once.
+_CACHE = Path(tempfile.gettempdir()) / f"fastvit_tests_jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

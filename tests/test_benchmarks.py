@@ -23,22 +23,41 @@ def script(name):
     return mod
 
 
-def test_merge_regions_on_bundled_images(tmp_path, capsys):
-    script("merge_regions").main(["--data", str(asset_path("images")), "--num-images", "4", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "regions_224.json").read_text())
+@pytest.fixture
+def tiny_labelled(tmp_path):
+    """Structure, not numbers: a tiny random CIFAR-shaped model (8 x 8 tokens) and 6 labelled images."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    for cls in ("airplane", "cat"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    config = REGISTRY["vit_cifar_patch4_32"].config
+    checkpoint.save_npz(jax.tree_util.tree_map(np.asarray, init_params(config)), tmp_path / "tiny.npz")
+    return tmp_path / "data", tmp_path / "tiny.npz"
+
+
+def test_merge_regions_writes_matched_plans(tiny_labelled, tmp_path, capsys):
+    data, ckpt = tiny_labelled
+    script("merge_regions").main(["--data", str(data), "--num-images", "4", "--model", "vit_cifar_patch4_32",
+                                  "--checkpoint", str(ckpt), "--tome-r", "4", "--window", "3", "--skip", "1",
+                                  "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "regions_32.json").read_text())
     assert [r["method"] for r in rows] == ["tome", "lgtm", "lgtm"] and all(r["images"] == 4 for r in rows)
     assert all(0 <= r["connected_share"] <= 1 for r in rows)
-    assert abs(rows[1]["final_tokens"] - rows[0]["final_tokens"]) <= 8  # matched token counts
+    assert abs(rows[1]["final_tokens"] - rows[0]["final_tokens"]) <= 4  # matched token counts
 
 
-def test_sharpness_table2_resumes(tmp_path, capsys):
+def test_sharpness_table2_resumes(tiny_labelled, tmp_path, capsys):
+    data, ckpt = tiny_labelled
     mod, out = script("sharpness_table2"), tmp_path / "s.json"
-    args = ["--data", str(asset_path("images")), "--num-images", "4", "--micro-batch", "2", "--iters", "2",
-            "--configs", "none:0:0,tome:8:0", "--out", str(out)]
+    args = ["--model", "vit_cifar_patch4_32", "--checkpoint", str(ckpt), "--data", str(data), "--num-images", "4",
+            "--micro-batch", "2", "--iters", "2", "--configs", "none:0:0,tome:4:0", "--out", str(out)]
     mod.main(args)
     first = json.loads(out.read_text())
-    assert [(r["method"], r["r"]) for r in first] == [("none", 0), ("tome", 8)] and all(r["hvps"] == 2 for r in first)
-    mod.main(args[:-4] + ["--configs", "none:0:0,tome:8:0,tome:8:2", "--out", str(out)])
+    assert [(r["method"], r["r"]) for r in first] == [("none", 0), ("tome", 4)] and all(r["hvps"] == 2 for r in first)
+    mod.main(args[:-4] + ["--configs", "none:0:0,tome:4:0,tome:4:2", "--out", str(out)])
     second = json.loads(out.read_text())
     assert second[:2] == first and (second[2]["method"], second[2]["skip"]) == ("tome", 2)
 
