@@ -165,3 +165,40 @@ def test_other_settings_into_the_same_out_are_refused(tiny_setup, tmp_path, caps
                                                   num_classes=1000), seed=1))
     assert _sweep(other, imgs, out, r="4") == 2 and "model.weights" in capsys.readouterr().err
     assert len(_rows(out)) == 2
+
+
+def test_committed_benchmark_results_still_match_their_settings(shared_dir):
+    """Results recorded before a settings field existed (the config's pool/posemb/distilled, the
+    preprocessing's mean/std/interpolation) compare equal to its default, so the committed studies
+    resume without new work instead of being refused as "other settings"."""
+    from pathlib import Path
+
+    from fastvit_jax.data import image_folder
+    from fastvit_jax.demo import bundled_model
+    from fastvit_jax.recorded import check_settings
+    from fastvit_jax.sweep import SWEEP, sweep_settings
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "deit_tiny"
+    params, config, pre = bundled_model()
+    settings = sweep_settings(params, config, pre, image_folder(shared_dir / "data" / "imagenet-samples"), 32)
+    saved = json.loads((root / "sweep" / "settings.json").read_text())
+    assert "distilled" not in saved["model"]["config"] and "mean" not in saved["preprocess"]  # an old record
+    for folder in sorted(p for p in root.iterdir() if (p / "settings.json").exists()):
+        check_settings(folder, settings, **SWEEP)  # raises naming the difference if any
+
+
+def test_committed_cifar_study_matches_its_settings(shared_dir):
+    from pathlib import Path
+
+    from fastvit_jax.data import open_dataset
+    from fastvit_jax.hub import load_model
+    from fastvit_jax.recorded import check_settings
+    from fastvit_jax.sweep import SWEEP, sweep_settings
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cifar_sam_vs_adamw"
+    ds = open_dataset(str(shared_dir / "data" / "cifar10" / "test"))
+    for name in ("adamw", "sam"):
+        params, config, pre = load_model(f"vit_cifar_{name}")
+        saved = json.loads((root / name / "sweep" / "settings.json").read_text())
+        settings = sweep_settings(params, config, pre, ds.limit(saved["data"]["images"]), saved["batch_size"])
+        check_settings(root / name / "sweep", settings, **SWEEP)
