@@ -4,6 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import TINY, google_checkpoint
 from fastvit_jax import analysis, checkpoint
@@ -21,6 +22,7 @@ def test_mean_pairwise_cosine_by_loops():
     np.testing.assert_allclose(analysis.mean_pairwise_cosine(jnp.asarray(h)), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_block_statistics_match_intermediates():
     params = checkpoint.unflatten(google_checkpoint(TINY))
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
@@ -58,6 +60,7 @@ def test_posemb_similarity_without_class_token_and_for_sincos():
     assert sincos.shape == (8, 8) and abs(sincos[3, 3] - 1) < 1e-6 and sincos[3, 4] > sincos[3, 7]
 
 
+@pytest.mark.slow
 def test_analyze_cli(tmp_path, capsys):
     code = main(["analyze", "--data", str(asset_path("images")), "--num-images", "4", "--r-values", "8",
                  "--out", str(tmp_path), "--json"])

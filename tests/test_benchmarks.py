@@ -38,6 +38,7 @@ def tiny_labelled(tmp_path):
     return tmp_path / "data", tmp_path / "tiny.npz"
 
 
+@pytest.mark.slow
 def test_merge_regions_writes_matched_plans(tiny_labelled, tmp_path, capsys):
     data, ckpt = tiny_labelled
     script("merge_regions").main(["--data", str(data), "--num-images", "4", "--model", "vit_cifar_patch4_32",
@@ -49,6 +50,7 @@ def test_merge_regions_writes_matched_plans(tiny_labelled, tmp_path, capsys):
     assert abs(rows[1]["final_tokens"] - rows[0]["final_tokens"]) <= 4  # matched token counts
 
 
+@pytest.mark.slow
 def test_sharpness_table2_resumes(tiny_labelled, tmp_path, capsys):
     data, ckpt = tiny_labelled
     mod, out = script("sharpness_table2"), tmp_path / "s.json"
@@ -89,6 +91,7 @@ def test_cifar_study_on_tiny_data(tmp_path, capsys):
     assert (out / "accuracy_drop_vs_r.png").exists() and "dense top-1" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_merging_round_robin_table(tmp_path, capsys):
     out = tmp_path / "bm.json"
     script("bench_merging").main(["--models", "vit_cifar_patch4_32", "--methods", "tome,lgtm", "--r", "4",
@@ -106,6 +109,7 @@ def test_bench_merging_round_robin_table(tmp_path, capsys):
     assert "lgtm" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
     from fastvit_jax.flops import gflops
     from fastvit_jax.merge.options import MergeOptions

@@ -39,6 +39,7 @@ def test_bundled_images_classified():
     assert int((logits.argmax(-1) == b.labels).sum()) == 25
 
 
+@pytest.mark.slow
 def test_demo_json(capsys):
     assert main(["demo", "--json", "--configs", "none:0,dfe:8", "--runs", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)

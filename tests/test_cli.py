@@ -90,6 +90,7 @@ def test_inspect_and_convert(setup, capsys, tmp_path):
     assert cfg2 == cfg
 
 
+@pytest.mark.slow
 def test_bench_random_weights(capsys):
     code, out, _ = run(capsys, "bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "8",
                        "--batch-size", "2", "--runs", "2", "--json")
@@ -119,10 +120,12 @@ def test_download_error_is_one_line(capsys, tmp_path, monkeypatch):
     entry = registry.REGISTRY["vit_small_patch16_224"]
     monkeypatch.setitem(registry.REGISTRY, "vit_small_patch16_224",
                         entry.__class__(**{**entry.__dict__, "url": "http://127.0.0.1:9/x/S_16.npz"}))
-    code, _, err = run(capsys, "predict", "x.jpg", "--model", "vit_small_patch16_224")
+    code, _, err = run(capsys, "plan", "--model", "vit_small_patch16_224", "--checkpoint",
+                       registry.REGISTRY["vit_small_patch16_224"].url)
     assert code == 2 and "could not download http://127.0.0.1:9/x/S_16.npz" in err and str(tmp_path / "x" / "S_16.npz") in err
 
 
+@pytest.mark.slow
 def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):
     """Real DeiT-Tiny weights through the converter: accuracy on the first 200 real images."""
     weights = shared_dir / "weights" / "deit_tiny_patch16_224.safetensors"
@@ -139,6 +142,7 @@ def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):
     assert (json.loads(out)["top1"], json.loads(out)["top5"]) == (res["top1"], res["top5"]) and "note" not in err
 
 
+@pytest.mark.slow
 def test_sharpness_json(capsys):
     """Bundled model, 4 bundled images: lambda_max reported with the iteration and HVP counts."""
     from fastvit_jax.registry import asset_path
@@ -164,6 +168,7 @@ def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
     assert out.splitlines()[0].split()[-1] == "clamped" and out.splitlines()[1].split()[-1] == "True"
 
 
+@pytest.mark.slow
 def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_path, monkeypatch):
     """--target-speedup --speedup-by measured times with the command's params: a result, not a traceback.
     Timing is replaced by the FLOPs ratio here so the search is deterministic (and fast: a real

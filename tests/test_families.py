@@ -97,6 +97,7 @@ def test_family_matches_numpy(tmp_path, family, method):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gap_r0_is_dense_bit_for_bit_and_pools_by_size(tiny_config):
     config = FAMILIES["gap"]
     params = checkpoint.unflatten(google_checkpoint(config))
@@ -316,6 +317,7 @@ def test_predict_infers_the_family_and_matches_numpy(tmp_path, capsys, family):
     assert code == 0 and f"family: {config.family}" in out
 
 
+@pytest.mark.slow
 def test_eval_with_tome_reports_fewer_gflops_on_every_family(tmp_path, capsys):
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -143,6 +143,7 @@ def test_random_metric_reproducible(tiny_config):
 @settings(max_examples=3, deadline=None)  # each example compiles a plan (~20 s on 2 cores)
 @given(method=st.sampled_from(["tome", "dfe", "lgtm"]), r=st.integers(0, 40), window=st.integers(2, 5),
        seed=st.integers(0, 1000))
+@pytest.mark.slow
 def test_merge_invariants(method, r, window, seed):
     """Sizes sum to the patch count (+ cls), each token is the size-weighted mean of its sources,
     the cls token is never merged, and no block merges more than half its tokens."""

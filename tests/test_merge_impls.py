@@ -137,6 +137,7 @@ def test_dense_impl_model_matches_reference(tiny_config, method, r, metric, kw):
         np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_gap_model_with_odd_token_counts_same_both_ways():
     """No class token (nothing protected), 7 x 7 grid: odd token counts in every block."""
     config = ViTConfig(width=32, depth=4, heads=2, mlp_dim=64, patch=4, image_size=28, num_classes=5, pool="gap")
@@ -181,6 +182,7 @@ def test_dense_impl_lowers_without_sort_scatter_gather(tiny_config, options):
         assert (found == []) == expect_none, (impl, found)
 
 
+@pytest.mark.slow
 def test_cli_merge_impl(capsys):
     assert main(["bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "8", "--runs", "1",
                  "--batch-size", "2", "--merge-impl", "dense", "--json"]) == 0

@@ -102,6 +102,7 @@ def test_budget_speedup_by_flops_and_impossible():
         budget.options_for_gflops(cfg, MergeOptions(), 1.0)
 
 
+@pytest.mark.slow
 def test_target_gflops_cli(capsys):
     from fastvit_jax.cli import main
 

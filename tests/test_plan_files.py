@@ -89,6 +89,7 @@ def test_plan_file_round_trip_and_refusals(tmp_path):
         load_plan_options(path, CFG)
 
 
+@pytest.mark.slow
 def test_plan_command_and_plan_flag(setup, capsys, tmp_path):
     ckpt, imgs = setup
     plan = tmp_path / "plan.json"
@@ -142,6 +143,7 @@ def test_candidates_meet_the_budget():
         candidates(CFG, ["drop"], ["k"], target)
 
 
+@pytest.mark.slow
 def test_tune_writes_the_best_plan_and_resumes(setup, capsys, tmp_path):
     ckpt, imgs = setup
     out = tmp_path / "best.json"

@@ -20,6 +20,7 @@ def _data(n=4, seed=0):
     return rng.standard_normal((n, 16, 16, 3)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_hvp_equals_explicit_hessian_on_tiny_vit():
     params = init_params(MICRO, jax.random.PRNGKey(1))
     images, labels = _data()
@@ -71,6 +72,7 @@ def test_hvp_of_quadratic_loss():
     np.testing.assert_allclose(hvp(jnp.ones(4), v), a @ np.asarray(v), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lambda_max_dense_equals_r0_and_lanczos_agrees():
     params = init_params(MICRO, jax.random.PRNGKey(3))
     images, labels = _data(8, seed=1)

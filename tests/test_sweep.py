@@ -48,6 +48,7 @@ def _sweep(ckpt, imgs, out, r="0:8:4", extra=()):
                  "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json", *DESCRIBED, *extra])
 
 
+@pytest.mark.slow
 def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
     ckpt, imgs = tiny_setup
     out = tmp_path / "sweep"
@@ -69,6 +70,7 @@ def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
     assert len(rows) == 6 and len((out / "results.csv").read_text().splitlines()) == 7
 
 
+@pytest.mark.slow
 def test_remeasure_keeps_accuracy(tiny_setup, tmp_path, capsys):
     ckpt, imgs = tiny_setup
     out = tmp_path / "s"
@@ -92,6 +94,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sweep_resumes_only_points_with_the_same_options(tiny_setup, tmp_path, capsys, monkeypatch):
     ckpt, imgs = tiny_setup
     out = tmp_path / "sweep"
@@ -105,6 +108,7 @@ def test_sweep_resumes_only_points_with_the_same_options(tiny_setup, tmp_path, c
     assert len(_rows(out)) == 6
 
 
+@pytest.mark.slow
 def test_remeasure_rebuilds_plans_from_stored_options(tiny_setup, tmp_path, capsys, monkeypatch):
     ckpt, imgs = tiny_setup
     out = tmp_path / "s"

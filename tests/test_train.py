@@ -225,6 +225,7 @@ def test_batches_reproducible():
     assert not np.array_equal(a, train_mod.batch_indices(100, 32, 1, 7))
 
 
+@pytest.mark.slow
 def test_train_cli_from_scratch_on_class_folders(tmp_path, capsys):
     """`fastvit train` on CIFAR-style class folders (label = sorted folder index), then eval reads it back."""
     import json
