@@ -15,14 +15,14 @@ LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
 from fastvit_jax.bench import time_forwards
 from fastvit_jax.errors import report_errors
-from fastvit_jax.merge.plan import MERGE_IMPLS, make_plan, resolve_merge_impl
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.runtime import MERGE_IMPLS, Runtime, resolve_merge_impl
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
 from fastvit_jax.report import format_table, machine, write_json
@@ -52,8 +52,10 @@ def main(argv=None):
         params = init_params(config)
         use_peer = timm_tome is not None and not args.no_peer and args.dtype == "float32"
         impls = list(dict.fromkeys(resolve_merge_impl(i) for i in args.merge_impls.split(",")))
-        plans = {("none", 0, None): None} | {(o.method, o.r, impl): dataclasses.replace(make_plan(config, o), merge_impl=impl)
+        runtime = Runtime.from_args(args)
+        plans = {("none", 0, None): None} | {(o.method, o.r, impl): make_plan(config, o)
                                              for o in merge_points(args) for impl in impls}
+        runtimes = {key: runtime.replace(merge_impl=key[2]) for key in plans if key[2]}
         peers = {}
         for (method, r, impl), plan in plans.items():
             if impl not in (None, impls[0]):
@@ -64,7 +66,7 @@ def main(argv=None):
                 peers[("peer", method, r)] = timm_tome.model_runner(model, args.batch_size, config.image_size)
         print(f"{name}: compiling {len(plans)} variants", file=sys.stderr)
         res = time_forwards(config, params, plans, batch_size=args.batch_size, runs=args.runs, warmup_s=args.warmup_s,
-                            dtype=args.dtype, examples_per_step=args.examples_per_step, others=peers,
+                            runtime=runtime, runtimes=runtimes, others=peers,
                             progress=lambda i: print(f"{name}: round {i + 1}/{args.runs}", file=sys.stderr))
         dense = res[("none", 0, None)]
         for (method, r, impl), plan in plans.items():

@@ -29,7 +29,8 @@ from fastvit_jax.arguments import ArgumentParser
 from fastvit_jax.errors import report_errors
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import parse_points
-from fastvit_jax.merge.plan import MERGE_IMPLS, MERGING_KINDS, make_plan, resolve_merge_impl
+from fastvit_jax.merge.plan import MERGING_KINDS, make_plan
+from fastvit_jax.runtime import MERGE_IMPLS, Runtime, resolve_merge_impl
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
 from fastvit_jax.report import format_table, machine, write_json
@@ -105,7 +106,7 @@ def count_lowered(text: str) -> dict:
 def census(config, plan, impl: str, batch: int, platforms: list[str]) -> dict:
     params = jax.eval_shape(lambda: init_params(config))
     images = jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, 3), jnp.float32)
-    forward = make_forward(config, plan, "float32", None, impl)
+    forward = make_forward(config, plan, Runtime(examples_per_step=None, merge_impl=impl))
     out = {"compiled": count_compiled(forward.lower(params, images).compile().as_text())}
     for platform in platforms:
         out[platform] = count_lowered(export.export(forward, platforms=[platform])(params, images).mlir_module())

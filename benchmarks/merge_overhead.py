@@ -36,6 +36,7 @@ from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import free_merging, make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.report import format_table, machine, write_json
 
 
@@ -64,8 +65,7 @@ def compile_variants(config, points, args, params, images) -> dict:
     for o in points:
         plan = make_plan(config, o)
         for free in ((False,) if plan.is_dense else (False, True)):
-            fn = make_forward(config, free_merging(plan) if free else plan, args.dtype, args.examples_per_step,
-                              args.merge_impl)
+            fn = make_forward(config, free_merging(plan) if free else plan, Runtime.from_args(args))
             t0 = time.perf_counter()
             jax.block_until_ready(fn(params, images))
             variants[(o, free)] = fn

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from fastvit_jax.data import FAMILIES
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.runtime import ATTENTIONS, DTYPES, MERGE_IMPLS
 from fastvit_jax.merge.options import (DEFAULT_WINDOW, METHODS, METRICS, REDUCERS, MergeOptions, parse_methods,
                                        parse_r)
-from fastvit_jax.merge.plan import MERGE_IMPLS
 
-DTYPE_CHOICES = ("float32", "bfloat16")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -103,8 +102,9 @@ def open_data(args):
 
 
 def add_speed_args(p: argparse.ArgumentParser) -> None:
-    """--dtype, --examples-per-step and --merge-impl (see fastvit_jax.forward)."""
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="activation dtype")
+    """How the forward runs: one fastvit_jax.runtime.Runtime (`Runtime.from_args`)."""
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="activation dtype (matching scores and token sizes stay float32)")
     p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
                    help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
                         "on GPU/TPU; none = the whole batch")
@@ -112,6 +112,9 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="how merging runs (same merges either way): gather = top_k, gathers, scatter-add (fastest on "
                         "CPU and GPU); dense = comparisons and one-hot matmuls, no sort/scatter/gather; "
                         "auto = dense on TPU, else gather")
+    p.add_argument("--attention", choices=ATTENTIONS, default="auto",
+                   help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "
+                        "fused kernel on GPUs for bfloat16); auto = fused on GPU for bfloat16, else einsum")
 
 
 def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods: str = "tome,dfe,lgtm",

@@ -18,19 +18,19 @@ import numpy as np
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward, resolve_examples_per_step
-from fastvit_jax.merge.plan import MergePlan, resolve_merge_impl
+from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.runtime import Runtime
 
 
 def forward_runner(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32,
-                   dtype: str = "float32", seed: int = 0, examples_per_step="auto",
-                   merge_impl: str | None = None) -> tuple[Callable, float]:
+                   runtime: Runtime = Runtime(), seed: int = 0) -> tuple[Callable, float]:
     """(run, compile_s): run() does one blocking forward of a random batch; compiled already
     (compile_s: lowering and compiling, then the first call)."""
     images = jax.device_put(np.random.default_rng(seed).standard_normal(
         (batch_size, config.image_size, config.image_size, 3)).astype(np.float32))
     t0 = time.perf_counter()
-    forward = make_forward(config, plan, dtype, examples_per_step, merge_impl).lower(params, images).compile()
+    forward = make_forward(config, plan, runtime).lower(params, images).compile()
 
     def run():
         jax.block_until_ready(forward(params, images))
@@ -65,37 +65,37 @@ def time_round_robin(runners: dict, rounds: int, warmup: int = 2, warmup_s: floa
 
 
 def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile_s: float, *,
-                 batch_size: int, dtype: str = "float32", examples_per_step="auto",
-                 merge_impl: str | None = None) -> dict:
+                 batch_size: int, runtime: Runtime = Runtime()) -> dict:
     med = statistics.median(times)
-    impl = resolve_merge_impl(merge_impl or (plan.merge_impl if plan else "auto"))
+    rt = runtime.resolved(config)
     return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
-            "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": dtype,
-            "examples_per_step": resolve_examples_per_step(examples_per_step, config),
-            "merge_impl": impl if plan is not None and not plan.is_dense else None}
+            "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": rt.dtype,
+            "examples_per_step": rt.examples_per_step, "attention": rt.attention,
+            "merge_impl": rt.merge_impl if plan is not None and not plan.is_dense else None}
 
 
 def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,
-                  warmup: int = 2, warmup_s: float = 3.0, dtype: str = "float32", seed: int = 0,
-                  examples_per_step="auto", merge_impl: str | None = None, others: dict | None = None,
-                  progress=None, compile_threads: int | None = None) -> dict:
-    """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch.
-    merge_impl: for every plan (None: each plan's own, see make_forward).
+                  warmup: int = 2, warmup_s: float = 3.0, runtime: Runtime = Runtime(), seed: int = 0,
+                  runtimes: dict | None = None, others: dict | None = None, progress=None,
+                  compile_threads: int | None = None) -> dict:
+    """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch,
+    each run as `runtime` says (or as runtimes[name], to time implementations side by side).
 
     others: {name: run()} timed in the same rounds (a peer library's model); each gets
     {"images_per_s", "median_s", "runs"} in the result."""
+    runtimes = {name: (runtimes or {}).get(name, runtime) for name in plans}
     # Compiled in threads: XLA compiles outside the GIL, and a grid of merged ViTs compiles for
     # minutes one at a time on a GPU machine. compile_s then includes waiting for a core.
-    build = lambda plan: forward_runner(config, params, plan, batch_size=batch_size, dtype=dtype, seed=seed,
-                                        examples_per_step=examples_per_step, merge_impl=merge_impl)
+    build = lambda name: forward_runner(config, params, plans[name], batch_size=batch_size, runtime=runtimes[name],
+                                        seed=seed)
     with ThreadPoolExecutor(max(1, min(len(plans), compile_threads or os.cpu_count() or 1))) as pool:
-        built = dict(zip(plans, pool.map(build, plans.values())))
+        built = dict(zip(plans, pool.map(build, plans)))
     runners = {name: run for name, (run, _) in built.items()}
     compile_s = {name: seconds for name, (_, seconds) in built.items()}
     runners.update(others or {})
     times = time_round_robin(runners, runs, warmup, warmup_s, progress)
-    results = {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size, dtype=dtype,
-                                  examples_per_step=examples_per_step, merge_impl=merge_impl)
+    results = {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size,
+                                  runtime=runtimes[name])
                for name, plan in plans.items()}
     for name in others or {}:
         med = statistics.median(times[name])

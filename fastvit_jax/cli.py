@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -31,6 +30,7 @@ from fastvit_jax.parallel import maybe_initialize_distributed
 from fastvit_jax.plan_file import save_plan
 from fastvit_jax.registry import model_rows
 from fastvit_jax.report import format_table
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.sharpness import measure
 from fastvit_jax.sweep import remeasure_speed, run_sweep
 from fastvit_jax.train import train
@@ -64,8 +64,7 @@ def emit(args, payload, text: str) -> None:
 
 def merge_plan(args, config, params, method: str | None = None):
     """The plan of the merge flags (r chosen by --target-* when given); says on stderr if it is clamped."""
-    plan = dataclasses.replace(make_plan(config, arguments.merge_options(args, config, params, method)),
-                               merge_impl=args.merge_impl)
+    plan = make_plan(config, arguments.merge_options(args, config, params, method))
     if arguments.has_target(args) and not args.json:
         print(f"chosen: r={plan.r} ({gflops(config, plan):.3f} GFLOPs)\n{plan.describe()}", file=sys.stderr)
     note_clamped([plan.options.label] if plan.clamped else [])
@@ -78,7 +77,7 @@ def note_clamped(labels: list[str]) -> None:
 
 
 def model_forward(args, config, plan):
-    return make_forward(config, plan, args.dtype, args.examples_per_step)  # plan.merge_impl: set by merge_plan
+    return make_forward(config, plan, Runtime.from_args(args))
 
 
 # ---------------------------------------------------------------- commands
@@ -161,7 +160,8 @@ def cmd_embed(args):
     arguments.check_images_exist(args.images)
     params, config, pre = arguments.load_model(args, need_head=False)
     plan = merge_plan(args, config, params)
-    out, failed = embed_files(config, params, args.images, pre, plan, tokens=args.tokens, batch_size=args.batch_size)
+    out, failed = embed_files(config, params, args.images, pre, plan, tokens=args.tokens, batch_size=args.batch_size,
+                              runtime=Runtime.from_args(args))
     if not len(out["paths"]):
         raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
     np.savez(args.out, **out)
@@ -196,8 +196,8 @@ def cmd_eval(args):
 def cmd_sweep(args):
     params, config, pre = arguments.load_model(args)
     model = model_name(args)
-    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}", dtype=args.dtype,
-              examples_per_step=args.examples_per_step, merge_impl=args.merge_impl)
+    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}",
+              runtime=Runtime.from_args(args))
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
@@ -216,7 +216,7 @@ def cmd_sharpness(args):
     params, config, pre = arguments.load_model(args)
     out = measure(config, params, pre, arguments.open_data(args), merge_plan(args, config, params), num_images=args.num_images,
                   micro_batch=args.micro_batch, iters=args.iters, tol=args.tol, seed=args.seed, solver=args.solver,
-                  progress=not args.json)
+                  progress=not args.json, runtime=Runtime.from_args(args))
     emit(args, out, format_table([out], ["method", "r", "skip", "lambda_max", "iterations", "hvps", "wall_s"]))
 
 
@@ -249,7 +249,7 @@ def cmd_pack(args):
 def cmd_visualize(args):
     params, config, pre = arguments.load_model(args)
     plans = [merge_plan(args, config, params, method=m) for m in (("tome", "lgtm") if args.compare else (None,))]
-    out, stats = paint_plans(config, params, load_image(args.image), pre, plans, args.out)
+    out, stats = paint_plans(config, params, load_image(args.image), pre, plans, args.out, Runtime.from_args(args))
     rows = [{"method": m, **s} for m, s in stats.items()]
     emit(args, {"out": str(out), "regions": stats},
          format_table(rows, ["method", "r", "skip", "tokens", "merged_tokens", "connected_share", "mean_extent"])
@@ -262,8 +262,8 @@ def cmd_visualize(args):
 def cmd_analyze(args):
     params, config, pre = arguments.load_model(args)
     images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), pre)
-    plans = [dataclasses.replace(make_plan(config, o), merge_impl=args.merge_impl) for o in arguments.merge_points(args, config)]
-    result, rows = run_analysis(config, params, images, plans, args.out)
+    plans = [make_plan(config, o) for o in arguments.merge_points(args, config)]
+    result, rows = run_analysis(config, params, images, plans, args.out, Runtime.from_args(args))
     emit(args, result, format_table(rows, list(rows[0])) + f"\nwrote {args.out}/analysis.json, "
          "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
 
@@ -276,8 +276,8 @@ def cmd_bench(args):
     params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
     with tqdm(total=args.runs, desc="bench: timed rounds", disable=args.json, leave=False) as bar:
-        res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs, dtype=args.dtype,
-                      examples_per_step=args.examples_per_step, progress=lambda i: bar.update(1))
+        res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs,
+                      runtime=Runtime.from_args(args), progress=lambda i: bar.update(1))
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
     emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
@@ -316,9 +316,9 @@ def cmd_tune(args):
         MergeOptions(metric=m)  # one line naming the allowed metrics
     res = tune(params, config, pre, arguments.open_data(args).limit(args.limit), target_gflops=target, out=args.out,
                methods=[m.strip() for m in args.methods.split(",") if m.strip()], metrics=metrics,
-               subset=args.subset, finalists=args.finalists, batch_size=args.batch_size, dtype=args.dtype,
-               examples_per_step=args.examples_per_step, merge_impl=args.merge_impl, progress=not args.json)
-    best = dataclasses.replace(make_plan(config, res["best"]), merge_impl=args.merge_impl)
+               subset=args.subset, finalists=args.finalists, batch_size=args.batch_size,
+               runtime=Runtime.from_args(args), progress=not args.json)
+    best = make_plan(config, res["best"])
     out = save_plan(args.out, config, best, model_name=model_name(args), command=command_line(args),
                     extra={"tune": tune_summary(res)})
     rows = [{**r, "top1_95": f"[{r['top1_lo']:.3f}, {r['top1_hi']:.3f}]",

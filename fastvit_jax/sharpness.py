@@ -22,11 +22,12 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.runtime import Runtime
 
 
-def classification_loss(config: ViTConfig, plan: MergePlan | None = None) -> Callable:
+def classification_loss(config: ViTConfig, plan: MergePlan | None = None, runtime: Runtime = Runtime()) -> Callable:
     """loss(params, images, labels) = mean softmax cross-entropy of the (merged) model."""
-    model = VisionTransformer(config, plan)
+    model = VisionTransformer(config, plan, runtime)
 
     def loss(params, images, labels):
         logits = model.apply({"params": params}, images)
@@ -150,8 +151,8 @@ def lanczos(hvp: Callable, params, key, *, steps: int = 20, progress: bool = Fal
 
 def lambda_max(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, *, plan: MergePlan | None = None,
                micro_batch: int = 8, iters: int = 20, tol: float = 1e-3, seed: int = 0, method: str = "power",
-               progress: bool = True) -> EigenResult:
-    hvp = make_hvp(classification_loss(config, plan), images, labels, micro_batch)
+               progress: bool = True, runtime: Runtime = Runtime()) -> EigenResult:
+    hvp = make_hvp(classification_loss(config, plan, runtime), images, labels, micro_batch)
     key = jax.random.PRNGKey(seed)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     if method == "lanczos":
@@ -161,7 +162,7 @@ def lambda_max(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray
 
 def measure(config: ViTConfig, params, preprocess, data, plan: MergePlan | None = None, *, num_images: int = 64,
             micro_batch: int = 8, iters: int = 20, tol: float = 1e-3, seed: int = 0, solver: str = "power",
-            progress: bool = True) -> dict:
+            progress: bool = True, runtime: Runtime = Runtime()) -> dict:
     """lambda_max on `num_images` labelled images spread over `data` (a Dataset or an --data string)."""
     import time
 
@@ -176,7 +177,7 @@ def measure(config: ViTConfig, params, preprocess, data, plan: MergePlan | None 
         raise FastViTError(f"{len(images)} readable images is not a multiple of --micro-batch {micro_batch}")
     t0 = time.perf_counter()
     res = lambda_max(config, params, images, labels, plan=plan, micro_batch=micro_batch, iters=iters, tol=tol,
-                     seed=seed, method=solver, progress=progress)
+                     seed=seed, method=solver, progress=progress, runtime=runtime)
     plan = plan or make_plan(config)
     return {"lambda_max": res.lambda_max, "iterations": res.iterations, "hvps": res.hvps, "converged": res.converged,
             "method": plan.method, "r": plan.r, "skip": plan.skip, "clamped": plan.clamped, "solver": solver,

@@ -27,9 +27,10 @@ from fastvit_jax.evaluate import evaluate
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions, parse_r  # noqa: F401  (parse_r: the --r syntax)
-from fastvit_jax.merge.plan import MergePlan, make_plan, resolve_merge_impl
+from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.plots import plot_sweep
 from fastvit_jax.recorded import check_settings, fingerprint
+from fastvit_jax.runtime import Runtime
 
 CSV_COLUMNS = [
     "method", "r", "top1", "top5", "gflops", "images_per_s", "images", "skip", "metric", "tokens_final", "clamped"]
@@ -94,12 +95,11 @@ def same_numbers(plan: MergePlan) -> tuple:
     return (plan.ops,) if plan.is_dense else (plan.ops, plan.metric, plan.prop_attn)
 
 
-def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, dtype: str = "float32",
-                   merge_impl: str = "auto") -> dict:
+def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, runtime: Runtime = Runtime()) -> dict:
     """Everything besides the merge options that changes a sweep's numbers: the weights, the images
     (which files, with which labels), their preprocessing, the batch size images/s is timed at, the
-    dtype, and how merging runs (its images/s)."""
-    impl = resolve_merge_impl(merge_impl)
+    dtype, and how merging and attention run (their images/s)."""
+    rt = runtime.resolved(config)
     flat = checkpoint.flatten(params)
     weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
     # Files by their last two path parts (class folder, file name), so the same set read from another
@@ -109,8 +109,9 @@ def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, dty
     return {"model": {"config": dataclasses.asdict(config), "weights": weights},
             "data": {"images": len(ds), "items": items},
             "preprocess": dataclasses.asdict(preprocess), "batch_size": batch_size,
-            **({"dtype": dtype} if dtype != "float32" else {}),  # float32 sweeps predate the key
-            **({"merge_impl": impl} if impl != "gather" else {})}  # and gather ones this key
+            **({"dtype": rt.dtype} if rt.dtype != "float32" else {}),  # float32 sweeps predate the key,
+            **({"merge_impl": rt.merge_impl} if rt.merge_impl != "gather" else {}),  # gather ones this key
+            **({"attention": rt.attention} if rt.attention != "einsum" else {})}  # and einsum ones this
 
 
 SWEEP = {"what": "a sweep measured", "advice": "use another --out for these settings"}
@@ -118,15 +119,14 @@ SWEEP = {"what": "a sweep measured", "advice": "use another --out for these sett
 
 def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
-              title: str = "", dtype: str = "float32", examples_per_step="auto",
-              merge_impl: str = "auto") -> list[dict]:
+              title: str = "", runtime: Runtime = Runtime()) -> list[dict]:
     """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
     settings) are kept, duplicates run once, and plans that give the same numbers are measured once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
-    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, dtype, merge_impl),
+    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, runtime),
                    results_without_record=bool(done), **SWEEP)
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
@@ -138,10 +138,9 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
     for options in tqdm(todo, desc="sweep", unit="point", disable=not progress):
         plan = make_plan(config, options)
         if same_numbers(plan) not in measured:
-            res = evaluate(make_forward(config, plan, dtype, examples_per_step, merge_impl), params, ds, preprocess, cached=cache,
+            res = evaluate(make_forward(config, plan, runtime), params, ds, preprocess, cached=cache,
                            batch_size=batch_size, desc=options.label, progress=progress, data_parallel=False)
-            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs, dtype=dtype,
-                                 examples_per_step=examples_per_step, merge_impl=merge_impl)
+            speed = time_forward(config, params, plan, batch_size=batch_size, runs=bench_runs, runtime=runtime)
             measured[same_numbers(plan)] = {"top1": res["top1"], "top5": res["top5"], "images": res["labelled"],
                                             "images_per_s": speed["images_per_s"]}
         row = point_row(config, plan, measured[same_numbers(plan)])
@@ -153,8 +152,8 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
 
 
 def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
-                    progress: bool = True, plot: bool = True, title: str = "", dtype: str = "float32",
-                    examples_per_step="auto", merge_impl: str = "auto") -> list[dict]:
+                    progress: bool = True, plot: bool = True, title: str = "",
+                    runtime: Runtime = Runtime()) -> list[dict]:
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
@@ -163,8 +162,8 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
                    results_without_record=bool(rows), **SWEEP)
     for row in tqdm(rows, desc="remeasure", unit="point", disable=not progress):
         plan = make_plan(config, row_options(row, out_dir / "results.jsonl"))
-        row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs, dtype=dtype,
-                                           examples_per_step=examples_per_step, merge_impl=merge_impl)["images_per_s"]
+        row["images_per_s"] = time_forward(config, params, plan, batch_size=batch_size, runs=runs,
+                                           runtime=runtime)["images_per_s"]
     _rewrite(out_dir, rows)
     if plot and rows:
         plot_sweep(rows, out_dir, title)

@@ -6,7 +6,7 @@ Stage 1 scores every candidate on an evenly spread subset of the calibration ima
 the best few (and ToMe, the reference) on all of them. The winner has the highest stage-2 top-1.
 
 Per-image results are appended to OUT.tune/results.jsonl as each candidate finishes, next to
-OUT.tune/settings.json (weights, images, preprocessing, dtype): a rerun with the same settings
+OUT.tune/settings.json (weights, images, preprocessing, runtime): a rerun with the same settings
 reuses them, so an interrupted tune resumes where it stopped; other settings are refused.
 """
 
@@ -28,6 +28,7 @@ from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.recorded import check_settings
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.stats import paired_difference, wilson_interval
 from fastvit_jax.sweep import read_done, sweep_settings
 
@@ -113,7 +114,7 @@ class Results:
 
 def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
          metrics: list[str] = ("k",), subset: int = 250, finalists: int = 4, batch_size: int = 32,
-         dtype: str = "float32", examples_per_step="auto", merge_impl: str = "auto", progress: bool = True) -> dict:
+         runtime: Runtime = Runtime(), progress: bool = True) -> dict:
     """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}."""
     images, labels = load_arrays(ds, preprocess, require_labels=True)
     if len(images) < 2:
@@ -122,7 +123,7 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
     if not found:
         raise FastViTError(f"no candidate meets {target_gflops:.3f} GFLOPs: {skipped[0] if skipped else ''}")
     folder = Path(str(out) + ".tune")
-    settings = sweep_settings(params, config, preprocess, ds, batch_size, dtype, merge_impl)
+    settings = sweep_settings(params, config, preprocess, ds, batch_size, runtime)
     settings["subset"] = min(subset, len(images))
     results = Results(folder, settings)
     pick = np.unique(np.linspace(0, len(images) - 1, settings["subset"]).round().astype(int))
@@ -131,7 +132,7 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
         got = results.get(stage, options)
         if got is None:
             bar.set_postfix_str(describe(options))
-            forward = make_forward(config, make_plan(config, options), dtype, examples_per_step, merge_impl)
+            forward = make_forward(config, make_plan(config, options), runtime)
             idx = pick if stage == "subset" else slice(None)
             got = correct_per_image(forward, params, images[idx], labels[idx], batch_size)
             results.put(stage, options, got)

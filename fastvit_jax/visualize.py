@@ -17,6 +17,7 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.runtime import Runtime
 
 RASTER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -26,11 +27,12 @@ def token_map(source: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(source).argmax(axis=0).reshape(grid)
 
 
-def final_sources(config: ViTConfig, plan: MergePlan, params, images: np.ndarray) -> np.ndarray:
+def final_sources(config: ViTConfig, plan: MergePlan, params, images: np.ndarray,
+                  runtime: Runtime = Runtime()) -> np.ndarray:
     """Source matrices of the final tokens: (tokens, patches) for one preprocessed image (H, W, 3),
     (B, tokens, patches) for a batch (B, H, W, 3)."""
     plan = dataclasses.replace(plan, track_source=True)
-    model = VisionTransformer(config, plan)
+    model = VisionTransformer(config, plan, runtime)
     batch = images if images.ndim == 4 else images[None]
     _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, batch)
     return np.asarray(state.source if images.ndim == 4 else state.source[0])
@@ -93,13 +95,13 @@ def model_rgb(img: Image.Image, preprocess) -> tuple[np.ndarray, np.ndarray]:
 
 
 def paint_plans(config: ViTConfig, params, img: Image.Image, preprocess, plans: list[MergePlan],
-                out: str | Path) -> tuple[Path, dict]:
+                out: str | Path, runtime: Runtime = Runtime()) -> tuple[Path, dict]:
     """The input and, per plan, its final tokens painted, side by side in one image at `out`.
     Returns the path and {method: {"r", "skip", region_stats...}}."""
     rgb, x = model_rgb(img, preprocess)
     panels, stats = [("input", rgb)], {}
     for plan in plans:
-        ids = token_map(final_sources(config, plan, params, x), config.grid)
+        ids = token_map(final_sources(config, plan, params, x, runtime), config.grid)
         stats[plan.method] = {"r": plan.r, "skip": plan.skip, **region_stats(ids)}
         title = f"{plan.method} r={plan.r} skip={plan.skip}: {stats[plan.method]['tokens']} tokens"
         panels.append((title, paint(rgb, ids, config.stride)))

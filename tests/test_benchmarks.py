@@ -11,7 +11,7 @@ from PIL import Image
 
 from fastvit_jax import checkpoint
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import REGISTRY, asset_path
+from fastvit_jax.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ from fastvit_jax.forward import make_forward
 from fastvit_jax.merge import bipartite, local, metrics, onehot
 from fastvit_jax.merge.apply import global_merge
 from fastvit_jax.merge.options import MergeOptions
-from fastvit_jax.merge.plan import local_block, make_plan, resolve_merge_impl
+from fastvit_jax.merge.plan import local_block, make_plan
+from fastvit_jax.runtime import Runtime, resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, initial_state
 
 
@@ -128,8 +129,8 @@ def test_dense_impl_model_matches_reference(tiny_config, method, r, metric, kw):
     params = checkpoint.unflatten(flat)
     plan = make_plan(tiny_config, MergeOptions(method, r, metric=metric, **kw))
     images = np.random.default_rng(3).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
-    got = make_forward(tiny_config, plan, merge_impl="dense")(params, images)
-    gathered = make_forward(tiny_config, plan, merge_impl="gather")(params, images)
+    got = make_forward(tiny_config, plan, Runtime(merge_impl="dense"))(params, images)
+    gathered = make_forward(tiny_config, plan, Runtime(merge_impl="gather"))(params, images)
     np.testing.assert_allclose(got, gathered, atol=2e-5, rtol=2e-5)
     if metric != "random":
         want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan),
@@ -145,8 +146,8 @@ def test_gap_model_with_odd_token_counts_same_both_ways():
     images = np.random.default_rng(0).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
     for options in (MergeOptions("tome", 5), MergeOptions("lgtm", 4, window=3, skip=0)):
         plan = make_plan(config, options)
-        np.testing.assert_allclose(make_forward(config, plan, merge_impl="dense")(params, images),
-                                   make_forward(config, plan, merge_impl="gather")(params, images), atol=2e-5)
+        np.testing.assert_allclose(make_forward(config, plan, Runtime(merge_impl="dense"))(params, images),
+                                   make_forward(config, plan, Runtime(merge_impl="gather"))(params, images), atol=2e-5)
 
 
 def test_r0_is_the_dense_model_bit_for_bit(tiny_config):
@@ -155,7 +156,7 @@ def test_r0_is_the_dense_model_bit_for_bit(tiny_config):
     dense = np.asarray(make_forward(tiny_config, None)(params, images))
     for impl in ("gather", "dense"):
         for options in (MergeOptions("tome", 0), MergeOptions("lgtm", 0), MergeOptions()):
-            got = np.asarray(make_forward(tiny_config, make_plan(tiny_config, options), merge_impl=impl)(params, images))
+            got = np.asarray(make_forward(tiny_config, make_plan(tiny_config, options), Runtime(merge_impl=impl))(params, images))
             np.testing.assert_array_equal(got, dense)
 
 
@@ -176,7 +177,7 @@ def test_dense_impl_lowers_without_sort_scatter_gather(tiny_config, options):
     plan = make_plan(tiny_config, options)
     hazards = ("stablehlo.sort", "stablehlo.scatter", "stablehlo.gather", "chlo.top_k")
     for impl, expect_none in (("dense", True), ("gather", False)):
-        fn = make_forward(tiny_config, plan, examples_per_step=None, merge_impl=impl)
+        fn = make_forward(tiny_config, plan, Runtime(examples_per_step=None, merge_impl=impl))
         text = export.export(fn, platforms=["cuda", "tpu"])(params, images).mlir_module()
         found = [h for h in hazards if h in text]
         assert (found == []) == expect_none, (impl, found)

@@ -10,6 +10,7 @@ from conftest import google_checkpoint
 from fastvit_jax import checkpoint
 from fastvit_jax.config import variant_config
 from fastvit_jax.forward import make_forward
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 
@@ -71,7 +72,7 @@ def test_bfloat16_close_to_float32(tiny_config):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
     images = _images(tiny_config, 2)
     f32 = np.asarray(make_forward(tiny_config)(params, images))
-    bf16 = np.asarray(make_forward(tiny_config, None, "bfloat16")(params, images))
+    bf16 = np.asarray(make_forward(tiny_config, None, Runtime(dtype="bfloat16"))(params, images))
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
 
@@ -96,8 +97,8 @@ def test_examples_per_step_matches_whole_batch_and_numpy(tiny_config, method):
     params = checkpoint.unflatten(flat)
     images = _images(tiny_config, 5)
     plan = make_plan(tiny_config, MergeOptions(method, 2, window=2))
-    whole = np.asarray(make_forward(tiny_config, plan, examples_per_step=None)(params, images))
-    stepped = np.asarray(make_forward(tiny_config, plan, examples_per_step=2)(params, images))
+    whole = np.asarray(make_forward(tiny_config, plan, Runtime(examples_per_step=None))(params, images))
+    stepped = np.asarray(make_forward(tiny_config, plan, Runtime(examples_per_step=2))(params, images))
     np.testing.assert_allclose(stepped, whole, atol=1e-5, rtol=1e-5)
     if method == "none":
         np.testing.assert_allclose(stepped, reference.forward(flat, images, heads=tiny_config.heads),
@@ -108,7 +109,7 @@ def test_random_metric_draws_fresh_features_in_every_step(tiny_config):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
     images = np.repeat(_images(tiny_config, 1), 4, axis=0)
     plan = make_plan(tiny_config, MergeOptions("tome", 3, metric="random"))
-    logits = np.asarray(make_forward(tiny_config, plan, examples_per_step=1)(params, images))
+    logits = np.asarray(make_forward(tiny_config, plan, Runtime(examples_per_step=1))(params, images))
     assert not np.allclose(logits[0], logits[1]) and not np.allclose(logits[1], logits[2])
 
 

@@ -13,6 +13,7 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.flops import model_macs
 from fastvit_jax.forward import make_forward
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.merge import reducers
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
@@ -123,7 +124,7 @@ def test_reducer_models_match_reference(tiny_config, method, r, kw):
                              metric_name=plan.metric, prop_attn=plan.prop_attn)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
     # the reducer steps are one implementation; LGTM's local blocks differ by float rounding
-    np.testing.assert_allclose(got, make_forward(tiny_config, plan, merge_impl="dense")(params, images), atol=2e-5)
+    np.testing.assert_allclose(got, make_forward(tiny_config, plan, Runtime(merge_impl="dense"))(params, images), atol=2e-5)
 
 
 def test_gap_model_without_class_token(tiny_config):
@@ -192,7 +193,7 @@ def test_reducers_have_no_sort_scatter_gather(tiny_config):
     images = np.zeros((1, 32, 32, 3), np.float32)
 
     def count(options):
-        fwd = make_forward(tiny_config, make_plan(tiny_config, options), merge_impl="dense")
+        fwd = make_forward(tiny_config, make_plan(tiny_config, options), Runtime(merge_impl="dense"))
         text = export.export(jax.jit(lambda p, x: fwd(p, x)), platforms=["cuda"])(params, images).mlir_module()
         return {op: text.count(f"stablehlo.{op}") for op in ("sort", "scatter", "gather")}
 

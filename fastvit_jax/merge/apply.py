@@ -1,8 +1,8 @@
 """Run one block's BlockOp on a batch. The model calls only this; it never knows the algorithm.
 
-Each op has two implementations with the same results (plan.merge_impl): "gather" (this file,
+Each op has two implementations with the same results (runtime.merge_impl): "gather" (this file,
 bipartite.py, local.py, state.merge_into) and "dense" (onehot.py), chosen per backend by "auto"
-(plan.resolve_merge_impl).
+(runtime.resolve_merge_impl).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.merge import bipartite, local, metrics, onehot, reducers
-from fastvit_jax.merge.plan import BlockOp, MergePlan, resolve_merge_impl
+from fastvit_jax.merge.plan import BlockOp, MergePlan
+from fastvit_jax.runtime import resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
@@ -30,7 +31,7 @@ IMPLS = {  # per example: global merge and drop; local takes the batch
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,
-             attention: jax.Array | None = None) -> tuple[TokenState, jax.Array | None]:
+             attention: jax.Array | None = None, impl: str = "auto") -> tuple[TokenState, jax.Array | None]:
     """Apply op to a batched state (B, N, ...) with metric (B, N, C); attention (B, N): the mean
     attention each token received (MCTF's informativeness; None where no op needs it).
 
@@ -42,7 +43,7 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
         return state, None
     if op.kind == "truncate":  # free merging: the token counts of the plan, no merge cost
         return jax.tree_util.tree_map(lambda t: t[:, :op.tokens_out], state), None
-    impl = resolve_merge_impl(plan.merge_impl)
+    impl = resolve_merge_impl(impl)
     fns = IMPLS[impl]
     if op.kind == "drop":
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)

@@ -11,28 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 
-from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge import bipartite, local
 from fastvit_jax.merge.options import MergeOptions
 
 MERGING_KINDS = ("global", "local")  # block kinds after which token sizes differ
-# How a merge step runs: "gather" (top_k, gathers, scatter-add) or "dense" (ranks by comparison,
-# one-hot matmuls: no sort/scatter/gather); "auto" picks by backend from measurements
-# (BENCHMARKS.md section 10): gather on CPU and GPU, dense on TPU, whose sorts and scatters are slow.
-MERGE_IMPLS = ("auto", "gather", "dense")
-
-
-def resolve_merge_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """"auto" -> "dense" on TPU, else "gather"; the others as they are."""
-    if impl not in MERGE_IMPLS:
-        raise FastViTError(f"unknown merge implementation {impl!r}; allowed: {', '.join(MERGE_IMPLS)}")
-    if impl != "auto":
-        return impl
-    return "dense" if (backend or jax.default_backend()) == "tpu" else "gather"
-
-
 @dataclasses.dataclass(frozen=True)
 class BlockOp:
     """What one block does to its tokens. `r` is per window for local ops, total otherwise.
@@ -75,7 +58,6 @@ class MergePlan:
     track_source: bool = False
     patch_grid: tuple[int, int] = (14, 14)
     clamped: bool = False  # True if some block merges fewer than r because of the half-the-tokens bound
-    merge_impl: str = "auto"  # MERGE_IMPLS: how, not what; both give the same merges
 
     method = property(lambda self: self.options.method)
     r = property(lambda self: self.options.r)

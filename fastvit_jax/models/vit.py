@@ -15,6 +15,7 @@ itself only hands its features to merge.apply.apply_op.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +29,9 @@ from fastvit_jax.merge.metrics import random_metric
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
 from fastvit_jax.models.resnet import resnet_stem
+from fastvit_jax.runtime import Runtime
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 Dtype = Any
 
@@ -79,25 +83,32 @@ class MultiHeadDotProductAttention(nn.Module):
 
     heads: int
     dtype: Dtype = jnp.float32
+    fused: bool = False  # jax.nn.dot_product_attention instead of the matmuls below (runtime.attention)
 
     @nn.compact
-    def __call__(self, x, size_log=None, queries=None):
+    def __call__(self, x, size_log=None, queries=None, need_weights=False):
         width = x.shape[-1]
         head_dim = width // self.heads
         proj = lambda name, inputs: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(inputs)
         (q, q_mean) = proj("query", x if queries is None else queries)
         (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh)
-        logits = (q / jnp.sqrt(head_dim).astype(q.dtype)) @ k.swapaxes(-1, -2)
-        logits = logits.astype(jnp.float32)
-        if size_log is not None:
-            logits = logits + size_log[:, None, None, :]
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attended = weights @ v  # (B, H, N, Dh)
+        received = None
+        if self.fused and not need_weights:  # the attention map never exists outside the kernel
+            bias = None if size_log is None else size_log[:, None, None, :].astype(q.dtype)
+            attended = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
+                                                    bias=bias).swapaxes(1, 2)
+        else:
+            logits = (q / jnp.sqrt(head_dim).astype(q.dtype)) @ k.swapaxes(-1, -2)
+            logits = logits.astype(jnp.float32)
+            if size_log is not None:
+                logits = logits + size_log[:, None, None, :]
+            weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            attended = weights @ v  # (B, H, N, Dh)
+            # attention each token received, over heads and queries (MCTF); XLA drops it unused
+            received = jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
         out = OutProjection(width, self.dtype, name="out")(attended)
-        feats = {"k": k_mean, "q": q_mean, "v": v_mean,
-                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width),
-                 # attention each token received, over heads and queries (MCTF); XLA drops it unused
-                 "received": jnp.mean(weights.astype(jnp.float32), axis=(1, 2))}
+        feats = {"k": k_mean, "q": q_mean, "v": v_mean, "received": received,
+                 "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
         return out, feats
 
 
@@ -118,7 +129,11 @@ class Encoder1DBlock(nn.Module):
     config: ViTConfig
     plan: MergePlan
     index: int
-    dtype: Dtype = jnp.float32
+    runtime: Runtime = Runtime()  # resolved: no "auto" left
+
+    @property
+    def dtype(self):
+        return DTYPES[self.runtime.dtype]
 
     @nn.compact
     def __call__(self, state: TokenState, merge_key):
@@ -127,7 +142,9 @@ class Encoder1DBlock(nn.Module):
         y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")(x)
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
-        attn, feats = MultiHeadDotProductAttention(cfg.heads, self.dtype, name="MultiHeadDotProductAttention_1")(y, size_log)
+        attn, feats = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
+                                                   name="MultiHeadDotProductAttention_1")(
+            y, size_log, need_weights=op.rule == "mctf" and op.kind != "none" and op.r > 0)
         feats["x_pre"] = y
         self.sow("intermediates", "x_pre", y)
         self.sow("intermediates", "x_attn", feats["x_attn"])
@@ -138,7 +155,7 @@ class Encoder1DBlock(nn.Module):
             metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
                       if self.plan.metric == "random" else feats[self.plan.metric])
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
-                                         feats["received"] if op.rule == "mctf" else None)
+                                         feats["received"] if op.rule == "mctf" else None, impl=self.runtime.merge_impl)
             if merged_sim is not None:
                 self.sow("intermediates", "merged_similarity", merged_sim)
         x = state.x
@@ -203,7 +220,7 @@ def pool_tokens(config: ViTConfig, plan: MergePlan, state: TokenState, dtype: Dt
 class Encoder(nn.Module):
     config: ViTConfig
     plan: MergePlan
-    dtype: Dtype = jnp.float32
+    runtime: Runtime = Runtime()
 
     @nn.compact
     def __call__(self, x, merge_key):
@@ -215,8 +232,8 @@ class Encoder(nn.Module):
             x = x + jnp.pad(pe, ((0, 0), (cfg.num_prefix, 0), (0, 0))).astype(x.dtype)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
         for i in range(cfg.depth):
-            state = Encoder1DBlock(cfg, self.plan, i, self.dtype, name=f"encoderblock_{i}")(state, merge_key)
-        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="encoder_norm")(state.x)
+            state = Encoder1DBlock(cfg, self.plan, i, self.runtime, name=f"encoderblock_{i}")(state, merge_key)
+        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=DTYPES[self.runtime.dtype], name="encoder_norm")(state.x)
         return state._replace(x=x)
 
 
@@ -235,11 +252,16 @@ class VisionTransformer(nn.Module):
 
     config: ViTConfig
     plan: MergePlan | None = None
-    dtype: Dtype = jnp.float32
+    runtime: Runtime = Runtime()  # how it runs (dtype, merge and attention implementations)
+
+    @property
+    def dtype(self):
+        return DTYPES[self.runtime.dtype]
 
     @nn.compact
     def __call__(self, images, *, merge_key=None, return_state: bool = False):
         cfg = self.config
+        runtime = self.runtime if "auto" not in dataclasses.astuple(self.runtime) else self.runtime.resolved(cfg)
         plan = self.plan or dense_plan(cfg)
         if plan.depth != cfg.depth or tuple(plan.patch_grid) != cfg.grid:
             raise FastViTError(f"merge plan is for depth {plan.depth} grid {plan.patch_grid}, "
@@ -260,7 +282,7 @@ class VisionTransformer(nn.Module):
             if cfg.distilled:
                 prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c)))
             x = jnp.concatenate([jnp.tile(p.astype(x.dtype), (b, 1, 1)) for p in prefix] + [x], axis=1)
-        state = Encoder(cfg, plan, self.dtype, name="Transformer")(x, merge_key)
+        state = Encoder(cfg, plan, runtime, name="Transformer")(x, merge_key)
         x = pool_tokens(cfg, plan, state, self.dtype)
         if cfg.pre_logits:
             x = jnp.tanh(nn.Dense(cfg.pre_logits, dtype=self.dtype, name="pre_logits")(x))

@@ -1,0 +1,111 @@
+"""How a forward runs, never what it computes (beyond float rounding): one value, built once where a
+command starts (`Runtime.from_args`) and handed whole to `make_forward`, the benchmarks, sweeps
+and tune. A MergePlan says what each block does; a Runtime says how the program does it.
+
+  dtype              activations: "float32" | "bfloat16" (matching scores and sizes stay float32)
+  examples_per_step  "auto" (a cache-sized slice on CPU, the whole batch elsewhere) | None | N
+  merge_impl         "auto" | "gather" (top_k, gathers, scatter-add) | "dense" (comparisons and
+                     one-hot matmuls: no sort, scatter or gather); auto = dense on TPU, else gather
+  attention          "auto" | "einsum" (matmuls + softmax as written) | "fused"
+                     (jax.nn.dot_product_attention: cuDNN's fused kernel on GPUs for bf16/fp16)
+
+`resolved(config)` turns every "auto" into what it means on this backend; rows and settings
+record the resolved value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from fastvit_jax.errors import FastViTError
+
+DTYPES = ("float32", "bfloat16")
+MERGE_IMPLS = ("auto", "gather", "dense")
+ATTENTIONS = ("auto", "einsum", "fused")
+# Size of one step's MLP hidden activation (tokens x mlp_dim) on CPU: a third of a 32 MiB L3,
+# where the measured optimum lay for ViT-S/16 and ViT-B/16 (BENCHMARKS.md section 2).
+CPU_STEP_BYTES = 10 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    dtype: str = "float32"
+    examples_per_step: int | str | None = "auto"
+    merge_impl: str = "auto"
+    attention: str = "auto"
+
+    def __post_init__(self):
+        for name, allowed in (("dtype", DTYPES), ("merge_impl", MERGE_IMPLS), ("attention", ATTENTIONS)):
+            if getattr(self, name) not in allowed:
+                raise FastViTError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        object.__setattr__(self, "examples_per_step", _check_steps(self.examples_per_step))
+
+    @classmethod
+    def from_args(cls, args) -> "Runtime":
+        return cls(dtype=getattr(args, "dtype", "float32"),
+                   examples_per_step=getattr(args, "examples_per_step", "auto"),
+                   merge_impl=getattr(args, "merge_impl", "auto"), attention=getattr(args, "attention", "auto"))
+
+    def replace(self, **kw) -> "Runtime":
+        return dataclasses.replace(self, **kw)
+
+    def resolved(self, config, backend: str | None = None) -> "Runtime":
+        """Every "auto" replaced by what it is on `backend` (default: JAX's) for `config`."""
+        backend = backend or jax.default_backend()
+        steps = auto_examples_per_step(config, backend) if self.examples_per_step == "auto" else self.examples_per_step
+        return Runtime(self.dtype, steps, resolve_merge_impl(self.merge_impl, backend),
+                       resolve_attention(self.attention, self.dtype, backend))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_steps(value):
+    if value == "auto":
+        return value
+    if value in (None, "none", 0, "0"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 1:
+        raise FastViTError(f"examples per step must be 'auto', 'none' or a positive integer, got {value!r}")
+    return n
+
+
+def auto_examples_per_step(config, backend: str | None = None) -> int | None:
+    """None (whole batch) off CPU; on CPU the examples whose MLP activation fits CPU_STEP_BYTES.
+    Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (BENCHMARKS.md section 2)."""
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    hidden_bytes = config.num_tokens * config.mlp_dim * 4
+    return max(1, CPU_STEP_BYTES // hidden_bytes)
+
+
+def resolve_examples_per_step(value, config) -> int | None:
+    """"auto" | None/"none"/0 (whole batch) | a positive int -> int or None."""
+    value = _check_steps(value)
+    return auto_examples_per_step(config) if value == "auto" else value
+
+
+def resolve_merge_impl(impl: str = "auto", backend: str | None = None) -> str:
+    """"auto" -> "dense" on TPU (its sorts and scatters are slow), else "gather" (measured fastest on
+    CPU and as fast on an H200: BENCHMARKS.md section 10); the others as they are."""
+    if impl not in MERGE_IMPLS:
+        raise FastViTError(f"unknown merge implementation {impl!r}; allowed: {', '.join(MERGE_IMPLS)}")
+    if impl != "auto":
+        return impl
+    return "dense" if (backend or jax.default_backend()) == "tpu" else "gather"
+
+
+def resolve_attention(attention: str = "auto", dtype: str = "float32", backend: str | None = None) -> str:
+    """"auto" -> "fused" on GPUs for bfloat16 (cuDNN's flash kernel), else "einsum" (as fast on CPU
+    and bit-for-bit the attention the reference tests pin)."""
+    if attention not in ATTENTIONS:
+        raise FastViTError(f"unknown attention {attention!r}; allowed: {', '.join(ATTENTIONS)}")
+    if attention != "auto":
+        return attention
+    return "fused" if (backend or jax.default_backend()) == "gpu" and dtype == "bfloat16" else "einsum"
