@@ -112,6 +112,9 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="how merging runs (same merges either way): gather = top_k, gathers, scatter-add (fastest on "
                         "CPU and GPU); dense = comparisons and one-hot matmuls, no sort/scatter/gather; "
                         "auto = dense on TPU, else gather")
+    p.add_argument("--compile-cache", metavar="DIR|off",
+                   help="persistent compilation cache (default $FASTVIT_COMPILE_CACHE, else $FASTVIT_CACHE/xla): "
+                        "a rerun reads compiled plans back instead of compiling them; off disables it")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto",
                    help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "
                         "fused kernel on GPUs for bfloat16); auto = fused on GPU for bfloat16, else einsum")

@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from fastvit_jax import compile_cache
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
@@ -24,19 +25,23 @@ from fastvit_jax.runtime import Runtime
 
 
 def forward_runner(config: ViTConfig, params, plan: MergePlan | None, *, batch_size: int = 32,
-                   runtime: Runtime = Runtime(), seed: int = 0) -> tuple[Callable, float]:
-    """(run, compile_s): run() does one blocking forward of a random batch; compiled already
-    (compile_s: lowering and compiling, then the first call)."""
+                   runtime: Runtime = Runtime(), seed: int = 0) -> tuple[Callable, dict]:
+    """(run, how): run() does one blocking forward of a random batch, compiled already; how =
+    {"trace_s": tracing and lowering to XLA, "compile_s": XLA compiling it (or reading it from the
+    persistent cache), "compiled_from": "cache" | "compiled" | "off" (no cache)}."""
     images = jax.device_put(np.random.default_rng(seed).standard_normal(
         (batch_size, config.image_size, config.image_size, 3)).astype(np.float32))
-    t0 = time.perf_counter()
-    forward = make_forward(config, plan, runtime).lower(params, images).compile()
+    t0, before = time.perf_counter(), compile_cache.counts()
+    lowered = make_forward(config, plan, runtime).lower(params, images)
+    t1 = time.perf_counter()
+    forward = lowered.compile()
+    how = {"trace_s": t1 - t0, "compile_s": time.perf_counter() - t1, "compiled_from": compile_cache.served(before)}
 
     def run():
         jax.block_until_ready(forward(params, images))
 
     run()
-    return run, time.perf_counter() - t0
+    return run, how
 
 
 def warm_up(run: Callable, warmup: int = 2, warmup_s: float = 3.0) -> None:
@@ -91,11 +96,11 @@ def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 3
     with ThreadPoolExecutor(max(1, min(len(plans), compile_threads or os.cpu_count() or 1))) as pool:
         built = dict(zip(plans, pool.map(build, plans)))
     runners = {name: run for name, (run, _) in built.items()}
-    compile_s = {name: seconds for name, (_, seconds) in built.items()}
+    compile_s = {name: how["compile_s"] for name, (_, how) in built.items()}
     runners.update(others or {})
     times = time_round_robin(runners, runs, warmup, warmup_s, progress)
-    results = {name: speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size,
-                                  runtime=runtimes[name])
+    results = {name: {**speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size,
+                                     runtime=runtimes[name]), **built[name][1]}
                for name, plan in plans.items()}
     for name in others or {}:
         med = statistics.median(times[name])

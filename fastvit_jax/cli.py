@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import __version__, arguments
+from fastvit_jax import __version__, arguments, compile_cache
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
@@ -279,7 +279,7 @@ def cmd_bench(args):
         res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs,
                       runtime=Runtime.from_args(args), progress=lambda i: bar.update(1))
     rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
-    emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "compile_s"])
+    emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "trace_s", "compile_s", "compiled_from"])
          + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
 
 
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return e.code or 0
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in plan files
+    compile_cache.enable(getattr(args, "compile_cache", None))
     plain = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"fastvit: warning: {message}\n"  # one line, no source
     try:

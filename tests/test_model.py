@@ -10,6 +10,7 @@ from conftest import google_checkpoint
 from fastvit_jax import checkpoint
 from fastvit_jax.config import variant_config
 from fastvit_jax.forward import make_forward
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.runtime import Runtime
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
@@ -139,3 +140,31 @@ def test_in_steps_balances_the_steps(batch, per_step, sizes):
     step_size = lambda x, key: jnp.full((x.shape[0],), x.shape[0])  # each example reports its step's size
     got = in_steps(step_size, jnp.zeros((batch, 2)), jax.random.PRNGKey(0), per_step)
     assert got.tolist() == sizes
+
+
+@pytest.mark.parametrize("method", ["none", "tome", "lgtm"])
+def test_fused_attention_matches_einsum_and_numpy(tmp_path, tiny_config, method):
+    """jax.nn.dot_product_attention with proportional attention's log(size) as its bias: the
+    numpy reference's logits, and today's einsum attention's to 1e-5."""
+    from fastvit_jax.merge.options import MergeOptions
+    from fastvit_jax.merge.plan import make_plan
+
+    flat = google_checkpoint(tiny_config, seed=3)
+    params = checkpoint.unflatten(flat)
+    images = _images(tiny_config)
+    plan = make_plan(tiny_config, MergeOptions(method, 6 if method != "none" else 0, window=3))
+    fused = np.asarray(make_forward(tiny_config, plan, Runtime(attention="fused"))(params, images))
+    einsum = np.asarray(make_forward(tiny_config, plan, Runtime(attention="einsum"))(params, images))
+    np.testing.assert_allclose(fused, einsum, atol=1e-5, rtol=1e-5)
+    want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan))
+    np.testing.assert_allclose(fused, want, atol=1e-4, rtol=1e-4)
+
+
+def test_runtime_resolves_per_backend(tiny_config):
+    rt = Runtime().resolved(tiny_config, backend="cpu")
+    assert (rt.merge_impl, rt.attention, rt.examples_per_step is not None) == ("gather", "einsum", True)
+    gpu = Runtime(dtype="bfloat16").resolved(tiny_config, backend="gpu")
+    assert (gpu.merge_impl, gpu.attention, gpu.examples_per_step) == ("gather", "fused", None)
+    assert Runtime().resolved(tiny_config, backend="tpu").merge_impl == "dense"
+    with pytest.raises(FastViTError, match="unknown attention 'flash'; allowed: auto, einsum, fused"):
+        Runtime(attention="flash")

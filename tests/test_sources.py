@@ -131,3 +131,23 @@ def test_augreg_index_from_the_cached_csv_and_offline(tmp_path, monkeypatch, cap
         "name": "Ti/16", "ds": "i21k", "adapt_ds": "cifar100", "adapt_resolution": 224, "adapt_final_test": 0.8812,
         "file": f"{stem}--cifar100-steps_10k-lr_0.01-res_224"}]
     assert sources.is_augreg_stem(json.loads(out)[0]["file"])
+
+
+@pytest.mark.slow
+def test_second_process_compiles_nothing_it_compiled_before(tmp_path):
+    """The persistent compilation cache: a second `fastvit bench` of the same plans reads every
+    compiled program back (counted by JAX's cache events, not timed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # not the suite's cache
+    env.update(FASTVIT_COMPILE_CACHE=str(tmp_path / "xla"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    argv = [sys.executable, "-m", "fastvit_jax", "bench", "--model", "vit_cifar_patch4_32", "--method", "tome",
+            "--r", "4", "--runs", "1", "--batch-size", "2", "--json"]
+    runs = [json.loads(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
+            for _ in range(2)]
+    assert [runs[0][k]["compiled_from"] for k in ("dense", "merged")] == ["compiled", "compiled"]
+    assert [runs[1][k]["compiled_from"] for k in ("dense", "merged")] == ["cache", "cache"]
+    off = subprocess.run(argv + ["--compile-cache", "off"], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(off.stdout)["merged"]["compiled_from"] == "off"
