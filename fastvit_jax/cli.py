@@ -269,18 +269,28 @@ def cmd_analyze(args):
 
 
 @command("bench", "time the jit-compiled forward, dense vs merged (random weights without --checkpoint)",
-         MODEL, MERGE, BATCH, arg("--runs", type=arguments.positive_int, default=50))
+         MODEL, MERGE, BATCH, arg("--runs", type=arguments.positive_int, default=50),
+         arg("--batch-sizes", type=arguments.positive_int_list, metavar="N,N,...",
+             help="time at each batch size (dense and merged round-robin within each); replaces --batch-size"))
 def cmd_bench(args):
     if args.model is None and args.checkpoint is None:
         args.model = "vit_small_patch16_224"
     params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
-    with tqdm(total=args.runs, desc="bench: timed rounds", disable=args.json, leave=False) as bar:
-        res = compare(config, params, plan, batch_size=args.batch_size, runs=args.runs,
-                      runtime=Runtime.from_args(args), progress=lambda i: bar.update(1))
-    rows = [dict(name="dense", **res["dense"]), dict(name=plan.options.label, **res["merged"])]
-    emit(args, res, format_table(rows, ["name", "images_per_s", "gflops", "trace_s", "compile_s", "compiled_from"])
-         + f"\nspeedup {res['speedup']:.2f}x (ideal, by FLOPs: {res['ideal_speedup']:.2f}x)\n{plan.describe()}")
+    sizes = args.batch_sizes or [args.batch_size]
+    results = []
+    with tqdm(total=args.runs * len(sizes), desc="bench: timed rounds", disable=args.json, leave=False) as bar:
+        for size in sizes:
+            results.append(compare(config, params, plan, batch_size=size, runs=args.runs,
+                                   runtime=Runtime.from_args(args), progress=lambda i: bar.update(1)))
+    rows = [dict(name=name, **r[key]) for r in results for name, key in (("dense", "dense"),
+                                                                         (plan.options.label, "merged"))]
+    for r, row in zip([r for r in results for _ in (0, 1)], rows):
+        row["speedup"] = r["speedup"] if row["name"] != "dense" else 1.0
+    text = (format_table(rows, ["name", "batch_size", "images_per_s", "speedup", "gflops", "trace_s", "compile_s",
+                                "compiled_from"])
+            + f"\nideal speedup (by FLOPs): {results[0]['ideal_speedup']:.2f}x\n{plan.describe()}")
+    emit(args, results[0] if not args.batch_sizes else results, text)
 
 
 @command("plan", "show the merge plan of the flags (blocks, tokens, GFLOPs); --out saves it for --plan", MODEL, MERGE,

@@ -235,3 +235,12 @@ def test_labels_outside_the_head_are_refused(tmp_path, capsys):
     code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "tiny.npz"), "--data", str(tmp_path / "imgs"),
                        "--no-progress")
     assert code == 2 and "1 of 2 labels are >= the model's 10 classes" in err and err.count("\n") == 2  # note + error
+
+
+@pytest.mark.slow
+def test_bench_batch_sizes_axis(capsys):
+    code, out, _ = run(capsys, "bench", "--model", "vit_cifar_patch4_32", "--method", "tome", "--r", "4",
+                       "--runs", "1", "--batch-sizes", "1,3", "--json")
+    res = json.loads(out)
+    assert code == 0 and [r["dense"]["batch_size"] for r in res] == [1, 3] == [r["merged"]["batch_size"] for r in res]
+    assert all(r["speedup"] > 0 and r["merged"]["compiled_from"] in ("compiled", "cache", "off") for r in res)
