@@ -159,6 +159,9 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                    help="what the global blocks of tome/dfe/lgtm do (default: ToMe's merge; pitome/tofu/mctf are "
                         "also methods of their own)")
     g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
+    g.add_argument("--align", type=int, default=0, metavar="K",
+                   help="round every global block's token count down to a multiple of K (GEMM tiles; fewer distinct "
+                        "shapes across plans); never more FLOPs than without; 0 = exact r")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
         g.add_argument("--target-speedup", type=positive_float,
@@ -171,7 +174,7 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
 def _options(args, method: str, r: int) -> MergeOptions:
     return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
                         metric=args.metric, prop_attn=not args.no_prop_attn, reducer=args.reducer,
-                        prune_blocks=args.prune_blocks)
+                        prune_blocks=args.prune_blocks, align=args.align)
 
 
 def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:

@@ -168,3 +168,16 @@ def test_runtime_resolves_per_backend(tiny_config):
     assert Runtime().resolved(tiny_config, backend="tpu").merge_impl == "dense"
     with pytest.raises(FastViTError, match="unknown attention 'flash'; allowed: auto, einsum, fused"):
         Runtime(attention="flash")
+
+
+def test_aligned_plan_matches_numpy(tiny_config):
+    from fastvit_jax.merge.options import MergeOptions
+    from fastvit_jax.merge.plan import make_plan
+
+    flat = google_checkpoint(tiny_config, seed=4)
+    images = _images(tiny_config)
+    plan = make_plan(tiny_config, MergeOptions("tome", 5, align=8))
+    assert [op.tokens_out for op in plan.ops] == [56, 48, 48, 40]  # 65 tokens; plain r=5: 60, 55, 50, 45
+    got = np.asarray(make_forward(tiny_config, plan)(checkpoint.unflatten(flat), images))
+    want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -59,13 +59,14 @@ class MergeOptions:
     prop_attn: bool = True  # proportional attention (+ log(size) on the attention logits)
     reducer: str | None = None  # REDUCERS, for the global blocks of tome/dfe/lgtm; None: the method's own
     prune_blocks: int | None = None  # tofu: blocks [0, prune_blocks) prune; None: depth // 4
+    align: int = 0  # token counts after global blocks rounded down to a multiple of this (0: exact r)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        for name in ("r", "window", "skip", "transition", "prune_blocks"):
+        for name in ("r", "window", "skip", "transition", "prune_blocks", "align"):
             object.__setattr__(self, name, _whole(name, getattr(self, name),
                                                   allow_none=name in ("skip", "transition", "prune_blocks")))
         if self.r < 0:
@@ -78,6 +79,8 @@ class MergeOptions:
             raise FastViTError(f"skip must be >= 0, got {self.skip}")
         if self.transition is not None and self.transition < 0:
             raise FastViTError(f"transition must be >= 0, got {self.transition}")
+        if self.align < 0:
+            raise FastViTError(f"align must be >= 0 (0: no alignment), got {self.align}")
         if self.prune_blocks is not None and self.prune_blocks < 0:
             raise FastViTError(f"prune_blocks must be >= 0, got {self.prune_blocks}")
         if self.reducer is not None:
@@ -109,7 +112,7 @@ class MergeOptions:
     @property
     def label(self) -> str:
         reducer = f"+{self.reducer}" if self.reducer not in (None, "tome", self.method) else ""
-        return f"{self.method}{reducer} r={self.r}"
+        return f"{self.method}{reducer} r={self.r}" + (f" align={self.align}" if self.align > 1 else "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

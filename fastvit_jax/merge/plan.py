@@ -85,7 +85,7 @@ class MergePlan:
         return {
             "method": self.method, "r": self.r, "skip": self.skip, "window": self.window,
             "transition": self.transition, "metric": self.metric, "prop_attn": self.prop_attn,
-            "reducer": self.options.resolved_reducer,
+            "reducer": self.options.resolved_reducer, "align": self.options.align,
             "tokens": [op.tokens_in for op in self.ops] + [self.final_tokens],
             "ops": [str(op) for op in self.ops], "clamped": self.clamped,
         }
@@ -97,6 +97,8 @@ class MergePlan:
             head += f" window={self.window} transition={self.transition}"
         if self.options.resolved_reducer != "tome" and self.method != "drop":
             head += f" reducer={self.options.resolved_reducer}"
+        if self.options.align > 1:
+            head += f" align={self.options.align}"
         tokens = [op.tokens_in for op in self.ops] + [self.final_tokens]
         return (head + "\n  " + " | ".join(f"{i}:{op}" for i, op in enumerate(self.ops))
                 + f"\n  tokens per block: {tokens}" + ("\n  " + CLAMPED_NOTE if self.clamped else ""))
@@ -122,23 +124,37 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
         local_blocks = options.transition if options.transition is not None else \
             lgtm_transition(patch_grid, options.r, options.window, depth - skip)
     n = prefix + patch_grid[0] * patch_grid[1]
+    unaligned = n  # the token count plain r would give: aligned counts stay at or below it
     ops, clamped = [], False
     for i in range(depth):
         if not merging or i < skip:
             op, short = BlockOp("none", n, n), False
         elif i - skip < local_blocks:
             op, short = local_block(n, prefix, patch_grid, options.window + i - skip, options.r)
-        elif options.method == "drop":
-            op, short = global_block(n, prefix, options.r, "drop")
+            unaligned = op.tokens_out
         else:
-            op, short = global_block(n, prefix, options.r)
-            op = dataclasses.replace(op, **reducer_fields(options, i, depth))
+            unaligned -= min(options.r, bipartite.max_merges(unaligned, prefix))
+            r = aligned_merges(n, prefix, unaligned, options.align) if options.align > 1 else options.r
+            op, short = global_block(n, prefix, r, "drop" if options.method == "drop" else "global")
+            if options.align > 1:  # clamped: the bound kept more tokens than plain r would leave
+                short = op.tokens_out > unaligned
+            if options.method != "drop":
+                op = dataclasses.replace(op, **reducer_fields(options, i, depth))
         ops.append(op)
         clamped |= short
         n = op.tokens_out
     return MergePlan(tuple(ops), options, skip=skip, transition=sum(op.kind == "local" for op in ops),
                      num_prefix=prefix, distill_token=getattr(config, "distilled", False), track_source=track_source,
                      patch_grid=patch_grid, clamped=clamped)
+
+
+def aligned_merges(n: int, num_prefix: int, target: int, align: int) -> int:
+    """Merges that take n tokens to the multiple of `align` at or below `target` (the count plain
+    r would reach), within the half-the-tokens bound: GEMMs tile by 8/16/64 rows, and plans of one
+    sweep share more shapes. Never more tokens than the unaligned plan, so never more FLOPs."""
+    bound = bipartite.max_merges(n, num_prefix)
+    aligned = target - target % align
+    return max(0, min(n - aligned, bound))
 
 
 def reducer_fields(options: MergeOptions, block: int, depth: int) -> dict:
