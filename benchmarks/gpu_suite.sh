@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]        # OUT_DIR default: benchmarks/results/gpu_suite
 #   SUITE_BUDGET_S=510 SUITE_RUNS=50 bash benchmarks/gpu_suite.sh
+#   SUITE_BASE=vit_tiny_patch16_224 SUITE_SMALL=vit_tiny_patch16_224 SUITE_RUNS=2 SUITE_BATCHES=2 bash ...   # smoke test
 #
 # Writes OUT_DIR/suite.log and OUT_DIR/suite.json (every step's JSON, merged; rewritten after each
 # step, so a run cut short keeps what finished). Steps whose estimate does not fit the time left are
@@ -73,8 +74,27 @@ log "machine"
 # takes 44-75 s to compile there (the dense model 7 s). A grid of 19 variants did not compile within
 # 7 minutes, hence small steps, most important first.
 BENCH="benchmarks/bench_merging.py --merge-impls gather,dense --runs $RUNS --warmup-s 1"
-S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 ...)
 B=${SUITE_BASE:-vit_base_patch16_224}
+# First (issue 27): `fastvit bench` of ViT-B/16 dense vs ToMe r=16 at batch 32 and 256, its compile
+# cold and then from the persistent cache (a fresh cache folder, the same command twice), then the
+# runtime options: bfloat16 (auto = cuDNN's fused attention on GPU) and bfloat16 with einsum
+# attention, and aligned token counts (--align 8). Each writes fastvit's JSON.
+export FASTVIT_COMPILE_CACHE="$OUT_DIR/xla_cache"
+rm -rf "$FASTVIT_COMPILE_CACHE"
+fv_bench() {  # fv_bench NAME ARGS...: one `fastvit bench --json` into $STEPS/NAME.json
+  local name=$1
+  shift
+  "$PY" -m fastvit_jax bench --model $B --method tome --r ${SUITE_R_BENCH:-16} --batch-sizes ${SUITE_BATCHES:-32,256} \
+    --runs $RUNS "$@" --json >"$STEPS/$name.json"
+}
+export -f fv_bench
+export PY B RUNS STEPS
+step fv_base_cold 200 bash -c 'fv_bench fv_base_cold'
+step fv_base_cached 90 bash -c 'fv_bench fv_base_cached'
+step fv_base_bf16 200 bash -c 'fv_bench fv_base_bf16 --dtype bfloat16'
+step fv_base_align8 200 bash -c 'fv_bench fv_base_align8 --align 8'
+step fv_base_bf16_einsum 200 bash -c 'fv_bench fv_base_bf16_einsum --dtype bfloat16 --attention einsum'
+S=${SUITE_SMALL:-vit_small_patch16_224}  # (a smoke test on a CPU: SUITE_SMALL=SUITE_BASE=vit_tiny_patch16_224 ...)
 step base_b32_fp32 170 "$PY" $BENCH --models $B --methods tome,lgtm --r ${SUITE_R:-16} --batch-size 32 \
   --out "$STEPS/base_b32_fp32.json"
 step overhead_base_b32 110 "$PY" benchmarks/merge_overhead.py --model $B --methods tome --r 16 --rounds 20 \

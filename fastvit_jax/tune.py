@@ -34,7 +34,7 @@ from fastvit_jax.sweep import read_done, sweep_settings
 
 # method -> knob -> values tried; every combination is one candidate (r is then set by the budget)
 SEARCH_SPACE = {
-    "tome": {"skip": [0, 1, 2, 3]},  # skip > 0 is the paper's DFE
+    "tome": {"skip": [0, 1, 2, 3], "align": [0, 8]},  # skip > 0 is the paper's DFE; align: GEMM-friendly counts
     "lgtm": {"skip": [1, 2], "window": [5, 7]},
     "pitome": {"skip": [0, 1, 2]},
     "tofu": {"skip": [0, 1], "prune_blocks": [0, 1, 3]},

@@ -1,0 +1,84 @@
+"""What the runtime options cost in accuracy and buy in speed, on the bundled genuine DeiT-Tiny and
+the 2300 shared real ImageNet images (issue 27): aligned token counts (--align 8) against exact r
+at ToMe r=13's and r=16's GFLOPs, bfloat16 against float32, fused against einsum attention; top-1
+with paired differences, and images/s at batch 32 timed round-robin on this machine.
+
+    python benchmarks/runtime_options.py [--limit N] [--runs 10] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastvit_jax import budget
+from fastvit_jax.bench import time_forwards
+from fastvit_jax.data import image_folder, load_arrays
+from fastvit_jax.demo import bundled_model
+from fastvit_jax.errors import report_errors
+from fastvit_jax.flops import gflops
+from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.runtime import Runtime
+from fastvit_jax.stats import paired_difference
+from fastvit_jax.tune import correct_per_image
+
+SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default="../shared/data")
+    p.add_argument("--limit", type=int, help="images per set (quick runs)")
+    p.add_argument("--runs", type=int, default=10, help="timed rounds at batch 32 (0: no timing)")
+    p.add_argument("--out", default="benchmarks/results/runtime_options_cpu.json")
+    args = p.parse_args(argv)
+    params, config, pre = bundled_model()
+    sets = [image_folder(Path(args.shared) / v).limit(args.limit) for v in SETS.values()]
+    union = dataclasses.replace(sets[0], items=sets[0].items + sets[1].items, name="union")
+    images, labels = load_arrays(union, pre, require_labels=True)
+    f32, bf16 = Runtime(), Runtime(dtype="bfloat16")
+    variants = {}  # label -> (options, runtime, reference label)
+    for r in (13, 16):
+        target = gflops(config, make_plan(config, MergeOptions("tome", r)))
+        aligned = budget.options_for_gflops(config, MergeOptions("tome", align=8), target)
+        variants[f"tome r={r}"] = (MergeOptions("tome", r), f32, None)
+        variants[f"tome align=8 at r={r}'s GFLOPs (r={aligned.r})"] = (aligned, f32, f"tome r={r}")
+    variants["dense"] = (MergeOptions(), f32, None)
+    variants["dense bf16"] = (MergeOptions(), bf16, "dense")
+    variants["tome r=13 bf16"] = (MergeOptions("tome", 13), bf16, "tome r=13")
+    variants["tome r=13 fused attention"] = (MergeOptions("tome", 13), Runtime(attention="fused"), "tome r=13")
+    correct = {}
+    for label, (options, runtime, _) in variants.items():
+        print(f"evaluating {label}", file=sys.stderr)
+        forward = make_forward(config, make_plan(config, options), runtime)
+        correct[label] = correct_per_image(forward, params, images, labels, 32)
+    speed = {}
+    if args.runs:
+        plans = {label: make_plan(config, o) for label, (o, _, _) in variants.items()}
+        speed = time_forwards(config, params, plans, batch_size=32, runs=args.runs, warmup_s=1.0,
+                              runtimes={label: rt for label, (_, rt, _) in variants.items()})
+    rows = []
+    for label, (options, runtime, ref) in variants.items():
+        plan = make_plan(config, options)
+        row = {"variant": label, "gflops": gflops(config, plan), "top1": float(correct[label].mean()),
+               "tokens": [op.tokens_out for op in plan.ops], "runtime": runtime.to_dict(), "options": options.to_dict(),
+               "images_per_s": speed[label]["images_per_s"] if speed else None}
+        if ref:
+            d = paired_difference(correct[label], correct[ref])
+            row.update(vs=ref, diff=d["diff"], diff_lo=d["lo"], diff_hi=d["hi"],
+                       agree=float((correct[label] == correct[ref]).mean()))
+        rows.append(row)
+    print(format_table(rows, ["variant", "gflops", "top1", "vs", "diff", "diff_lo", "diff_hi", "images_per_s"]))
+    out = write_json(args.out, {"machine": machine(), "images": len(images), "rows": rows})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(report_errors(main, Path(__file__).name))
