@@ -28,6 +28,8 @@ from fastvit_jax.registry import get_entry
 from fastvit_jax.report import format_table, machine, write_json
 
 try:
+    import timm  # noqa: F401 (the peer needs it, beside torch)
+
     from fastvit_jax.peers import timm_tome  # needs torch + timm
 except ImportError:
     timm_tome = None
