@@ -160,8 +160,8 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                         "also methods of their own)")
     g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
     g.add_argument("--align", type=int, default=0, metavar="K",
-                   help="round every global block's token count down to a multiple of K (GEMM tiles; fewer distinct "
-                        "shapes across plans); never more FLOPs than without; 0 = exact r")
+                   help="round every global block's token count to the nearest multiple of K (GEMM tiles; fewer "
+                        "distinct shapes across plans); budgets still hold (--target-*); 0 = exact r")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
         g.add_argument("--target-speedup", type=positive_float,

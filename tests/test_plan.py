@@ -85,27 +85,27 @@ def test_plan_is_hashable_and_static():
         make_plan(S16, MergeOptions("tome", 8))  # no clamp, no warning
 
 
-def test_aligned_plans_round_token_counts_down_and_stay_under_budget():
-    """--align K: every global block's output a multiple of K (unless the half-the-tokens bound stops
-    it), never more tokens than plain r, so at or under any budget."""
-    from fastvit_jax.merge.bipartite import max_merges
+def test_aligned_plans_round_token_counts_and_budgets_hold():
+    """--align K: every global block's output the multiple of K nearest plain r's count (unless the
+    half-the-tokens bound stops it); a budget search keeps aligned plans at or under the budget."""
     from fastvit_jax import budget
     from fastvit_jax.config import variant_config
     from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.bipartite import max_merges
 
     cfg = variant_config("Ti/16")
     for method, r in (("tome", 13), ("tome", 16), ("dfe", 10), ("pitome", 12), ("lgtm", 13)):
         plain, aligned = (make_plan(cfg, MergeOptions(method, r, align=a)) for a in (0, 8))
         for p_op, a_op in zip(plain.ops, aligned.ops):
-            assert a_op.tokens_out <= p_op.tokens_out
             if a_op.kind == "global":
                 assert a_op.tokens_out % 8 == 0 or a_op.r == max_merges(a_op.tokens_in, 1)
-        assert gflops(cfg, aligned) <= gflops(cfg, plain)
+                assert abs(a_op.tokens_out - p_op.tokens_out) <= 8
     assert [op.tokens_out for op in make_plan(cfg, MergeOptions("tome", 13, align=8)).ops] == [
-        184, 168, 152, 144, 128, 112, 104, 88, 80, 64, 48, 40]
-    target = gflops(cfg, make_plan(cfg, MergeOptions("tome", 13)))
-    placed = budget.options_for_gflops(cfg, MergeOptions("tome", align=8), target)
-    assert gflops(cfg, make_plan(cfg, placed)) <= target and placed.align == 8
+        184, 168, 160, 144, 128, 120, 104, 96, 80, 64, 56, 40]
+    for r in (13, 16):
+        target = gflops(cfg, make_plan(cfg, MergeOptions("tome", r)))
+        placed = budget.options_for_gflops(cfg, MergeOptions("tome", align=8), target)
+        assert gflops(cfg, make_plan(cfg, placed)) <= target and placed.align == 8
     assert make_plan(cfg, MergeOptions("tome", 0, align=8)).is_dense  # r = 0: nothing to align
     with pytest.raises(FastViTError, match="align must be >= 0"):
         MergeOptions("tome", 8, align=-1)

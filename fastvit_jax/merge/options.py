@@ -59,7 +59,7 @@ class MergeOptions:
     prop_attn: bool = True  # proportional attention (+ log(size) on the attention logits)
     reducer: str | None = None  # REDUCERS, for the global blocks of tome/dfe/lgtm; None: the method's own
     prune_blocks: int | None = None  # tofu: blocks [0, prune_blocks) prune; None: depth // 4
-    align: int = 0  # token counts after global blocks rounded down to a multiple of this (0: exact r)
+    align: int = 0  # token counts after global blocks rounded to the nearest multiple of this (0: exact r)
 
     def __post_init__(self):
         if self.method not in METHODS:

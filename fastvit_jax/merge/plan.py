@@ -136,8 +136,8 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
             unaligned -= min(options.r, bipartite.max_merges(unaligned, prefix))
             r = aligned_merges(n, prefix, unaligned, options.align) if options.align > 1 else options.r
             op, short = global_block(n, prefix, r, "drop" if options.method == "drop" else "global")
-            if options.align > 1:  # clamped: the bound kept more tokens than plain r would leave
-                short = op.tokens_out > unaligned
+            if options.align > 1:  # clamped: the bound kept more tokens than the aligned target
+                short = op.tokens_out > int(round(unaligned / options.align)) * options.align
             if options.method != "drop":
                 op = dataclasses.replace(op, **reducer_fields(options, i, depth))
         ops.append(op)
@@ -149,11 +149,13 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
 
 
 def aligned_merges(n: int, num_prefix: int, target: int, align: int) -> int:
-    """Merges that take n tokens to the multiple of `align` at or below `target` (the count plain
-    r would reach), within the half-the-tokens bound: GEMMs tile by 8/16/64 rows, and plans of one
-    sweep share more shapes. Never more tokens than the unaligned plan, so never more FLOPs."""
+    """Merges that take n tokens to the multiple of `align` nearest `target` (the count plain r
+    would reach), within the half-the-tokens bound: GEMMs tile by 8/16/64 rows, and plans of one
+    sweep share more shapes. Rounding to the nearest keeps the plan's FLOPs close to plain r's
+    (rounding down lost 1.3 points at ToMe r=13's budget: BENCHMARKS.md section 13); a budget
+    search places aligned plans at or under the budget like any other."""
     bound = bipartite.max_merges(n, num_prefix)
-    aligned = target - target % align
+    aligned = int(round(target / align)) * align
     return max(0, min(n - aligned, bound))
 
 
