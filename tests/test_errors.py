@@ -127,6 +127,10 @@ def test_method_none_reports_r_0(files, capsys):
     code, out, _ = run(capsys, ["eval", *model(files), "--data", files / "imgs", "--method", "none", "--r", "8",
                                 "--json", "--no-progress"])
     assert code == 0 and json.loads(out)["r"] == 0 and json.loads(out)["plan"]["r"] == 0
+    code, out, _ = run(capsys, ["eval", *model(files), "--data", files / "imgs", "--method", "lgtm", "--r", "2",
+                                "--reducer", "mctf", "--window", "4", "--no-progress"])
+    header, row = out.splitlines()[:2]
+    assert code == 0 and header.split()[:3] == ["method", "reducer", "r"] and row.split()[:3] == ["lgtm", "mctf", "2"]
 
 
 def test_limit_spreads_over_a_class_sorted_folder(tmp_path):
@@ -168,3 +172,11 @@ def test_r_without_method_is_refused_and_method_without_r_noted(capsys):
     out, err = capsys.readouterr()
     assert code == 0 and err.count("fastvit: note: --method tome with r = 0 is the dense model") == 1
     assert json.loads(out)["plan"]["r"] == 0
+
+
+def test_tables_format_rates_alike():
+    from fastvit_jax.report import format_table
+
+    text = format_table([{"images_per_s": 8.123456, "compile_s": 0.5, "top1": 0.79}, {"images_per_s": 123.456}],
+                        ["images_per_s", "compile_s", "top1"])
+    assert "8.1 " in text and "123.5" in text and "0.5 " in text and "0.7900" in text and "8.1234" not in text
