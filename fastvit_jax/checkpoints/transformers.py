@@ -88,6 +88,31 @@ class _Keys:
                                f"{tuple(np.shape(self.sd[unused[0]]))}: refused rather than half-loaded")
 
 
+# Where a block's parameters sit in each model, below `{prefix}{layers}.{i}.`
+VIT_BLOCK = {"layers": "encoder.layer", "LayerNorm_0": "layernorm_before", "LayerNorm_2": "layernorm_after",
+             "query": "attention.attention.query", "key": "attention.attention.key",
+             "value": "attention.attention.value", "out": "attention.output.dense",
+             "Dense_0": "intermediate.dense", "Dense_1": "output.dense"}
+SIGLIP_BLOCK = {"layers": "encoder.layers", "LayerNorm_0": "layer_norm1", "LayerNorm_2": "layer_norm2",
+                "query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+                "out": "self_attn.out_proj", "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2"}
+
+
+def blocks(take: "_Keys", heads: int, prefix: str, names: dict) -> dict:
+    """encoderblock_{i} for every block the state dict has, in our names."""
+    out, i = {}, 0
+    while take.has(f"{prefix}{names['layers']}.{i}.{names['LayerNorm_0']}.weight"):
+        b = f"{prefix}{names['layers']}.{i}."
+        attn = {n: take.heads(b + names[n], heads) for n in ("query", "key", "value")}
+        attn["out"] = take.out(b + names["out"], heads)
+        out[f"encoderblock_{i}"] = {
+            "LayerNorm_0": take.norm(b + names["LayerNorm_0"]), "MultiHeadDotProductAttention_1": attn,
+            "LayerNorm_2": take.norm(b + names["LayerNorm_2"]),
+            "MlpBlock_3": {d: take.linear(b + names[d]) for d in ("Dense_0", "Dense_1")}}
+        i += 1
+    return out
+
+
 def vit_tree(sd: dict, config: dict, source) -> dict:
     prefix = "vit." if any(k.startswith("vit.") for k in sd) else ""
     take, heads = _Keys(sd, source), int(config["num_attention_heads"])
@@ -97,16 +122,7 @@ def vit_tree(sd: dict, config: dict, source) -> dict:
          "cls": take(e + "cls_token"),
          "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
                          "encoder_norm": take.norm(prefix + "layernorm")}}
-    i = 0
-    while take.has(f"{prefix}encoder.layer.{i}.layernorm_before.weight"):
-        b = f"{prefix}encoder.layer.{i}."
-        attn = {n: take.heads(b + f"attention.attention.{n}", heads) for n in ("query", "key", "value")}
-        attn["out"] = take.out(b + "attention.output.dense", heads)
-        p["Transformer"][f"encoderblock_{i}"] = {
-            "LayerNorm_0": take.norm(b + "layernorm_before"), "MultiHeadDotProductAttention_1": attn,
-            "LayerNorm_2": take.norm(b + "layernorm_after"),
-            "MlpBlock_3": {"Dense_0": take.linear(b + "intermediate.dense"), "Dense_1": take.linear(b + "output.dense")}}
-        i += 1
+    p["Transformer"].update(blocks(take, heads, prefix, VIT_BLOCK))
     if take.has(prefix + "pooler.dense.weight"):  # ViTModel: tanh(Dense(cls)), vision_transformer's pre_logits
         p["pre_logits"] = take.linear(prefix + "pooler.dense")
     if take.has("classifier.weight"):
@@ -123,17 +139,7 @@ def siglip_tree(sd: dict, config: dict, source) -> dict:
                        "bias": take(v + "embeddings.patch_embedding.bias")},
          "Transformer": {"posembed_input": {"pos_embedding": pe[None]},
                          "encoder_norm": take.norm(v + "post_layernorm")}}
-    i = 0
-    while take.has(f"{v}encoder.layers.{i}.layer_norm1.weight"):
-        b = f"{v}encoder.layers.{i}."
-        attn = {n: take.heads(b + f"self_attn.{t}_proj", heads) for n, t in (("query", "q"), ("key", "k"),
-                                                                             ("value", "v"))}
-        attn["out"] = take.out(b + "self_attn.out_proj", heads)
-        p["Transformer"][f"encoderblock_{i}"] = {
-            "LayerNorm_0": take.norm(b + "layer_norm1"), "MultiHeadDotProductAttention_1": attn,
-            "LayerNorm_2": take.norm(b + "layer_norm2"),
-            "MlpBlock_3": {"Dense_0": take.linear(b + "mlp.fc1"), "Dense_1": take.linear(b + "mlp.fc2")}}
-        i += 1
+    p["Transformer"].update(blocks(take, heads, v, SIGLIP_BLOCK))
     h = v + "head."
     if take.has(h + "probe"):
         w, bias = take(h + "attention.in_proj_weight"), take(h + "attention.in_proj_bias")  # (3D, D), (3D,)
