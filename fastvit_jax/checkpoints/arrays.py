@@ -39,6 +39,13 @@ class Stored:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+def read_float32(stored: Stored) -> np.ndarray:
+    """The array, with bfloat16/float16 widened to float32 as it is read (one array at a time, so a
+    half-precision file never holds both copies of every array at once)."""
+    a = stored.read()
+    return a.astype(np.float32) if a.dtype in (BF16, np.float16) else a
+
+
 def loaded(value) -> Stored:
     """A Stored for an array already in memory."""
     a = np.asarray(value)

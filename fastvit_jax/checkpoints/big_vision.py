@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.arrays import Stored, read_float32
 from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.checkpoints.tree import flatten, strip_prefix, unflatten
 from fastvit_jax.errors import FastViTError
@@ -106,7 +106,7 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     from fastvit_jax.checkpoints.google import fix_groupnorm
 
     flat = select_tower(stored, source, tower)  # hybrids saved by today's flax get these names too
-    params = rename(unflatten({k: fix_groupnorm(k, v).read() for k, v in flat.items()}), source)
+    params = rename(unflatten({k: read_float32(fix_groupnorm(k, v)) for k, v in flat.items()}), source)
     desc = Description(NAME)
     desc.assume("gelu", "tanh", "big_vision's ViT uses flax's nn.gelu (tanh approximation)")
     desc.assume("ln_eps", 1e-6, "flax LayerNorm as in big_vision")

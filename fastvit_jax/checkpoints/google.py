@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.arrays import Stored, read_float32
 from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.checkpoints.tree import strip_prefix, unflatten
 
@@ -32,7 +32,7 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     from fastvit_jax.checkpoints import big_vision
 
     flat = big_vision.select_tower(stored, source, tower)
-    params = unflatten({k: fix_groupnorm(k, v).read() for k, v in flat.items()})
+    params = unflatten({k: read_float32(fix_groupnorm(k, v)) for k, v in flat.items()})
     desc = Description(NAME)
     desc.assume("gelu", "tanh", "Google trained with flax's nn.gelu (tanh approximation)")
     desc.assume("ln_eps", 1e-6, "flax LayerNorm as in vision_transformer")

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.arrays import Stored, read_float32
 from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.errors import FastViTError
 
@@ -118,7 +118,7 @@ def describe(folder_config: dict | None, source) -> Description:
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
     config = folder.config if folder else None
     heads = ((config or {}).get("model_args") or {}).get("num_heads")
-    sd = {k: v.read() for k, v in stored.items()}
+    sd = {k: read_float32(v) for k, v in stored.items()}
     params = convert_state_dict(sd, heads, source)
     desc = describe(config, source)
     classes = (config or {}).get("num_classes")

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from fastvit_jax.checkpoints.arrays import Stored
+from fastvit_jax.checkpoints.arrays import Stored, read_float32
 from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.errors import FastViTError
 
@@ -213,7 +213,7 @@ def describe(config: dict, pre: dict | None, siglip: bool, source) -> Descriptio
 
 
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
-    sd = torch_layout({k: v.read() for k, v in stored.items()
+    sd = torch_layout({k: read_float32(v) for k, v in stored.items()
                        if not _torch_name(k).startswith("text_model.")})  # a SiglipModel's text half stays on disk
     siglip = _SIGLIP in sd
     folder_config = folder.config if folder else None
