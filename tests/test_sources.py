@@ -20,7 +20,7 @@ class _Server:
     """127.0.0.1 server of one file; `cut` bytes: announce the whole length, send that many, close."""
 
     def __init__(self, payload: bytes):
-        self.payload, self.cut, self.requests = payload, None, 0
+        self.payload, self.cut, self.requests, self.md5 = payload, None, 0, None
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -28,6 +28,8 @@ class _Server:
                 owner.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(owner.payload)))
+                if owner.md5:
+                    self.send_header("x-goog-hash", f"crc32c=AAAAAA==, md5={owner.md5}")
                 self.end_headers()
                 self.wfile.write(owner.payload[:owner.cut] if owner.cut else owner.payload)
 
@@ -151,3 +153,29 @@ def test_second_process_compiles_nothing_it_compiled_before(tmp_path):
     assert [runs[1][k]["compiled_from"] for k in ("dense", "merged")] == ["cache", "cache"]
     off = subprocess.run(argv + ["--compile-cache", "off"], env=env, capture_output=True, text=True, check=True)
     assert json.loads(off.stdout)["merged"]["compiled_from"] == "off"
+
+
+def test_md5_from_the_bucket_is_checked(served, tmp_path, capsys):
+    """Google Cloud Storage sends each object's MD5 (x-goog-hash): a file that differs is refused
+    and nothing is left in the cache; the right MD5 loads."""
+    import base64
+    import hashlib
+
+    served.md5 = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
+    code = main(["inspect", served.url])
+    _, err = capsys.readouterr()
+    assert code == 2 and "MD5 differs" in err and not list((tmp_path / "cache").rglob("*.npz*"))
+    served.md5 = base64.b64encode(hashlib.md5(served.payload).digest()).decode()
+    assert checkpoint.load(served.url)[1].width == 32
+
+
+def test_paligemma_files_are_refused(tmp_path):
+    """A PaliGemma file's image tower runs without pooling into the language model: refused in one
+    line rather than pooled silently."""
+    from conftest import google_checkpoint as flat_of
+
+    two = {f"params/img/{k}": v for k, v in flat_of(TINY.replace(pool="gap", num_classes=16)).items()}
+    two["params/llm/embedder/input_embedding"] = np.ones((8, 16), np.float32)
+    np.savez(tmp_path / "pg.npz", **two)
+    with pytest.raises(FastViTError, match="a PaliGemma file"):
+        checkpoint.load(tmp_path / "pg.npz")

@@ -39,6 +39,10 @@ def select_tower(stored: dict[str, Stored], source, tower: str | None) -> dict[s
     when it is a plain ViT)."""
     flat = {strip_prefix(k): v for k, v in stored.items()}
     found = towers(flat)
+    if any(k.startswith("llm/") for k in flat):  # PaliGemma: img/ feeds every token to the language model
+        raise FastViTError(f"{source}: a PaliGemma file: its image tower runs without pooling (pool_type 'none'), "
+                           f"each token projected by img/head into the language model; fastvit runs classifiers "
+                           f"and pooled towers, and would pool these tokens silently: refused")
     if tower is None:
         if "embedding/kernel" in flat or not found:
             return flat

@@ -8,6 +8,8 @@ leaves a file that later loads.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import urllib.error
@@ -78,17 +80,21 @@ def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
+            md5 = _goog_md5(resp.headers.get("x-goog-hash", ""))  # what Google Cloud Storage says it sent
             from tqdm import tqdm
 
-            got = 0
+            got, digest = 0, hashlib.md5()
             with open(tmp, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True,
                                             desc=dest.name[:40], disable=not progress) as bar:
                 while chunk := resp.read(1 << 20):
                     f.write(chunk)
+                    digest.update(chunk)
                     got += len(chunk)
                     bar.update(len(chunk))
         if total and got != total:
             raise OSError(f"the transfer ended after {got} of {total} bytes")
+        if md5 and digest.digest() != md5:
+            raise OSError("the file's MD5 differs from the one the server sent (x-goog-hash): damaged in transfer")
         tmp.replace(dest)
     except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
         tmp.unlink(missing_ok=True)
@@ -98,6 +104,18 @@ def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def _goog_md5(header: str) -> bytes | None:
+    """The md5 in a `x-goog-hash: crc32c=..., md5=...` header, decoded; None without one."""
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "md5":
+            try:
+                return base64.b64decode(value)
+            except ValueError:
+                return None
+    return None
 
 
 def hf_folder(repo: str) -> Path:
