@@ -13,7 +13,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from fastvit_jax import budget
 from fastvit_jax.bench import time_forwards
