@@ -31,12 +31,12 @@ from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args
 from fastvit_jax.bench import time_round_robin
 from fastvit_jax.errors import report_errors
 from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward, resolve_examples_per_step
+from fastvit_jax.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import free_merging, make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.registry import get_entry
-from fastvit_jax.runtime import Runtime
+from fastvit_jax.runtime import Runtime, resolve_examples_per_step
 from fastvit_jax.report import format_table, machine, write_json
 
 

@@ -69,11 +69,12 @@ def time_round_robin(runners: dict, rounds: int, warmup: int = 2, warmup_s: floa
     return times
 
 
-def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile_s: float, *,
+def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compiled: dict, *,
                  batch_size: int, runtime: Runtime = Runtime()) -> dict:
+    """One timed forward's row; compiled: forward_runner's trace_s, compile_s and compiled_from."""
     med = statistics.median(times)
     rt = runtime.resolved(config)
-    return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), "compile_s": compile_s,
+    return {"images_per_s": batch_size / med, "gflops": gflops(config, plan), **compiled,
             "median_s": med, "runs": len(times), "batch_size": batch_size, "dtype": rt.dtype,
             "examples_per_step": rt.examples_per_step, "attention": rt.attention,
             "merge_impl": rt.merge_impl if plan is not None and not plan.is_dense else None}
@@ -96,11 +97,10 @@ def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 3
     with ThreadPoolExecutor(max(1, min(len(plans), compile_threads or os.cpu_count() or 1))) as pool:
         built = dict(zip(plans, pool.map(build, plans)))
     runners = {name: run for name, (run, _) in built.items()}
-    compile_s = {name: how["compile_s"] for name, (_, how) in built.items()}
     runners.update(others or {})
     times = time_round_robin(runners, runs, warmup, warmup_s, progress)
-    results = {name: {**speed_result(config, plan, times[name], compile_s[name], batch_size=batch_size,
-                                     runtime=runtimes[name]), **built[name][1]}
+    results = {name: speed_result(config, plan, times[name], built[name][1], batch_size=batch_size,
+                                  runtime=runtimes[name])
                for name, plan in plans.items()}
     for name in others or {}:
         med = statistics.median(times[name])

@@ -23,11 +23,6 @@ from fastvit_jax.config import ViTConfig, stem_stride
 from fastvit_jax.errors import FastViTError
 
 
-# What a file is (model family, GELU, preprocessing), beside the params under one extra key that
-# Google-layout readers load as one more (unused) array: JSON text as uint8.
-TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
 def save_npz(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write params as a Google-layout .npz (flat '/'-joined keys, float32), plus `meta` if given."""
     path = Path(path)
@@ -172,8 +167,7 @@ def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta:
     the file is used.
     """
     params, desc = read_checkpoint(path, tower)
-    stated = {k: getattr(desc, k) for k in STATED_FIELDS
-              if getattr(desc, k) is not None and not desc.sources.get(k, "").startswith("assumed")}
+    stated = {k: getattr(desc, k) for k in STATED_FIELDS if desc.stated(k)}
     found = infer_config(params, gelu=config.gelu if config else desc.gelu or "tanh",
                          image_size=config.image_size if config else desc.image_size,
                          ln_eps=config.ln_eps if config else desc.ln_eps or 1e-6)
@@ -203,7 +197,7 @@ def describe(path: str | os.PathLike, tower: str | None = None) -> dict:
     local = sources.resolve(path)
     weights, _ = checkpoints.locate(local)
     stored = checkpoints.list_arrays(weights)
-    params, desc = checkpoints.read(local, tower)
+    params, desc = checkpoints.read(local, tower, listed=stored)
     config = infer_config(params, gelu=desc.gelu or "tanh", image_size=desc.image_size, ln_eps=desc.ln_eps or 1e-6)
     cfg = {k: getattr(config, k) for k in ("width", "depth", "heads", "mlp_dim", "patch", "image_size",
                                           "num_classes", "pre_logits", "resnet", "pool", "posemb", "distilled",

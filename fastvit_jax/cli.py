@@ -277,16 +277,12 @@ def cmd_bench(args):
         args.model = "vit_small_patch16_224"
     params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
-    sizes = args.batch_sizes or [args.batch_size]
-    results = []
+    sizes, runtime = args.batch_sizes or [args.batch_size], Runtime.from_args(args)
     with tqdm(total=args.runs * len(sizes), desc="bench: timed rounds", disable=args.json, leave=False) as bar:
-        for size in sizes:
-            results.append(compare(config, params, plan, batch_size=size, runs=args.runs,
-                                   runtime=Runtime.from_args(args), progress=lambda i: bar.update(1)))
-    rows = [dict(name=name, **r[key]) for r in results for name, key in (("dense", "dense"),
-                                                                         (plan.options.label, "merged"))]
-    for r, row in zip([r for r in results for _ in (0, 1)], rows):
-        row["speedup"] = r["speedup"] if row["name"] != "dense" else 1.0
+        results = [compare(config, params, plan, batch_size=size, runs=args.runs, runtime=runtime,
+                           progress=lambda i: bar.update(1)) for size in sizes]
+    rows = [row for r in results for row in (dict(name="dense", **r["dense"], speedup=1.0),
+                                             dict(name=plan.options.label, **r["merged"], speedup=r["speedup"]))]
     text = (format_table(rows, ["name", "batch_size", "images_per_s", "speedup", "gflops", "trace_s", "compile_s",
                                 "compiled_from"])
             + f"\nideal speedup (by FLOPs): {results[0]['ideal_speedup']:.2f}x\n{plan.describe()}")

@@ -128,14 +128,6 @@ class Preprocess:
             else ((0.5,) * 3, (0.5,) * 3)
         return (self.mean if self.mean is not None else default[0], self.std if self.std is not None else default[1])
 
-    def describe(self) -> str:
-        mean, std = self.mean_std
-        geometry = (f"resize to {self.size}" if self.family == "inception" else
-                    f"shorter side to {math.floor(self.size / self.crop_pct) if self.family == 'deit' else self.train_size}"
-                    f", center crop {self.size}")
-        return (f"{geometry} ({self.interpolation or _DEFAULT_INTERPOLATION[self.family]}), "
-                f"mean {tuple(round(float(m), 4) for m in mean)}, std {tuple(round(float(s), 4) for s in std)}")
-
     @property
     def train_size(self) -> int:
         """Side of the images training crops from: larger than `size` only for family "crop"."""

@@ -1,4 +1,4 @@
-"""Jit-compiled forward functions, one per (config, plan, dtype, examples per step).
+"""Jit-compiled forward functions, one per (config, plan, runtime).
 
 On CPU a batch runs a few examples at a time (`lax.map` over slices of the batch, inside the one
 jitted function): a whole batch's MLP hidden activation spills from the last-level cache, and the
@@ -16,9 +16,8 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
-from fastvit_jax.models.vit import DTYPES, VisionTransformer  # noqa: F401 (DTYPES: public here too)
-from fastvit_jax.runtime import (CPU_STEP_BYTES, Runtime, auto_examples_per_step,  # noqa: F401 (public here too)
-                                 resolve_examples_per_step)
+from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.runtime import Runtime
 
 
 

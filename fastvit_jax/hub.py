@@ -6,11 +6,10 @@ from pathlib import Path
 
 from fastvit_jax import checkpoint
 from fastvit_jax.checkpoints import Description, sources
+from fastvit_jax.checkpoints.description import PREPROCESS_FIELDS
 from fastvit_jax.data import Preprocess
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
-
-PREPROCESS_KEYS = ("family", "crop_pct", "mean", "std", "interpolation")
 
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
@@ -41,8 +40,7 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     params, config, desc = checkpoint.load(path, config, with_meta=True, tower=tower, notes=notes)
     if gelu:
         config = config.replace(gelu=gelu)
-    stated = _stated_preprocess(desc)
-    if entry is not None and (official or not stated):
+    if entry is not None and (official or not any(desc.stated(k) for k in PREPROCESS_FIELDS)):
         pre = {"family": entry.preprocessing, "crop_pct": entry.crop_pct}
     else:
         pre = {k: v for k, v in desc.preprocess.items() if v is not None}
@@ -53,11 +51,7 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     if crop_pct:
         pre["crop_pct"] = crop_pct
     pre.setdefault("family", "inception")
-    return params, config, Preprocess(size=config.image_size, **{k: pre[k] for k in PREPROCESS_KEYS if k in pre})
-
-
-def _stated_preprocess(desc: Description) -> bool:
-    return any(not desc.sources.get(k, "assumed").startswith("assumed") for k in PREPROCESS_KEYS)
+    return params, config, Preprocess(size=config.image_size, **{k: pre[k] for k in PREPROCESS_FIELDS if k in pre})
 
 
 def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list) -> None:
@@ -66,7 +60,7 @@ def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list)
     if gelu:
         assumed.pop("gelu", None)
     if preprocessing:
-        for key in PREPROCESS_KEYS:
+        for key in PREPROCESS_FIELDS:
             assumed.pop(key, None)
     assumed.pop("ln_eps", None)  # every layout's own default, not a guess
     if not assumed:
@@ -82,7 +76,7 @@ def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list)
 
 
 def _show(desc: Description, key: str):
-    return desc.preprocess.get(key) if key in PREPROCESS_KEYS else getattr(desc, key)
+    return desc.preprocess.get(key) if key in PREPROCESS_FIELDS else getattr(desc, key)
 
 
 def _official_file(entry) -> Path:

@@ -115,7 +115,7 @@ def test_random_metric_draws_fresh_features_in_every_step(tiny_config):
 
 
 def test_auto_examples_per_step_fits_the_cache():
-    from fastvit_jax.forward import CPU_STEP_BYTES, auto_examples_per_step, resolve_examples_per_step
+    from fastvit_jax.runtime import CPU_STEP_BYTES, auto_examples_per_step, resolve_examples_per_step
 
     assert auto_examples_per_step(variant_config("S/16"), backend="cpu") == 8
     assert auto_examples_per_step(variant_config("B/16"), backend="cpu") == 4

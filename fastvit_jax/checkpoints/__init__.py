@@ -105,10 +105,12 @@ def read_meta(stored: dict[str, Stored], source) -> dict | None:
         raise FastViTError(f"{source}: key {META_KEY} is not the JSON fastvit writes there") from None
 
 
-def read(path: str | Path, tower: str | None = None) -> tuple[dict, Description]:
-    """(params in our tree as stored dtypes, what the file says it is)."""
+def read(path: str | Path, tower: str | None = None, *, listed: dict[str, Stored] | None = None
+         ) -> tuple[dict, Description]:
+    """(params in our tree, float32, what the file says it is). listed: the arrays `list_arrays`
+    gave for this path already (`fastvit inspect` shows them too), so the file is listed once."""
     weights, folder = locate(path)
-    stored = list_arrays(weights)
+    stored = dict(listed) if listed is not None else list_arrays(weights)
     meta = read_meta(stored, path)
     layout = detect(stored)
     params, desc = layout.to_tree(stored, path, folder, tower)

@@ -22,10 +22,8 @@ class Description:
     ln_eps: float | None = None
     preprocess: dict = dataclasses.field(default_factory=dict)  # PREPROCESS_FIELDS that the file states
     image_size: int | None = None  # the resolution the file states (sincos2d files cannot show it)
-    label_names: list | None = None  # class names the file carries (transformers' id2label)
     model_family: str | None = None  # what fastvit_meta calls the model ("deit", "google", ...)
     sources: dict = dataclasses.field(default_factory=dict)  # field -> where its value came from
-    folder_config: dict | None = None  # the folder's config.json, as read
 
     def state(self, field: str, value, source: str) -> None:
         """Record a value the file states (source: which file or key said it)."""
@@ -40,6 +38,10 @@ class Description:
         if field in self.sources:
             return
         self.state(field, value, f"assumed: {why}")
+
+    def stated(self, field: str) -> bool:
+        """Whether the file itself says `field` (not assumed, not left unsaid)."""
+        return field in self.sources and not self.sources[field].startswith("assumed")
 
     @property
     def assumed(self) -> dict:

@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from fastvit_jax.checkpoints import WEIGHT_FILES
 from fastvit_jax.errors import FastViTError
 
 GCS_HTTPS = "https://storage.googleapis.com/"
@@ -25,8 +26,8 @@ AUGREG = GCS_HTTPS + "vit_models/augreg/"
 # S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224
 _AUGREG_STEM = re.compile(r"^(R\d*_)?[A-Za-z]+_\d+-i(1k|21k)-\d+ep-lr_[\d.]+-aug_\w+-wd_[\d.]+-do_[\d.]+-sd_[\d.]+"
                           r"(--[\w.]+-steps_\d+k-lr_[\d.]+-res_\d+)?$")
-HF_FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json",
-            "model-*.safetensors", "pytorch_model.bin", "flax_model.msgpack", "open_clip_model.safetensors")
+# A Hugging Face repo's files worth fetching: its configs and weights (and a sharded model's shards).
+HF_FILES = ("config.json", "preprocessor_config.json", "model-*.safetensors", *WEIGHT_FILES)
 
 
 def cache_dir() -> Path:
@@ -123,8 +124,6 @@ def hf_folder(repo: str) -> Path:
 
 
 def _complete(folder: Path) -> bool:
-    from fastvit_jax.checkpoints import WEIGHT_FILES
-
     return (folder / "config.json").exists() and any((folder / f).exists() for f in WEIGHT_FILES)
 
 

@@ -84,7 +84,7 @@ def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, sour
 
 
 def describe(folder_config: dict | None, source) -> Description:
-    desc = Description(NAME, folder_config=folder_config)
+    desc = Description(NAME)
     desc.state("gelu", "exact", "timm's ViT (nn.GELU)")
     desc.state("ln_eps", 1e-6, "timm's ViT (LayerNorm eps 1e-6)")
     cfg = (folder_config or {}).get("pretrained_cfg")

@@ -178,9 +178,6 @@ def describe(config: dict, pre: dict | None, siglip: bool, source) -> Descriptio
                "config.json layer_norm_eps" if eps is not None else "transformers' default layer_norm_eps")
     if "image_size" in config:
         desc.state("image_size", int(config["image_size"]), "config.json image_size")
-    labels = config.get("id2label")
-    if labels and not siglip:
-        desc.label_names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))]
     where = "preprocessor_config.json"
     if pre is None:
         defaults = "SiglipImageProcessor" if siglip else "ViTImageProcessor"
@@ -220,7 +217,6 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     config = model_config(folder_config, source, siglip)
     params = siglip_tree(sd, config, source) if siglip else vit_tree(sd, config, source)
     desc = describe(config, folder.preprocessor if folder else None, siglip, source)
-    desc.folder_config = folder_config
     desc.model_family = f"transformers:{folder_config.get('model_type', '?')}"
     width = params["embedding"]["kernel"].shape[-1]
     if int(config.get("hidden_size", width)) != width:

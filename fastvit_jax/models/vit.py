@@ -31,8 +31,6 @@ from fastvit_jax.merge.state import TokenState, initial_state
 from fastvit_jax.models.resnet import resnet_stem
 from fastvit_jax.runtime import Runtime
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 Dtype = Any
 
 
@@ -133,7 +131,7 @@ class Encoder1DBlock(nn.Module):
 
     @property
     def dtype(self):
-        return DTYPES[self.runtime.dtype]
+        return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
     def __call__(self, state: TokenState, merge_key):
@@ -233,7 +231,7 @@ class Encoder(nn.Module):
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
         for i in range(cfg.depth):
             state = Encoder1DBlock(cfg, self.plan, i, self.runtime, name=f"encoderblock_{i}")(state, merge_key)
-        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=DTYPES[self.runtime.dtype], name="encoder_norm")(state.x)
+        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
 
 
@@ -256,7 +254,7 @@ class VisionTransformer(nn.Module):
 
     @property
     def dtype(self):
-        return DTYPES[self.runtime.dtype]
+        return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
     def __call__(self, images, *, merge_key=None, return_state: bool = False):
