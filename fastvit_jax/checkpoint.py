@@ -213,6 +213,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = No
     The output says what it is: `meta` if given, else the source's own description (with what it
     assumed: "assumed" in the result lists those fields)."""
     params, desc = read_checkpoint(src)
+    assumed = [] if meta else sorted(desc.assumed)  # a given meta (`--model`) says it all
     meta = meta or desc.to_meta()
     config = infer_config(params, gelu=meta.get("gelu", "tanh"), ln_eps=meta.get("ln_eps", 1e-6),
                           image_size=desc.image_size)
@@ -222,4 +223,4 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = No
     out = save_npz(params, dst, meta) if fmt == "npz" else save_orbax(params, dst, meta)
     return {"src": str(src), "dst": str(out), "format": fmt, "variant": config.variant,
             "image_size": config.image_size, "num_classes": config.num_classes, "meta": meta,
-            "assumed": sorted(desc.assumed)}
+            "assumed": assumed}
