@@ -90,7 +90,10 @@ class Preprocess:
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:
-                value = tuple(float(v) for v in value)
+                try:
+                    value = tuple(float(v) for v in value)
+                except (TypeError, ValueError):
+                    raise FastViTError(f"preprocessing {name} must be 3 numbers, got {value!r}") from None
                 if len(value) != 3 or (name == "std" and min(value) <= 0):
                     raise FastViTError(f"preprocessing {name} must be 3 numbers{' > 0' if name == 'std' else ''}, "
                                        f"got {value}")

@@ -342,3 +342,32 @@ def test_convert_keeps_what_the_folder_said(tmp_path, capsys):
     assert (c1, pre1, notes) == (c2, pre2, [])
     images = _images()
     np.testing.assert_array_equal(_forward(p1, c1, images), _forward(p2, c2, images))
+
+
+def test_wrong_types_and_shapes_in_a_folder_are_one_line(tmp_path, capsys):
+    """Config values of the wrong type, and arrays of the wrong shape for their key: exit 2, one line."""
+    flat = google_checkpoint(CFG, seed=13)
+    sd = hf_vit(flat, 3)
+    cases = {
+        "resample as a word": (_folder(tmp_path / "a", {"model.safetensors": sd}, HF_CONFIG, dict(HF_PRE, resample="bicubic")),
+                               "not a readable transformers checkpoint: ValueError"),
+        "mean not numbers": (_folder(tmp_path / "b", {"model.safetensors": sd}, HF_CONFIG,
+                                     dict(HF_PRE, image_mean=["a", "b", "c"])), "not a readable transformers checkpoint"),
+        "heads not a number": (_folder(tmp_path / "c", {"model.safetensors": sd}, dict(HF_CONFIG, num_attention_heads="x")),
+                               "not a readable transformers checkpoint"),
+        "query of the wrong shape": (_folder(tmp_path / "d", {"model.safetensors": {
+            **sd, "vit.encoder.layer.0.attention.attention.query.weight": np.ones((32, 31), np.float32)}}),
+            "query/kernel has shape (31, 2, 16), expected (32, 2, 16)"),
+        "query that splits into no heads": (_folder(tmp_path / "e", {"model.safetensors": {
+            **sd, "vit.encoder.layer.0.attention.attention.query.weight": np.ones((31, 32), np.float32)}}),
+            "not a readable transformers checkpoint: ValueError"),
+    }
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    for what, (path, msg) in cases.items():
+        code, _, err = run(capsys, "predict", str(img), "--checkpoint", str(path))
+        assert code == 2 and msg in err and err.count("\n") == 1 and err.startswith("fastvit: error:"), (what, err)
+    from fastvit_jax.data import Preprocess
+
+    with pytest.raises(FastViTError, match="preprocessing mean must be 3 numbers, got 'abc'"):
+        Preprocess(mean="abc")

@@ -113,7 +113,11 @@ def read(path: str | Path, tower: str | None = None, *, listed: dict[str, Stored
     stored = dict(listed) if listed is not None else list_arrays(weights)
     meta = read_meta(stored, path)
     layout = detect(stored)
-    params, desc = layout.to_tree(stored, path, folder, tower)
+    try:
+        params, desc = layout.to_tree(stored, path, folder, tower)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        # a value of the wrong type in a config file, an array of the wrong shape for its key
+        raise FastViTError(f"{path}: not a readable {layout.NAME} checkpoint: {type(e).__name__}: {e}") from None
     if meta:
         desc.apply_meta(meta, f"{META_KEY} in the file")
     return params, desc
