@@ -107,6 +107,8 @@ def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None
     if posemb is None:
         return ViTConfig(**cfg, image_size=image_size or DEFAULT_SINCOS_SIZE, posemb="sincos2d")
     prefix = (1 + distilled) if pool == "tok" else 0
+    if np.ndim(posemb) != 3 or not hasattr(posemb, "shape"):
+        raise FastViTError(f"pos_embedding has shape {tuple(np.shape(posemb))}, expected (1, tokens, width)")
     tokens = int(posemb.shape[1]) - prefix
     side = math.isqrt(max(tokens, 0))
     if side * side != tokens:
@@ -153,6 +155,19 @@ def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") ->
         raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
 
 
+def check_finite(params: dict, source: str = "checkpoint") -> None:
+    """Raise naming the first parameter holding NaN or Inf: such a model reports an accuracy that
+    means nothing (every logit NaN ranks the classes by index)."""
+    for key, value in flatten(params).items():
+        a = np.asarray(value)
+        if a.dtype.kind != "f" and a.dtype.name != "bfloat16":  # an int, bool or complex copy of a weight is no model
+            raise FastViTError(f"{source}: parameter {key} has dtype {a.dtype}; a ViT's parameters are floating point")
+        if not np.isfinite(a).all():
+            nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+            what = ", ".join(f"{n} {name}" for n, name in ((nan, "NaN"), (inf, "Inf")) if n)
+            raise FastViTError(f"{source}: parameter {key} holds {what} (of {a.size} values): the file is damaged")
+
+
 STATED_FIELDS = ("gelu", "ln_eps")  # what a file's own config states about how its model computes
 
 
@@ -168,9 +183,14 @@ def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta:
     """
     params, desc = read_checkpoint(path, tower)
     stated = {k: getattr(desc, k) for k in STATED_FIELDS if desc.stated(k)}
-    found = infer_config(params, gelu=config.gelu if config else desc.gelu or "tanh",
-                         image_size=config.image_size if config else desc.image_size,
-                         ln_eps=config.ln_eps if config else desc.ln_eps or 1e-6)
+    try:
+        found = infer_config(params, gelu=config.gelu if config else desc.gelu or "tanh",
+                             image_size=config.image_size if config else desc.image_size,
+                             ln_eps=config.ln_eps if config else desc.ln_eps or 1e-6)
+    except FastViTError as e:
+        raise FastViTError(f"{path}: {e}") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:  # a key where a group belongs, ...
+        raise FastViTError(f"{path}: not a ViT's parameter tree ({type(e).__name__}: {e})") from None
     if config is None:
         config = found
         if found.posemb == "sincos2d" and notes is not None and desc.image_size is None:
@@ -186,6 +206,7 @@ def load(path: str | os.PathLike, config: ViTConfig | None = None, *, with_meta:
             pe["pos_embedding"] = resize_posemb(np.asarray(pe["pos_embedding"], np.float32), config.grid,
                                                 config.num_prefix)
     check_params(params, config, str(path))
+    check_finite(params, str(path))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     return (params, config, desc) if with_meta else (params, config)
 

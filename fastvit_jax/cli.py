@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import __version__, arguments, compile_cache
+from fastvit_jax import __version__, arguments, compile_cache, supervise
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
@@ -357,7 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """XLA's allocation failures, at compile or run time, on any backend."""
+    text = str(error)
+    return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text)
+
+
+def run_command(args):
+    """args.fn(args), with XLA's out-of-memory text turned into one line that says what to change."""
+    try:
+        return args.fn(args)
+    except Exception as e:
+        from fastvit_jax import parallel
+
+        if parallel.lost_peer(e):
+            parallel.exit_lost_peer(e)
+        if not out_of_memory(e):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:160]
+        size = getattr(args, "batch_sizes", None) or getattr(args, "batch_size", None)
+        at = f" at --batch-size {','.join(map(str, size)) if isinstance(size, list) else size}" if size else ""
+        per_step = " or --examples-per-step N (a batch run N images at a time)" if hasattr(args, "examples_per_step") else ""
+        import jax
+
+        raise FastViTError(f"out of memory on {jax.devices()[0].device_kind}{at} ({first}); pass a smaller "
+                           f"--batch-size{per_step}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    if supervise.needed():  # a multi-process run: a dead peer must end this one in one line
+        return supervise.run(list(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
@@ -367,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"fastvit: warning: {message}\n"  # one line, no source
     try:
-        return report_errors(lambda: args.fn(args), "fastvit")
+        return report_errors(lambda: run_command(args), "fastvit")
     finally:
         warnings.formatwarning = plain
 

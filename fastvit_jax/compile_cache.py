@@ -50,8 +50,9 @@ def enable(choice: str | None = None) -> Path | None:
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    if jax.default_backend() == "gpu":
-        jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
+    # XLA's GPU autotune and kernel caches too; CPU compilers ignore these options. (Asking for the
+    # backend here would initialise it before a multi-process run's jax.distributed.initialize.)
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
     return path
 
 

@@ -9,12 +9,24 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.data import Dataset, batches, check_labels
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
     return (top == labels[:, None]).any(axis=-1)
+
+
+def check_finite_logits(logits: np.ndarray, paths=None) -> None:
+    """Non-finite logits for decoded (finite) images: stop rather than report an accuracy. The
+    weights were checked when loaded, so the forward itself overflowed."""
+    bad = ~np.isfinite(logits).all(axis=-1)
+    if bad.any():
+        first = f" (first: {paths[int(np.argmax(bad))]})" if paths is not None else ""
+        raise FastViTError(f"the forward gave NaN/Inf logits for {int(bad.sum())} of {len(logits)} images{first} "
+                           f"though the images and weights are finite: it overflowed (with --dtype bfloat16, "
+                           f"try float32)")
 
 
 def _correct(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
@@ -80,6 +92,7 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
                 compile_s, first = dt, False
             else:
                 model_s += dt
+            check_finite_logits(logits)
             c1, c5, n = _correct(logits, labels)
             correct1, correct5, labelled, seen = correct1 + c1, correct5 + c5, labelled + n, seen + len(labels)
             bar.update(len(labels))
@@ -109,6 +122,8 @@ def predict(forward, params, paths: list, preprocess, names: list[str], *, batch
     ds = Dataset([(Path(p), -1) for p in paths])
     failed, results = [], []
     for b in batches(ds, preprocess, min(len(ds), batch_size), failed=failed):
-        probs = np.asarray(jax.nn.softmax(forward(params, b.images)[: b.count]))
+        logits = np.asarray(forward(params, b.images)[: b.count], np.float32)
+        check_finite_logits(logits, b.paths)
+        probs = np.asarray(jax.nn.softmax(logits))
         results += [{"image": path, "top5": top_predictions(pr, names)} for path, pr in zip(b.paths, probs)]
     return results, failed

@@ -17,14 +17,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fastvit_jax import supervise
+
 _initialized = False
+_distributed = False  # this process joined a multi-process run
 
 
 def maybe_initialize_distributed() -> None:
     """Join a multi-process run when one is described in the environment: JAX_COORDINATOR_ADDRESS
     (host:port of process 0) with JAX_NUM_PROCESSES and JAX_PROCESS_ID for a manual launch, or
     FASTVIT_DISTRIBUTED=1 on a cluster jax detects itself (SLURM, TPU pods, ...)."""
-    global _initialized
+    global _initialized, _distributed
     if _initialized:
         return
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -34,9 +37,27 @@ def maybe_initialize_distributed() -> None:
             kw = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
                   "process_id": int(os.environ.get("JAX_PROCESS_ID", "0"))}
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
-        jax.distributed.initialize(address, **kw)
+        jax.distributed.initialize(address, heartbeat_timeout_seconds=supervise.heartbeat_s(), **kw)
+        _distributed = True
         _keep_stdout_for_results()
     _initialized = True
+
+
+def lost_peer(error: BaseException) -> bool:
+    """A collective or the coordination service failed because another process of the run is gone."""
+    text = str(error)  # jax raises JaxRuntimeError, process_allgather a ValueError, with the same text
+    return _distributed and any(s in text for s in ("Gloo", "Connection closed by peer", "Connection reset by peer",
+                                                    "UNAVAILABLE", "heartbeat", "DEADLINE_EXCEEDED"))
+
+
+def exit_lost_peer(error: BaseException) -> None:
+    """One line, then leave at once: a normal exit would wait at jax.distributed's shutdown barrier
+    for the dead process and then abort with a C++ stack trace."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    print(f"fastvit: error: process {jax.process_index()} of {jax.process_count()}: another process of this run "
+          f"is gone ({first}); rerun every process", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _keep_stdout_for_results() -> None:

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.untrusted import read_json
 from fastvit_jax.flops import gflops
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
@@ -28,8 +29,9 @@ def model_shape(config) -> dict:
 
 
 def _describe(shape: dict) -> str:
-    rows, cols = shape["grid"]
-    return f"depth {shape['depth']}, grid {rows}x{cols}, {shape['num_prefix']} prefix token(s)"
+    grid = shape.get("grid")
+    grid = f"{grid[0]}x{grid[1]}" if isinstance(grid, list) and len(grid) == 2 else repr(grid)
+    return f"depth {shape.get('depth')!r}, grid {grid}, {shape.get('num_prefix')!r} prefix token(s)"
 
 
 def save_plan(path, config, plan: MergePlan, *, model_name: str = "", command: str = "", extra: dict | None = None) -> Path:
@@ -48,13 +50,11 @@ def load_plan_options(path, config) -> MergeOptions:
     """The options of plan file `path`, checked against `config` (one-line FastViTError otherwise)."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path, "plan")
     except FileNotFoundError:
         raise FastViTError(f"plan file {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise FastViTError(f"plan file {path}: cannot read it ({e})") from None
-    except json.JSONDecodeError as e:
-        raise FastViTError(f"plan file {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise FastViTError(f"plan file {path}: format {found!r}, expected {FORMAT!r} (write one with "
@@ -66,7 +66,7 @@ def load_plan_options(path, config) -> MergeOptions:
     have = model_shape(config)
     if want != have:
         name = record["model"].get("name")
-        raise FastViTError(f"plan file {path} is for {_describe(want) if None not in want.values() else want}"
+        raise FastViTError(f"plan file {path} is for {_describe(want)}"
                            + (f" ({name})" if name else "") + f"; this model has {_describe(have)}")
     options = MergeOptions.from_dict(record["options"])
     tokens = make_plan(config, options).summary()["tokens"]

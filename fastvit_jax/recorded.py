@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.untrusted import read_json
 
 
 def fingerprint(*parts) -> str:
@@ -54,7 +55,7 @@ def check_settings(folder: Path, settings: dict, *, what: str, advice: str, only
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(json.dumps(settings, indent=1))
         return
-    saved, now = _dotted(json.loads(file.read_text())), _dotted(json.loads(json.dumps(settings)))
+    saved, now = _dotted(read_json(file, "settings")), _dotted(json.loads(json.dumps(settings)))
     keys = now if only_given else sorted(set(saved) | set(now))
     defaults = _field_defaults()
     value = lambda d, k: d.get(k, defaults.get(k))

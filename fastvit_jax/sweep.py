@@ -23,6 +23,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.bench import time_forward
 from fastvit_jax.data import Dataset, batches, check_labels
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.lock import exclusive
 from fastvit_jax.evaluate import evaluate
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
@@ -121,9 +122,17 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
               title: str = "", runtime: Runtime = Runtime()) -> list[dict]:
     """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
-    settings) are kept, duplicates run once, and plans that give the same numbers are measured once."""
+    settings) are kept, duplicates run once, and plans that give the same numbers are measured once.
+    One sweep writes a folder at a time (a second is refused while the first runs)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir, folder=True):
+        return _sweep(params, config, preprocess, ds, out_dir, points, batch_size=batch_size,
+                      bench_runs=bench_runs, progress=progress, plot=plot, title=title, runtime=runtime)
+
+
+def _sweep(params, config, preprocess, ds, out_dir: Path, points, *, batch_size, bench_runs, progress, plot, title,
+           runtime) -> list[dict]:
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
     check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, runtime),
@@ -157,6 +166,12 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
+    with exclusive(out_dir, folder=True):
+        return _remeasure(params, config, out_dir, batch_size=batch_size, runs=runs, progress=progress, plot=plot,
+                          title=title, runtime=runtime)
+
+
+def _remeasure(params, config, out_dir: Path, *, batch_size, runs, progress, plot, title, runtime) -> list[dict]:
     rows = read_done(out_dir / "results.jsonl")
     check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True,
                    results_without_record=bool(rows), **SWEEP)

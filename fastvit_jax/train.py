@@ -24,6 +24,7 @@ from fastvit_jax import checkpoint
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.data import check_labels
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.lock import exclusive
 from fastvit_jax.recorded import check_settings, fingerprint
 from fastvit_jax.sam import sam
 from fastvit_jax.sharpness import classification_loss
@@ -148,8 +149,15 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
     """Train on in-memory (images, labels); resume from OUT.state if present; write OUT (.npz or orbax).
     Images may be larger than config.image_size: batches are then random (or center) crops of them.
     Every ckpt_every steps the state goes to OUT.state/step_N (the newest keep_checkpoints are kept);
-    a rerun with the same settings continues from the newest complete one."""
+    a rerun with the same settings continues from the newest complete one. One run writes OUT at a time."""
     out = Path(out)
+    with exclusive(_state_dir(out), folder=True):
+        return _train(config, params, images, labels, tc, out, progress=progress, log_every=log_every,
+                      keep_checkpoints=keep_checkpoints)
+
+
+def _train(config, params, images, labels, tc: TrainConfig, out: Path, *, progress, log_every, keep_checkpoints
+           ) -> dict:
     opt = make_optimizer(tc)
     loss_fn = classification_loss(config)
     params = jax.tree_util.tree_map(jnp.asarray, params)

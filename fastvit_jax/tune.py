@@ -22,6 +22,7 @@ from tqdm import tqdm
 from fastvit_jax import budget
 from fastvit_jax.data import Dataset, load_arrays
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.lock import exclusive
 from fastvit_jax.evaluate import topk_correct
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
@@ -115,7 +116,16 @@ class Results:
 def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
          metrics: list[str] = ("k",), subset: int = 250, finalists: int = 4, batch_size: int = 32,
          runtime: Runtime = Runtime(), progress: bool = True) -> dict:
-    """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}."""
+    """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}.
+    Scores go to OUT.tune/, which one tune writes at a time."""
+    with exclusive(Path(str(out) + ".tune"), folder=True):
+        return _tune(params, config, preprocess, ds, target_gflops=target_gflops, out=out, methods=methods,
+                     metrics=metrics, subset=subset, finalists=finalists, batch_size=batch_size, runtime=runtime,
+                     progress=progress)
+
+
+def _tune(params, config, preprocess, ds, *, target_gflops, out, methods, metrics, subset, finalists, batch_size,
+          runtime, progress) -> dict:
     images, labels = load_arrays(ds, preprocess, require_labels=True)
     if len(images) < 2:
         raise FastViTError(f"{ds.name}: tune needs at least 2 labelled images, found {len(images)}")

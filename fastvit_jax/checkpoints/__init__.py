@@ -22,6 +22,7 @@ from fastvit_jax.checkpoints.arrays import Stored, open_file, open_safetensors
 from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.checkpoints.tree import flatten, unflatten
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.untrusted import read_json
 
 LAYOUTS = (transformers, timm, big_vision, google)
 META_KEY = "fastvit_meta"  # what `fastvit convert` writes beside the params: JSON text as uint8
@@ -42,10 +43,7 @@ class Folder:
 def _json(path: Path) -> dict | None:
     if not path.exists():
         return None
-    try:
-        value = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FastViTError(f"{path}: not valid JSON ({e})") from None
+    value = read_json(path, "Hugging Face config")
     if not isinstance(value, dict):
         raise FastViTError(f"{path}: expected a JSON object, found {type(value).__name__}")
     return value

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastvit_jax.checkpoints.tree import flatten
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.untrusted import check_declared, check_zip
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -61,6 +62,7 @@ def open_npz(path: Path) -> dict[str, Stored]:
     """Members of a .npz, each listed from its .npy header only."""
     try:
         zf = zipfile.ZipFile(path)
+        check_zip(path, zf)
         infos = zf.infolist()
         out = {}
         for info in infos:
@@ -75,6 +77,8 @@ def open_npz(path: Path) -> dict[str, Stored]:
                 raise FastViTError(f"{path}: member {info.filename} holds Python objects (pickle): refused")
             out[info.filename[:-4]] = Stored(tuple(shape), _npz_dtype(dtype), _npz_reader(path, info.filename))
         zf.close()
+        check_declared(path, sum(s.nbytes for s in out.values()), sum(i.compress_size for i in infos),
+                       "its .npy headers")
     except FastViTError:
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, struct.error) as e:
@@ -145,6 +149,9 @@ def open_torch(path: Path) -> dict[str, Stored]:
     except ImportError:
         raise FastViTError(f"{path}: reading PyTorch checkpoints needs torch "
                            f"(pip install 'fastvit-jax[torch]'), or convert to .safetensors") from None
+    if zipfile.is_zipfile(path):  # torch's own format is a zip: its members must not inflate past the ceiling
+        with zipfile.ZipFile(path) as zf:
+            check_zip(path, zf)
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged or unsafe files
@@ -182,7 +189,14 @@ def open_orbax(path: Path) -> dict[str, Stored]:
     path = Path(path).absolute()
     try:
         with ocp.StandardCheckpointer() as ckptr:
+            meta = ckptr.metadata(path)
+            leaves = jax.tree_util.tree_leaves(getattr(meta, "item_metadata", meta))
+            declared = sum(math.prod(m.shape) * np.dtype(m.dtype).itemsize for m in leaves if hasattr(m, "shape"))
+            stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            check_declared(path, declared, stored)
             tree = ckptr.restore(path)
+    except FastViTError:
+        raise
     except Exception as e:  # orbax raises many types for a broken directory
         raise FastViTError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from None
     return {k: loaded(v) for k, v in flatten(jax.tree_util.tree_map(np.asarray, tree)).items()}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fastvit_jax.checkpoints import WEIGHT_FILES
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.lock import exclusive
 
 GCS_HTTPS = "https://storage.googleapis.com/"
 AUGREG = GCS_HTTPS + "vit_models/augreg/"
@@ -77,6 +78,17 @@ def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # The processes of one multi-process run download the same file: the second waits for the first.
+    with exclusive(dest, folder=False, what="download", wait_s=DOWNLOAD_WAIT_S, remove=True):
+        if dest.exists():
+            return dest
+        return _download(url, dest, progress)
+
+
+DOWNLOAD_WAIT_S = 3600.0
+
+
+def _download(url: str, dest: Path, progress: bool) -> Path:
     tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:

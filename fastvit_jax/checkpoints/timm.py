@@ -36,45 +36,55 @@ def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, sour
     sd = {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
     used = set()
 
-    def take(key):
+    def take(key, shape=None):
+        """sd[key], refused unless its shape is `shape` (None entries: any size). Reshapes below
+        would otherwise accept a flattened or truncated array."""
         if key not in sd:
             raise FastViTError(f"{source}: not a timm ViT state dict: missing key {key}")
         used.add(key)
-        return sd[key]
+        a = sd[key]
+        if shape is not None and (a.ndim != len(shape) or any(w not in (None, h) for w, h in zip(shape, a.shape))):
+            want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+            raise FastViTError(f"{source}: key {key} has shape {tuple(a.shape)}, expected {want}")
+        return a
 
-    width = take("cls_token").shape[-1]
+    width = take("cls_token", (1, 1, None)).shape[-1]
     depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     heads = heads or HEADS.get(width)
     if heads is None:
         raise FastViTError(f"{source}: cannot tell the number of heads for width {width}: no config.json "
                            f"with model_args.num_heads beside the file")
     dh = width // heads
+    if dh * heads != width:
+        raise FastViTError(f"{source}: width {width} is not divisible by {heads} heads")
+    mlp = take("blocks.0.mlp.fc1.weight", (None, width)).shape[0] if depth else 0
     p = {
-        "embedding": {"kernel": take("patch_embed.proj.weight").transpose(2, 3, 1, 0),
-                      "bias": take("patch_embed.proj.bias")},
+        "embedding": {"kernel": take("patch_embed.proj.weight", (width, None, None, None)).transpose(2, 3, 1, 0),
+                      "bias": take("patch_embed.proj.bias", (width,))},
         "cls": take("cls_token"),
-        "Transformer": {"posembed_input": {"pos_embedding": take("pos_embed")},
-                        "encoder_norm": {"scale": take("norm.weight"), "bias": take("norm.bias")}},
+        "Transformer": {"posembed_input": {"pos_embedding": take("pos_embed", (1, None, width))},
+                        "encoder_norm": {"scale": take("norm.weight", (width,)), "bias": take("norm.bias", (width,))}},
     }
     if "dist_token" in sd:
-        p["dist"] = take("dist_token")
+        p["dist"] = take("dist_token", (1, 1, width))
     for head in ("head", "head_dist"):
         if f"{head}.weight" in sd:
-            p[head] = {"kernel": take(f"{head}.weight").T, "bias": take(f"{head}.bias")}
+            kernel = take(f"{head}.weight", (None, width)).T
+            p[head] = {"kernel": kernel, "bias": take(f"{head}.bias", (kernel.shape[1],))}
     for i in range(depth):
         b = f"blocks.{i}."
-        qkv_w = take(b + "attn.qkv.weight").reshape(3, width, width)  # (3, out, in)
-        qkv_b = take(b + "attn.qkv.bias").reshape(3, width)
+        qkv_w = take(b + "attn.qkv.weight", (3 * width, width)).reshape(3, width, width)  # (3, out, in)
+        qkv_b = take(b + "attn.qkv.bias", (3 * width,)).reshape(3, width)
         attn = {name: {"kernel": qkv_w[j].T.reshape(width, heads, dh), "bias": qkv_b[j].reshape(heads, dh)}
                 for j, name in enumerate(("query", "key", "value"))}
-        attn["out"] = {"kernel": take(b + "attn.proj.weight").T.reshape(heads, dh, width),
-                       "bias": take(b + "attn.proj.bias")}
+        attn["out"] = {"kernel": take(b + "attn.proj.weight", (width, width)).T.reshape(heads, dh, width),
+                       "bias": take(b + "attn.proj.bias", (width,))}
         p["Transformer"][f"encoderblock_{i}"] = {
-            "LayerNorm_0": {"scale": take(b + "norm1.weight"), "bias": take(b + "norm1.bias")},
+            "LayerNorm_0": {"scale": take(b + "norm1.weight", (width,)), "bias": take(b + "norm1.bias", (width,))},
             "MultiHeadDotProductAttention_1": attn,
-            "LayerNorm_2": {"scale": take(b + "norm2.weight"), "bias": take(b + "norm2.bias")},
-            "MlpBlock_3": {"Dense_0": {"kernel": take(b + "mlp.fc1.weight").T, "bias": take(b + "mlp.fc1.bias")},
-                           "Dense_1": {"kernel": take(b + "mlp.fc2.weight").T, "bias": take(b + "mlp.fc2.bias")}},
+            "LayerNorm_2": {"scale": take(b + "norm2.weight", (width,)), "bias": take(b + "norm2.bias", (width,))},
+            "MlpBlock_3": {"Dense_0": {"kernel": take(b + "mlp.fc1.weight", (mlp, width)).T, "bias": take(b + "mlp.fc1.bias", (mlp,))},
+                           "Dense_1": {"kernel": take(b + "mlp.fc2.weight", (width, mlp)).T, "bias": take(b + "mlp.fc2.bias", (width,))}},
         }
     unused = sorted(set(sd) - used)
     if unused:

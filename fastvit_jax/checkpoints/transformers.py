@@ -58,28 +58,39 @@ class _Keys:
     def __init__(self, sd, source):
         self.sd, self.source, self.used = sd, source, set()
 
-    def __call__(self, key):
+    def __call__(self, key, ndim=None):
         if key not in self.sd:
             raise FastViTError(f"{self.source}: missing key {key} (transformers layout)")
         self.used.add(key)
-        return self.sd[key]
+        a = self.sd[key]
+        if ndim is not None and np.ndim(a) != ndim:  # the reshapes below would accept a flattened array
+            raise FastViTError(f"{self.source}: key {key} has shape {tuple(np.shape(a))}, expected {ndim} dimensions")
+        return a
 
     def has(self, key):
         return key in self.sd
 
+    def _linear(self, name):
+        """(weight (in, out), bias (out,)), refused unless the bias matches the weight's outputs."""
+        w, b = self(name + ".weight", 2).T, self(name + ".bias", 1)
+        if b.shape[0] != w.shape[1]:
+            raise FastViTError(f"{self.source}: {name}.bias has shape {tuple(b.shape)}, expected ({w.shape[1]},)")
+        return w, b
+
     def linear(self, name):
-        return {"kernel": self(name + ".weight").T, "bias": self(name + ".bias")}
+        w, b = self._linear(name)
+        return {"kernel": w, "bias": b}
 
     def norm(self, name):
-        return {"scale": self(name + ".weight"), "bias": self(name + ".bias")}
+        return {"scale": self(name + ".weight", 1), "bias": self(name + ".bias", 1)}
 
     def heads(self, name, heads):
-        w, b = self(name + ".weight").T, self(name + ".bias")  # (in, out)
+        w, b = self._linear(name)
         return {"kernel": w.reshape(w.shape[0], heads, -1), "bias": b.reshape(heads, -1)}
 
     def out(self, name, heads):
-        w = self(name + ".weight").T  # (in = heads * dh, width)
-        return {"kernel": w.reshape(heads, -1, w.shape[1]), "bias": self(name + ".bias")}
+        w, b = self._linear(name)  # (in = heads * dh, width)
+        return {"kernel": w.reshape(heads, -1, w.shape[1]), "bias": b}
 
     def finish(self, ignore=()):
         unused = sorted(k for k in set(self.sd) - self.used if not any(k.startswith(p) for p in ignore))
