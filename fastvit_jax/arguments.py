@@ -44,6 +44,28 @@ def positive_int_list(text: str) -> list[int]:
     return values
 
 
+def int_list(text: str) -> list[int]:
+    """'8,8,0,4' -> [8, 8, 0, 4], each a non-negative integer."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return values
+
+
+def ratio(text: str) -> float:
+    """A ratio in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -159,6 +181,13 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                    help="what the global blocks of tome/dfe/lgtm do (default: ToMe's merge; pitome/tofu/mctf are "
                         "also methods of their own)")
     g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
+    g.add_argument("--keep", type=ratio, metavar="RATIO",
+                   help="keep-ratio schedule instead of r: each merging block keeps ceil(T x RATIO) of its T tokens "
+                        "(PiToMe's release: 0.9125)")
+    g.add_argument("--inflect", type=float, default=0.0, metavar="X",
+                   help="ToMe's (r, inflect) schedule: r per block falls (X < 0) or rises (X > 0) around r; in [-1, 1]")
+    g.add_argument("--r-list", type=int_list, metavar="R0,R1,...",
+                   help="an explicit r for each block from block 0, instead of r (missing blocks merge nothing)")
     g.add_argument("--align", type=int, default=0, metavar="K",
                    help="round every global block's token count to the nearest multiple of K (GEMM tiles; fewer "
                         "distinct shapes across plans); budgets still hold (--target-*); 0 = exact r")
@@ -173,8 +202,9 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
 
 def _options(args, method: str, r: int) -> MergeOptions:
     return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
-                        metric=args.metric, prop_attn=not args.no_prop_attn, reducer=args.reducer,
-                        prune_blocks=args.prune_blocks, align=args.align)
+                        metric=args.metric, prop_attn=False if args.no_prop_attn else None, reducer=args.reducer,
+                        prune_blocks=args.prune_blocks, align=args.align, inflect=args.inflect,
+                        r_list=args.r_list, keep=args.keep)
 
 
 def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:
@@ -194,7 +224,7 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
                            f"({', '.join(m for m in METHODS if m != 'none')})")
     options = _options(args, method or args.method or "none", args.r)
     if config is None or not has_target(args):
-        if options.method != "none" and options.r == 0 and not getattr(args, "_noted_r0", False):
+        if options.method != "none" and not options.merges and not getattr(args, "_noted_r0", False):
             args._noted_r0 = True  # one note per command, however many times the options are read
             print(f"fastvit: note: --method {options.method} with r = 0 is the dense model "
                   f"(pass --r N or --target-gflops X)", file=sys.stderr)
@@ -216,7 +246,9 @@ def merge_points(args, config=None) -> list[MergeOptions]:
         from fastvit_jax.plan_file import load_plan_options
 
         return list(dict.fromkeys(load_plan_options(f, config) for f in args.plan))
-    return [_options(args, m, r) for m in parse_methods(args.methods) for r in parse_r(args.r)]
+    # a keep ratio or an explicit list replaces the r grid: one point per method
+    rs = [0] if args.keep is not None or args.r_list is not None else parse_r(args.r)
+    return [_options(args, m, r) for m in parse_methods(args.methods) for r in rs]
 
 
 def add_sharpness_args(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
-"""Budget-driven compression: the smallest r whose plan meets a GFLOPs or speedup target.
+"""Budget-driven compression: the least reduction whose plan meets a GFLOPs or speedup target.
 
-Every search takes MergeOptions (the method and all other settings) and returns the same options
-with r chosen, so the result can be stored, printed and turned into a plan like any other.
+Every search takes MergeOptions (the method, its schedule and all other settings) and returns the
+same options with the schedule's knob chosen: r for a constant or (r, inflect) schedule, the keep
+ratio for a keep-ratio schedule (options with `keep` set). An explicit r list has no knob.
 """
 
 from __future__ import annotations
@@ -15,11 +16,40 @@ from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 
 
+KEEP_STEP = 1e-4  # keep ratios are placed on this grid (plan files and rows stay readable)
+
+
+def largest_keep(config: ViTConfig, options: MergeOptions, meets: Callable[[MergePlan], bool]) -> MergeOptions:
+    """Binary search over the keep ratio for the largest one whose plan meets the budget (cost
+    falls as keep falls)."""
+    plan = lambda k: make_plan(config, options.replace(keep=k))  # noqa: E731
+    if meets(plan(1.0)):
+        return options.replace(keep=1.0)
+    lo, hi = 1, int(round(1 / KEEP_STEP))  # in steps: meets(lo) True, meets(hi) False
+    if not meets(plan(lo * KEEP_STEP)):
+        raise FastViTError(f"{options.method}: no keep ratio meets the budget (best plan: "
+                           f"{gflops(config, plan(lo * KEEP_STEP)):.3f} GFLOPs)")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(plan(mid * KEEP_STEP)):
+            lo = mid
+        else:
+            hi = mid
+    return options.replace(keep=round(lo * KEEP_STEP, 6))
+
+
 def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergePlan], bool],
                r_max: int | None = None) -> MergeOptions:
-    """Binary search over r for the first plan with meets(plan) True (cost falls as r grows)."""
+    """Binary search over r for the first plan with meets(plan) True (cost falls as r grows); with a
+    keep-ratio schedule, over the keep ratio instead."""
+    from fastvit_jax.merge.methods import MERGING
+
     if options.method == "none":
-        raise FastViTError("--target-gflops/--target-speedup need a merging --method (tome, dfe, lgtm, drop, pitome, tofu or mctf)")
+        raise FastViTError(f"--target-gflops/--target-speedup need a merging --method ({', '.join(MERGING)})")
+    if options.r_list is not None:
+        raise FastViTError("an explicit --r-list has no knob for a budget to set; give --r, --keep or --inflect")
+    if options.keep is not None:
+        return largest_keep(config, options, meets)
     r_max = r_max or config.num_patches // 2
     plan = lambda r: make_plan(config, options.replace(r=r))  # noqa: E731
     if meets(plan(0)):

@@ -21,6 +21,7 @@ from fastvit_jax.data import image_folder, label_names, load_arrays, load_image,
 from fastvit_jax.demo import run_demo
 from fastvit_jax.embed import embed_files
 from fastvit_jax.errors import FastViTError, report_errors
+from fastvit_jax.merge import methods
 from fastvit_jax.evaluate import evaluate, predict
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
@@ -181,9 +182,10 @@ def cmd_eval(args):
     res = evaluate(model_forward(args, config, plan), params, arguments.open_data(args).limit(args.limit), pre,
                    batch_size=args.batch_size, progress=not args.no_progress, num_classes=config.num_classes)
     res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "clamped": plan.clamped,
-                "reducer": plan.summary()["reducer"] if plan.method not in ("none", "drop") else "-",
+                "schedule": plan.options.schedule,
+                "reducer": plan.summary()["reducer"] if methods.get(plan.method).kind == "global" else "-",
                 "options": plan.options.to_dict(), "plan": plan.summary()})
-    text = format_table([res], ["method", "reducer", "r", "top1", "top5", "images", "images_per_s", "gflops",
+    text = format_table([res], ["method", "reducer", "schedule", "top1", "top5", "images", "images_per_s", "gflops",
                                 "clamped"])
     emit(args, res, "\n".join([text] + [f"skipped {p}: {why}" for p, why in res["failed"]]))
 
@@ -205,7 +207,7 @@ def cmd_sweep(args):
                          arguments.merge_points(args, config), bench_runs=args.bench_runs, **kw)
     rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
     note_clamped([f"{r['method']} r={r['r']}" for r in rows if r.get("clamped")])
-    text = format_table(rows, ["method", "r", "top1", "top5", "gflops", "images_per_s", "clamped"]) + \
+    text = format_table(rows, ["method", "schedule", "top1", "top5", "gflops", "images_per_s", "clamped"]) + \
         f"\nresults: {args.out}/results.csv, results.jsonl; plots: top1_vs_gflops.png/.svg, top1_vs_throughput.png/.svg"
     emit(args, [{k: v for k, v in r.items() if k != "plan"} for r in rows], text)
 

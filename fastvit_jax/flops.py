@@ -22,10 +22,10 @@ def metric_dim(config: ViTConfig, metric: str) -> int:
 def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k") -> dict[str, int]:
     d, m = config.width, config.mlp_dim
     match = 0
-    if op is not None and op.kind == "global" and op.r and op.rule == "pitome":  # energy over all patch pairs
-        match = (n - config.num_prefix) ** 2 * metric_dim(config, metric)
-    elif op is not None and op.kind == "global" and op.r:
-        match = math.ceil(n / 2) * (n // 2) * metric_dim(config, metric)
+    if op is not None and op.kind == "global" and op.r:  # the method's rule says what its matching costs
+        from fastvit_jax.merge import methods
+
+        match = methods.rule(op.rule).match_macs(n, config.num_prefix, metric_dim(config, metric))
     elif op is not None and op.kind == "local" and op.r:
         w2 = op.window * op.window
         match = op.num_windows * math.ceil(w2 / 2) * (w2 // 2) * metric_dim(config, metric)

@@ -78,7 +78,8 @@ def _rewrite(out_dir: Path, rows: list[dict]) -> None:
 
 def point_row(config, plan: MergePlan, measured: dict) -> dict:
     """One finished point: accuracy, cost, and the options that produced it (stored whole)."""
-    return {"method": plan.method, "r": plan.r, "top1": measured["top1"], "top5": measured["top5"],
+    return {"method": plan.method, "r": plan.r, "schedule": plan.options.schedule, "top1": measured["top1"],
+            "top5": measured["top5"],
             "gflops": gflops(config, plan), "images_per_s": measured["images_per_s"], "images": measured["images"],
             "skip": plan.skip, "metric": plan.metric, "tokens_final": plan.final_tokens, "clamped": plan.clamped,
             "options": plan.options.to_dict(), "plan": plan.summary()}

@@ -26,6 +26,7 @@ from fastvit_jax.lock import exclusive
 from fastvit_jax.evaluate import topk_correct
 from fastvit_jax.flops import gflops
 from fastvit_jax.forward import make_forward
+from fastvit_jax.merge import methods
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.recorded import check_settings
@@ -33,25 +34,25 @@ from fastvit_jax.runtime import Runtime
 from fastvit_jax.stats import paired_difference, wilson_interval
 from fastvit_jax.sweep import read_done, sweep_settings
 
-# method -> knob -> values tried; every combination is one candidate (r is then set by the budget)
-SEARCH_SPACE = {
-    "tome": {"skip": [0, 1, 2, 3], "align": [0, 8]},  # skip > 0 is the paper's DFE; align: GEMM-friendly counts
-    "lgtm": {"skip": [1, 2], "window": [5, 7]},
-    "pitome": {"skip": [0, 1, 2]},
-    "tofu": {"skip": [0, 1], "prune_blocks": [0, 1, 3]},
-    "mctf": {"skip": [0, 1, 2]},
-}
+def search_space() -> dict:
+    """method -> knob -> values tried, from each method's record; every combination is one candidate
+    (its r, or its keep ratio, is then set by the budget)."""
+    return {name: m.search for name, m in methods.REGISTRY.items() if m.search}
+
+
+SEARCH_SPACE = search_space()  # the built-in methods' (the CLI's default --methods)
 REFERENCE = MergeOptions("tome", skip=0)  # the paired differences are against ToMe at the same budget
 
 
 def candidates(config, methods: list[str], metrics: list[str], target_gflops: float) -> tuple[list[MergeOptions], list[str]]:
     """(options meeting the budget, one line per combination that cannot meet it)."""
-    unknown = [m for m in methods if m not in SEARCH_SPACE]
+    spaces = search_space()
+    unknown = [m for m in methods if m not in spaces]
     if unknown:
-        raise FastViTError(f"tune cannot search {', '.join(unknown)}; allowed: {', '.join(SEARCH_SPACE)}")
+        raise FastViTError(f"tune cannot search {', '.join(unknown)}; allowed: {', '.join(spaces)}")
     found, skipped = [], []
     for method in dict.fromkeys(["tome"] + methods):
-        space = SEARCH_SPACE[method]
+        space = spaces[method]
         for values in itertools.product(*space.values()):
             for metric in metrics:
                 base = MergeOptions(method, **dict(zip(space, values)), metric=metric)

@@ -84,18 +84,24 @@ def elu(z):
     return z if z > 0 else math.exp(z) - 1.0
 
 
-def pitome_groups(metric, r, margin, pre_n):
-    """PiToMe, loop version. Energy of patch token i = mean over patch tokens j of
-    ELU(cos(i, j) - margin); the 2r most energetic (ties: lower index) alternate A, B, A, B...;
-    every A joins the B it is most similar to (ties: the B earlier in that order). Output groups
-    (receiver first): prefix tokens, the protected tokens in energy order, then the B groups."""
+def pitome_groups(metric, r, margin, pre_n, scale=100.0):
+    """PiToMe as released, loop version (float32 like the release). s(i, j) = ELU((cos(i, j) -
+    margin) * 100); energy of patch token i = mean over patch tokens j of s(i, j); the 2r most
+    energetic (ties: lower index) alternate A, B, A, B...; every A joins the B of highest s (ties,
+    as s saturates at -1: the B earlier in that order). Output groups (receiver first): prefix tokens,
+    the protected tokens in energy order, then the B groups."""
     patches = list(range(pre_n, len(metric)))
-    energy = {i: np.mean([elu(cosine(metric[i], metric[j]) - margin) for j in patches]) for i in patches}
+    f = np.asarray(metric[pre_n:], np.float32)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    cos = (f @ f.T).astype(np.float32)
+    s = {(i, j): np.float32(elu(np.float32((cos[i - pre_n, j - pre_n] - np.float32(margin)) * np.float32(scale))))
+         for i in patches for j in patches}
+    energy = {i: np.mean(np.array([s[i, j] for j in patches], np.float32)) for i in patches}
     order = sorted(patches, key=lambda i: (-energy[i], i))
     a_list, b_list, protected = order[:2 * r:2], order[1:2 * r:2], order[2 * r:]
     groups = {b: [b] for b in b_list}
     for a in a_list:
-        _, _, b = max((cosine(metric[a], metric[b]), -k, b) for k, b in enumerate(b_list))
+        _, _, b = max((s[a, b], -k, b) for k, b in enumerate(b_list))
         groups[b].append(a)
     return [[p] for p in range(pre_n)] + [[i] for i in protected] + [groups[b] for b in b_list]
 
@@ -143,7 +149,7 @@ def reduce_combine(groups, x, size, pos, how, received=None):
         if how == "prune":
             g = g[:1]
         s = size[g]
-        wgt = s * received[g] if how == "attn" else s
+        wgt = s * received[g] if how == "attn" else np.ones(len(g)) if how == "plain" else s
         mean = (x[g] * wgt[:, None]).sum(0) / wgt.sum()
         if how == "mlerp" and len(g) > 1:
             mean = mean / np.linalg.norm(mean) * max(np.linalg.norm(x[i]) for i in g)
@@ -318,12 +324,14 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
         dh = q.shape[-1]
         out = np.zeros_like(q)
         received = np.zeros(len(x))
+        cls_attention = np.zeros(len(x))
         for h in range(heads):
             logits = q[:, h] @ k[:, h].T / math.sqrt(dh)
             if prop_attn and merged:
                 logits = logits + np.log(size)[None, :]
             out[:, h] = softmax(logits) @ v[:, h]
             received += softmax(logits).mean(0) / heads
+            cls_attention += softmax(logits)[0]
         x = x + np.einsum("nhk,hkd->nd", out, f[att + "out/kernel"]) + f[att + "out/bias"]
         feats = {"k": k.mean(1), "q": q.mean(1), "v": v.mean(1), "x_pre": y, "x_attn": out.reshape(len(x), -1)}
         op = plan[b]
@@ -348,6 +356,18 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
                 else:
                     groups = mctf_groups(metric, received, size, r, pre_n)
                 x, size, pos = reduce_combine(groups, x, size, pos, how, received)
+                merged = True
+            elif op[0] == "ppt":  # ("ppt", r, threshold): pool (ToMe) or prune, per image
+                _, r, threshold = op
+                scores = cls_attention * np.linalg.norm(v.reshape(len(x), -1), axis=1)
+                scores = scores[1:] / scores[1:].sum()
+                if np.var(scores, ddof=1) < threshold:
+                    groups, _ = bipartite_groups(metric, r, protect_first=pre_n > 0)
+                    x, size, pos = combine(groups, x, size, pos)
+                else:
+                    order = [0] + [1 + i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i))]
+                    keep = order[:len(x) - r]
+                    x, size, pos = x[keep], size[keep], pos[keep]
                 merged = True
             elif op[0] == "truncate":  # free merging: the first tokens survive, nothing else changes
                 x, size, pos = x[:op[1]], size[:op[1]], pos[:op[1]]
@@ -393,6 +413,8 @@ def plan_ops(plan):
             ops.append(("local", op.r, op.window, op.grid))
         elif op.kind == "truncate":
             ops.append(("truncate", op.tokens_out))
+        elif op.kind == "global" and op.rule == "ppt":
+            ops.append(("ppt", op.r, op.threshold))
         elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):
             ops.append(("reduce", op.r, op.rule, op.combine, op.margin))
         else:

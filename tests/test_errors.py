@@ -130,7 +130,8 @@ def test_method_none_reports_r_0(files, capsys):
     code, out, _ = run(capsys, ["eval", *model(files), "--data", files / "imgs", "--method", "lgtm", "--r", "2",
                                 "--reducer", "mctf", "--window", "4", "--no-progress"])
     header, row = out.splitlines()[:2]
-    assert code == 0 and header.split()[:3] == ["method", "reducer", "r"] and row.split()[:3] == ["lgtm", "mctf", "2"]
+    assert code == 0 and header.split()[:3] == ["method", "reducer", "schedule"]
+    assert row.split()[:4] == ["lgtm", "mctf", "r", "2"]
 
 
 def test_limit_spreads_over_a_class_sorted_folder(tmp_path):

@@ -133,8 +133,10 @@ def test_candidates_meet_the_budget():
     target = gflops(CFG, make_plan(CFG, MergeOptions("tome", 20)))
     found, skipped = candidates(CFG, ["tome", "pitome", "tofu", "mctf", "lgtm"], ["k"], target)
     assert {o.method for o in found} == {"tome", "pitome", "tofu", "mctf", "lgtm"}
-    for o in found:  # each is the smallest r meeting the budget
-        assert gflops(CFG, make_plan(CFG, o)) <= target < gflops(CFG, make_plan(CFG, o.replace(r=o.r - 1)))
+    for o in found:  # each is the smallest r (the largest keep ratio) meeting the budget
+        less = o.replace(keep=round(o.keep + 1e-4, 6)) if o.keep is not None else o.replace(r=o.r - 1)
+        assert gflops(CFG, make_plan(CFG, o)) <= target < gflops(CFG, make_plan(CFG, less))
+    assert any(o.keep is not None for o in found) and any(o.inflect for o in found)  # schedules are searched
     assert MergeOptions("tome", 20, skip=0) in found
     plans = [make_plan(CFG, o) for o in found]  # no plan is scored twice (tofu skip=1 prune_blocks=0 and =1)
     assert len({(p.ops, p.metric, p.prop_attn) for p in plans}) == len(found)

@@ -3,24 +3,19 @@
 Parsed once from the command line (`fastvit_jax.arguments`), stored whole in every result row and
 JSON output (`to_dict` / `from_dict`), and turned into a static per-block schedule by
 `make_plan(config, options)`. Options say what was asked; the plan says what each block does
-(`skip=None` and `transition=None` are resolved there).
+(`skip=None`, `transition=None`, `prop_attn=None` are resolved here or there from the method's record).
 
-Methods (paper, Algorithm 1):
-  none  dense model
-  tome  ToMe: global merging of r tokens in every block from `skip` (default 0)
-  dfe   Dense Feature Extractor: ToMe, but the first `skip` blocks (default depth // 6) do not merge
-  lgtm  DFE + Local-Global Token Merging: after the skip, `transition` blocks merge inside windows
-        (the window grows by one each block), then global merging
-  drop  remove the r tokens with the lowest feature norm, per block from `skip` (default 0)
+The methods are records in `fastvit_jax.merge.methods` (one module each: none, tome, dfe, lgtm,
+drop, pitome, tofu, mctf). `reducer` composes one method's global blocks with another's schedule:
+`--method lgtm --reducer pitome` merges in windows first, then with PiToMe in the global blocks.
 
-Reducers published since (training-free; `fastvit_jax.merge.reducers`), global like tome:
-  pitome  PiToMe: the 2r tokens of highest energy are the candidates, the rest are protected
-  tofu    ToFu: ToMe's matching; the first `prune_blocks` blocks prune (the receiver is unchanged),
-          later ones merge by MLERP (the size-weighted mean rescaled to the largest member norm)
-  mctf    MCTF: edges weighted by similarity, informativeness and size; bidirectional;
-          attention-weighted pooling
-`reducer` composes one of them with a schedule: `--method lgtm --reducer pitome` merges in windows
-first, then with PiToMe in the global blocks; `--method dfe --reducer mctf` skips depth // 6 blocks.
+Schedules (how many tokens each merging block removes), one of:
+  r          a constant r per block (ToMe's int)
+  r, inflect ToMe's (r, inflect): r per block rises (inflect > 0) or falls (< 0) linearly over the
+             merging blocks around r, as tome/utils.py parse_r computes it
+  r_list     an explicit r per block from block 0 (ToMe's list; missing blocks merge nothing)
+  keep       a keep ratio: each merging block keeps ceil(T * keep) of its T non-prefix tokens,
+             r = floor(T - T * keep) (PiToMe's `ratio`)
 """
 
 from __future__ import annotations
@@ -29,12 +24,11 @@ import dataclasses
 import operator
 
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.merge import methods
+from fastvit_jax.merge.methods import METHODS, REDUCERS  # noqa: F401  (re-exported: the CLI's choices)
 
-REDUCERS = ("tome", "pitome", "tofu", "mctf")  # how a global block pairs and combines tokens
-METHODS = ("none", "tome", "dfe", "lgtm", "drop") + REDUCERS[1:]
 METRICS = ("k", "q", "v", "x_pre", "x_attn", "random")
 DEFAULT_WINDOW = 7  # the paper's initial LGTM window: 2 x 2 windows on a 14 x 14 grid
-SKIPPING_METHODS = ("dfe", "lgtm")  # methods whose default skip is depth // 6
 
 
 def _whole(name: str, value, allow_none: bool = False) -> int | None:
@@ -56,14 +50,17 @@ class MergeOptions:
     window: int = DEFAULT_WINDOW  # initial LGTM window
     transition: int | None = None  # number of local LGTM blocks; None: computed as in Algorithm 1
     metric: str = "k"  # similarity feature
-    prop_attn: bool = True  # proportional attention (+ log(size) on the attention logits)
+    prop_attn: bool | None = None  # proportional attention (+ log(size) on the logits); None: the method's default
     reducer: str | None = None  # REDUCERS, for the global blocks of tome/dfe/lgtm; None: the method's own
     prune_blocks: int | None = None  # tofu: blocks [0, prune_blocks) prune; None: depth // 4
     align: int = 0  # token counts after global blocks rounded to the nearest multiple of this (0: exact r)
+    inflect: float = 0.0  # ToMe's (r, inflect) schedule; 0: constant r
+    r_list: tuple[int, ...] | None = None  # an explicit r per block (replaces r and inflect)
+    keep: float | None = None  # keep ratio per merging block (replaces r and inflect)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.method not in methods.REGISTRY:
+            raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(methods.REGISTRY)}")
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
         for name in ("r", "window", "skip", "transition", "prune_blocks", "align"):
@@ -71,8 +68,10 @@ class MergeOptions:
                                                   allow_none=name in ("skip", "transition", "prune_blocks")))
         if self.r < 0:
             raise FastViTError(f"r must be a non-negative integer, got {self.r}")
-        if self.method == "none":  # the dense model merges nothing, whatever r says
-            object.__setattr__(self, "r", 0)
+        self._check_schedule()
+        if self.method == "none":  # the dense model merges nothing, whatever the schedule says
+            for name, value in (("r", 0), ("inflect", 0.0), ("r_list", None), ("keep", None)):
+                object.__setattr__(self, name, value)
         if self.window < 2:
             raise FastViTError(f"window must be >= 2, got {self.window}")
         if self.skip is not None and self.skip < 0:
@@ -84,13 +83,59 @@ class MergeOptions:
         if self.prune_blocks is not None and self.prune_blocks < 0:
             raise FastViTError(f"prune_blocks must be >= 0, got {self.prune_blocks}")
         if self.reducer is not None:
-            if self.reducer not in REDUCERS:
-                raise FastViTError(f"unknown reducer {self.reducer!r}; allowed: {', '.join(REDUCERS)}")
-            if self.method in ("none", "drop"):
-                raise FastViTError(f"a reducer applies to tome, dfe and lgtm, not to method {self.method!r}")
-            if self.method in REDUCERS[1:] and self.reducer != self.method:
+            if self.reducer not in methods.reducer_names():
+                raise FastViTError(f"unknown reducer {self.reducer!r}; allowed: {', '.join(methods.reducer_names())}")
+            if methods.get(self.method).kind != "global":
+                takers = [n for n, m in methods.REGISTRY.items() if m.kind == "global" and not m.reducer]
+                raise FastViTError(f"a reducer applies to {', '.join(takers)}, not to method {self.method!r}")
+            if methods.get(self.method).reducer and self.reducer != self.method:
                 raise FastViTError(f"method {self.method!r} is itself a reducer; reducer {self.reducer!r} contradicts it")
-        object.__setattr__(self, "prop_attn", bool(self.prop_attn))
+        default = methods.get(self.method).defaults.get("prop_attn", True)
+        object.__setattr__(self, "prop_attn", default if self.prop_attn is None else bool(self.prop_attn))
+
+    def _check_schedule(self) -> None:
+        try:
+            inflect = float(self.inflect)
+        except (TypeError, ValueError):
+            raise FastViTError(f"inflect must be a number in [-1, 1], got {self.inflect!r}") from None
+        if not -1.0 <= inflect <= 1.0:
+            raise FastViTError(f"inflect must be in [-1, 1] (ToMe's schedule), got {inflect}")
+        object.__setattr__(self, "inflect", inflect)
+        if self.r_list is not None:
+            if isinstance(self.r_list, (str, bytes)) or not hasattr(self.r_list, "__iter__"):
+                raise FastViTError(f"r_list must be a list of integers, got {self.r_list!r}")
+            values = tuple(_whole("r_list entry", v) for v in self.r_list)
+            if any(v < 0 for v in values):
+                raise FastViTError(f"r_list entries must be >= 0, got {list(values)}")
+            object.__setattr__(self, "r_list", values)
+        if self.keep is not None:
+            if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not 0.0 < self.keep <= 1.0:
+                raise FastViTError(f"keep must be a ratio in (0, 1], got {self.keep!r}")
+            object.__setattr__(self, "keep", float(self.keep))
+        given = [name for name, on in (("r_list", self.r_list is not None), ("keep", self.keep is not None),
+                                       ("inflect", inflect != 0.0)) if on]
+        if len(given) > 1:
+            raise FastViTError(f"one schedule at a time: {' and '.join(given)} were both given")
+        if given and given[0] != "inflect" and self.r:
+            raise FastViTError(f"{given[0]} replaces r: give one of them (r={self.r})")
+
+    @property
+    def schedule(self) -> str:
+        """The schedule in words, as plans and rows show it."""
+        if self.r_list is not None:
+            return "list " + ",".join(map(str, self.r_list))
+        if self.keep is not None:
+            return f"keep {self.keep:g}"
+        return f"r {self.r}" + (f" inflect {self.inflect:g}" if self.inflect else "")
+
+    @property
+    def merges(self) -> bool:
+        """Whether any block is asked to merge (the dense model and r = 0 are not)."""
+        if self.method == "none":
+            return False
+        if self.r_list is not None:
+            return any(self.r_list)
+        return self.keep is not None and self.keep < 1.0 or self.r > 0
 
     def replace(self, **changes) -> "MergeOptions":
         return dataclasses.replace(self, **changes)
@@ -98,13 +143,10 @@ class MergeOptions:
     @property
     def resolved_reducer(self) -> str:
         """What the global blocks do: the method itself for pitome/tofu/mctf, else `reducer` or tome."""
-        return self.method if self.method in REDUCERS[1:] else (self.reducer or "tome")
-
-    def resolved_prune_blocks(self, depth: int) -> int:
-        return self.prune_blocks if self.prune_blocks is not None else depth // 4
+        return self.method if methods.get(self.method).reducer else (self.reducer or "tome")
 
     def resolved_skip(self, depth: int) -> int:
-        skip = self.skip if self.skip is not None else (depth // 6 if self.method in SKIPPING_METHODS else 0)
+        skip = self.skip if self.skip is not None else methods.get(self.method).default_skip(depth)
         if skip > depth:
             raise FastViTError(f"skip must be in [0, {depth}], got {skip}")
         return skip
@@ -112,10 +154,15 @@ class MergeOptions:
     @property
     def label(self) -> str:
         reducer = f"+{self.reducer}" if self.reducer not in (None, "tome", self.method) else ""
-        return f"{self.method}{reducer} r={self.r}" + (f" align={self.align}" if self.align > 1 else "")
+        schedule = self.schedule.replace("r ", "r=", 1).replace("keep ", "keep=").replace("list ", "r=[") \
+            .replace(" inflect ", " inflect=")
+        schedule += "]" if self.r_list is not None else ""
+        return f"{self.method}{reducer} {schedule}" + (f" align={self.align}" if self.align > 1 else "")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["r_list"] = None if self.r_list is None else list(self.r_list)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MergeOptions":
@@ -147,12 +194,12 @@ def parse_r(spec: str) -> list[int]:
 
 
 def parse_methods(spec: str) -> list[str]:
-    """'tome,dfe' -> ['tome', 'dfe'], each checked against METHODS."""
-    methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise FastViTError(f"bad --methods {spec!r}: allowed: {', '.join(METHODS)} (comma-separated)")
-    return methods
+    """'tome,dfe' -> ['tome', 'dfe'], each a registered method."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in names if m not in methods.REGISTRY]
+    if bad or not names:
+        raise FastViTError(f"bad --methods {spec!r}: allowed: {', '.join(methods.REGISTRY)} (comma-separated)")
+    return names
 
 
 def parse_points(spec: str) -> list[MergeOptions]:

@@ -12,10 +12,12 @@ import dataclasses
 import math
 
 
-from fastvit_jax.merge import bipartite, local
+from fastvit_jax.merge import bipartite, local, methods
 from fastvit_jax.merge.options import MergeOptions
 
 MERGING_KINDS = ("global", "local")  # block kinds after which token sizes differ
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockOp:
     """What one block does to its tokens. `r` is per window for local ops, total otherwise.
@@ -83,7 +85,8 @@ class MergePlan:
 
     def summary(self) -> dict:
         return {
-            "method": self.method, "r": self.r, "skip": self.skip, "window": self.window,
+            "method": self.method, "r": self.r, "schedule": self.options.schedule, "skip": self.skip,
+            "window": self.window,
             "transition": self.transition, "metric": self.metric, "prop_attn": self.prop_attn,
             "reducer": self.options.resolved_reducer, "align": self.options.align,
             "tokens": [op.tokens_in for op in self.ops] + [self.final_tokens],
@@ -91,8 +94,8 @@ class MergePlan:
         }
 
     def describe(self) -> str:
-        head = (f"plan: method={self.method} r={self.r} skip={self.skip} metric={self.metric} "
-                f"prop_attn={self.prop_attn}")
+        head = (f"plan: method={self.method} {self.options.schedule.replace(' ', '=', 1)} skip={self.skip} "
+                f"metric={self.metric} prop_attn={self.prop_attn}")
         if self.method == "lgtm":
             head += f" window={self.window} transition={self.transition}"
         if self.options.resolved_reducer != "tome" and self.method != "drop":
@@ -112,19 +115,23 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
     """Algorithm 1 as a static schedule for `config` (a ViTConfig: depth, patch grid, prefix tokens).
 
     Blocks [0, skip) keep every token; LGTM's first `transition` blocks after the skip merge inside
-    windows that grow by one per block; every other merging block merges r tokens globally (or drops
-    them). Clamping to what a block can merge is recorded in `plan.clamped`, never warned about.
+    windows that grow by one per block; every other merging block removes its scheduled r tokens
+    globally (merges them by the method's rule, or drops them). Clamping to what a block can merge
+    is recorded in `plan.clamped`, never warned about.
     """
     options = options or MergeOptions()
+    method = methods.get(options.method)
     depth, patch_grid, prefix = config.depth, tuple(config.grid), config.num_prefix
     skip = options.resolved_skip(depth)
-    merging = options.method != "none" and options.r > 0
+    merging = options.merges
     local_blocks = 0
-    if merging and options.method == "lgtm":
+    if merging and method.local_windows:
         local_blocks = options.transition if options.transition is not None else \
             lgtm_transition(patch_grid, options.r, options.window, depth - skip)
+    schedule = block_schedule(options, depth, skip + local_blocks)
+    reducer = methods.get(options.resolved_reducer)
     n = prefix + patch_grid[0] * patch_grid[1]
-    unaligned = n  # the token count plain r would give: aligned counts stay at or below it
+    unaligned = n  # the token count the plain schedule would give: aligned counts stay at or below it
     ops, clamped = [], False
     for i in range(depth):
         if not merging or i < skip:
@@ -133,19 +140,44 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
             op, short = local_block(n, prefix, patch_grid, options.window + i - skip, options.r)
             unaligned = op.tokens_out
         else:
-            unaligned -= min(options.r, bipartite.max_merges(unaligned, prefix))
-            r = aligned_merges(n, prefix, unaligned, options.align) if options.align > 1 else options.r
-            op, short = global_block(n, prefix, r, "drop" if options.method == "drop" else "global")
+            want = schedule(i, unaligned - prefix)
+            unaligned -= min(want, bipartite.max_merges(unaligned, prefix))
+            r = aligned_merges(n, prefix, unaligned, options.align) if options.align > 1 else want
+            op, short = global_block(n, prefix, r, method.kind)
             if options.align > 1:  # clamped: the bound kept more tokens than the aligned target
                 short = op.tokens_out > int(round(unaligned / options.align)) * options.align
-            if options.method != "drop":
-                op = dataclasses.replace(op, **reducer_fields(options, i, depth))
+            if method.kind == "global":
+                op = dataclasses.replace(op, **reducer.block(options, i, depth))
         ops.append(op)
         clamped |= short
         n = op.tokens_out
     return MergePlan(tuple(ops), options, skip=skip, transition=sum(op.kind == "local" for op in ops),
                      num_prefix=prefix, distill_token=getattr(config, "distilled", False), track_source=track_source,
                      patch_grid=patch_grid, clamped=clamped)
+
+
+def tome_schedule(r: int, inflect: float, blocks: int) -> list[int]:
+    """ToMe's (r, inflect) schedule over `blocks` merging blocks (tome/utils.py parse_r): linear from
+    int(r (1 - inflect)) to 2r minus that, each block's value truncated."""
+    if blocks <= 1:
+        return [int(r)] * blocks
+    low = int(r * (1.0 - inflect))
+    high = 2 * r - low
+    step = (high - low) / (blocks - 1)
+    return [int(low + step * i) for i in range(blocks)]
+
+
+def block_schedule(options: MergeOptions, depth: int, first: int):
+    """(block, mergeable tokens entering it) -> the r the schedule asks of that global block; `first`:
+    the first global block (after the skip and any local blocks)."""
+    if options.r_list is not None:
+        return lambda i, m: options.r_list[i] if i < len(options.r_list) else 0
+    if options.keep is not None:  # PiToMe's floor(T - T * ratio), computed as it does in float64
+        return lambda i, m: max(0, math.floor(m - m * options.keep))
+    if options.inflect:
+        values = tome_schedule(options.r, options.inflect, depth - first)
+        return lambda i, m: values[i - first]
+    return lambda i, m: options.r
 
 
 def aligned_merges(n: int, num_prefix: int, target: int, align: int) -> int:
@@ -157,18 +189,6 @@ def aligned_merges(n: int, num_prefix: int, target: int, align: int) -> int:
     bound = bipartite.max_merges(n, num_prefix)
     aligned = int(round(target / align)) * align
     return max(0, min(n - aligned, bound))
-
-
-def reducer_fields(options: MergeOptions, block: int, depth: int) -> dict:
-    """The rule, combine and margin of a global block under the options' reducer."""
-    reducer = options.resolved_reducer
-    if reducer == "pitome":  # the margin falls with depth: later blocks call more tokens redundant
-        return {"rule": "pitome", "margin": 0.9 - 0.8 * block / depth}
-    if reducer == "tofu":
-        return {"combine": "prune" if block < options.resolved_prune_blocks(depth) else "mlerp"}
-    if reducer == "mctf":
-        return {"rule": "mctf", "combine": "attn"}
-    return {}
 
 
 def global_block(n: int, num_prefix: int, r: int, kind: str = "global") -> tuple[BlockOp, bool]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.merge import methods
 from fastvit_jax.merge.apply import apply_op
 from fastvit_jax.merge.metrics import random_metric
 from fastvit_jax.merge.plan import MergePlan, make_plan
@@ -140,20 +141,22 @@ class Encoder1DBlock(nn.Module):
         y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")(x)
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
+        merges = op.kind != "none" and op.r > 0
+        needs = methods.rule(op.rule).needs if merges and op.kind == "global" else ()
         attn, feats = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
                                                    name="MultiHeadDotProductAttention_1")(
-            y, size_log, need_weights=op.rule == "mctf" and op.kind != "none" and op.r > 0)
+            y, size_log, need_weights="received" in needs)
         feats["x_pre"] = y
         self.sow("intermediates", "x_pre", y)
         self.sow("intermediates", "x_attn", feats["x_attn"])
         x = x + attn
         self.sow("intermediates", "x_post", x)
         state = state._replace(x=x)
-        if op.kind != "none" and op.r > 0:
+        if merges:
             metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
                       if self.plan.metric == "random" else feats[self.plan.metric])
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
-                                         feats["received"] if op.rule == "mctf" else None, impl=self.runtime.merge_impl)
+                                         feats["received"] if "received" in needs else None, impl=self.runtime.merge_impl)
             if merged_sim is not None:
                 self.sow("intermediates", "merged_similarity", merged_sim)
         x = state.x

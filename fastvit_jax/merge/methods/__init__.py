@@ -1,0 +1,72 @@
+"""The merge methods, one record each (`Method`), registered once in REGISTRY.
+
+A method is data the rest of the code reads: the CLI's choices, MergeOptions' validation, the plan
+(what each block does), FLOPs (its matching cost, through its rule), tune's search space and the
+budget search all come from here. Adding a method is one module in this package that defines
+METHOD (and RULE, if it pairs tokens its own way), listed in MODULES, plus its tests.
+
+A Rule is how a global block pairs tokens: `slots(metric, op, *, size, attention, num_prefix,
+distill_token)` -> (out_idx, merged, score) on one example (merge/reducers.py), the attention
+features it reads (`needs`), and the multiply-accumulates of its matching (`match_macs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from fastvit_jax.merge.methods import dfe, drop, lgtm, mctf, none, pitome, tofu, tome
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    name: str
+    slots: Callable
+    match_macs: Callable[[int, int, int], int]  # (tokens in, prefix tokens, metric width) -> MACs
+    needs: tuple[str, ...] = ()  # attention features the rule reads: "received" (attention each token got)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str  # one line, for --help and the docs
+    kind: str = "global"  # what a merging block does: "none" | "global" | "drop"
+    default_skip: Callable[[int], int] = lambda depth: 0  # blocks that keep every token, from the depth
+    local_windows: bool = False  # LGTM: local merging in growing windows after the skip
+    reducer: bool = False  # its global blocks can be tome/dfe/lgtm's --reducer
+    block: Callable = lambda options, block, depth: {}  # BlockOp fields of its global blocks (rule, combine, ...)
+    defaults: dict = dataclasses.field(default_factory=dict)  # MergeOptions defaults it changes
+    search: dict = dataclasses.field(default_factory=dict)  # tune: knob -> values tried
+
+
+MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf)
+REGISTRY: dict[str, Method] = {}
+RULES: dict[str, Rule] = {}
+
+
+def register(module) -> None:
+    record = module.METHOD
+    REGISTRY[record["name"]] = Method(**record)
+    if getattr(module, "RULE", None):
+        RULES[module.RULE["name"]] = Rule(**module.RULE)
+
+
+for _module in MODULES:
+    register(_module)
+
+def reducer_names() -> tuple[str, ...]:
+    """What --reducer accepts: ToMe's own merge and every method whose global blocks can serve."""
+    return ("tome",) + tuple(name for name, m in REGISTRY.items() if m.reducer)
+
+
+METHODS = tuple(REGISTRY)  # the built-in methods (the CLI's choices); validation reads REGISTRY itself
+REDUCERS = reducer_names()
+MERGING = tuple(name for name, m in REGISTRY.items() if m.kind != "none")
+
+
+def get(name: str) -> Method:
+    return REGISTRY[name]
+
+
+def rule(name: str) -> Rule:
+    return RULES[name]

@@ -1,0 +1,81 @@
+"""MCTF (Lee et al., CVPR 2024) without training: ToMe's graph with edge weight
+((cos + 1) / 2)^(1/t_sim) x (info_a info_b)^(1/t_info) x (s_a s_b)^(1/t_size), info = 1 / attention
+received and s = 1 / size, each divided by its max; r // 2 A tokens join their best B, then
+r - r // 2 B tokens join their best unmerged A (with what joined them); attention-weighted pooling.
+Output [unmerged A, surviving B], each in index order. (Merged after the block's attention, on the
+chosen metric; the release's one-step-ahead variant is not this.)
+"""
+
+import jax
+import jax.numpy as jnp
+
+MCTF_TAUS = (1.0, 20.0, 40.0)  # (similarity, informativeness, size): MCTF's DeiT evaluation defaults
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int, *, num_prefix: int,
+               distill_token: bool, taus: tuple[float, float, float] = MCTF_TAUS
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """MCTF's bidirectional multi-criteria matching on one example (see the module docstring).
+
+    attention: (N,) mean attention each token received (over heads and queries)."""
+    from fastvit_jax.merge import onehot
+    from fastvit_jax.merge.bipartite import normalise
+
+    tau_sim, tau_info, tau_size = taus
+    f = normalise(metric.astype(jnp.float32))
+    cos = jnp.dot(f[0::2], f[1::2].T, precision=_EXACT)
+    num_a, num_b = cos.shape
+    info = 1.0 / attention.astype(jnp.float32)
+    info = info / jnp.max(info)
+    small = 1.0 / size
+    small = small / jnp.max(small)
+    pair = lambda v, tau: (v[0::2, None] * v[None, 1::2]) ** (1.0 / tau)
+    weight = ((cos + 1.0) / 2.0) ** (1.0 / tau_sim) * pair(info, tau_info) * pair(small, tau_size)
+    a, b = jnp.arange(num_a), jnp.arange(num_b)
+    if num_prefix > 0:
+        weight = jnp.where(a[:, None] == 0, -jnp.inf, weight)
+    if distill_token:
+        weight = jnp.where(b[None, :] == 0, -jnp.inf, weight)
+    r1, r2 = r // 2, r - r // 2
+
+    def best(w):  # each row's max and the first column attaining it
+        top = jnp.max(w, axis=1)
+        return top, jnp.min(jnp.where(w == top[:, None], jnp.arange(w.shape[1]), w.shape[1]), axis=1)
+
+    a_max, a_to = best(weight)
+    a_merged = onehot.descending_rank(a_max) < r1
+    back = jnp.where(a_merged[None, :], -jnp.inf, weight.T)  # B -> the A tokens still standing
+    if distill_token:
+        back = jnp.where(b[:, None] == 0, -jnp.inf, back)
+    b_max, b_to = best(back)
+    b_merged = onehot.descending_rank(b_max) < r2
+
+    a_keep = onehot.count_before(~a_merged)
+    b_keep = num_a - r1 + onehot.count_before(~b_merged)
+    if distill_token:  # output [cls, distill, other unmerged A, other B], as ToMe
+        a_keep = a_keep + (a_keep >= 1)
+        b_keep = jnp.where(b == 0, 1, b_keep)
+    b_slot = jnp.where(b_merged, onehot.pick(a[None, :] == b_to[:, None], a_keep), b_keep)
+    a_slot = jnp.where(a_merged, onehot.pick(b[None, :] == a_to[:, None], b_slot), a_keep)
+    a_cos = jnp.sum(jnp.where(b[None, :] == a_to[:, None], cos, 0.0), axis=1)  # row-wise cos[i, a_to[i]]
+    b_cos = jnp.sum(jnp.where(a[None, :] == b_to[:, None], cos.T, 0.0), axis=1)
+    out_idx = onehot.interleave(a_slot, b_slot)
+    merged = onehot.interleave(a_merged, b_merged)
+    score = onehot.interleave(jnp.where(a_merged, a_cos, -2.0), jnp.where(b_merged, b_cos, -2.0))
+    return out_idx, merged, score
+
+
+def slots(metric, op, *, size, attention, num_prefix, distill_token):
+    return mctf_slots(metric, attention, size, op.r, num_prefix=num_prefix, distill_token=distill_token)
+
+
+def match_macs(n: int, num_prefix: int, dim: int) -> int:
+    """The A x B similarity matrix (the other criteria are per token)."""
+    return -(-n // 2) * (n // 2) * dim
+
+
+METHOD = {"name": "mctf", "summary": "MCTF: multi-criteria bidirectional matching, attention-weighted pooling",
+          "reducer": True, "block": lambda options, block, depth: {"rule": "mctf", "combine": "attn"},
+          "search": {"skip": [0, 1, 2]}}
+RULE = {"name": "mctf", "slots": slots, "match_macs": match_macs, "needs": ("received",)}

@@ -1,0 +1,3 @@
+"""The dense model: every block keeps every token."""
+
+METHOD = {"name": "none", "summary": "the dense model", "kind": "none"}
