@@ -1,7 +1,8 @@
 """Our methods against their authors' released code, on the genuine DeiT-Tiny and real ImageNet images.
 
-Outside CI: needs torch + timm (e.g. /work/timmvenv) and a checkout of the official repository:
+Outside CI: needs torch + timm (e.g. /work/timmvenv) and checkouts of the official repositories:
   FASTVIT_PITOME_REPO=/path/to/hchautran/PiToMe (the image-classification release, 776bd62)
+  FASTVIT_PPT_REPO=/path/to/xjwu1024/PPT (ppt_deit.py + its tome.py)
 
 Both models get the same preprocessed images (timm's DeiT eval transform) and the same weights
 (../shared/weights/deit_tiny_patch16_224.safetensors). The official side runs the release's own
@@ -81,6 +82,31 @@ def official_pitome(weights: Path, ratio: float):
     return forward
 
 
+def official_ppt(weights: Path, r: int, threshold: float):
+    """PPT's ppt_deit.apply_patch on timm's DeiT, as its README evaluates it (blocks 3, 6, 9)."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    repo = os.environ.get("FASTVIT_PPT_REPO")
+    if not repo:
+        raise SystemExit("set FASTVIT_PPT_REPO to a checkout of xjwu1024/PPT")
+    sys.path.insert(0, repo)  # its ppt_deit.py imports its own tome.py
+    import ppt_deit
+
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    ppt_deit.apply_patch(model, prop_attn=True, pp_loc_list=[3, 6, 9], threshold=threshold)
+    model.r = r
+
+    @torch.inference_mode()
+    def forward(images: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
+
+    return forward
+
+
 def ours(options):
     from fastvit_jax.forward import make_forward
     from fastvit_jax.hub import load_model
@@ -116,24 +142,32 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(SHARED / "data" / "imagenet-val-1300"))
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--ratio", type=float, default=0.9125)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peer_methods.json"))
+    p.add_argument("--method", choices=["pitome", "ppt"], default="pitome")
+    p.add_argument("--ratio", type=float, default=0.9125, help="pitome: the keep ratio")
+    p.add_argument("--r", type=int, default=50, help="ppt: tokens removed at each of its blocks")
+    p.add_argument("--threshold", type=float, default=7e-5, help="ppt: the score-variance threshold")
+    p.add_argument("--out", help="JSON results (default benchmarks/results/peer_METHOD.json)")
     p.add_argument("--noise-floor", action="store_true",
                    help="also run the official code with torch's scalar CPU kernels (ATEN_CPU_CAPABILITY=default): "
                         "how far the release is from itself when only float summation order changes")
     p.add_argument("--official-only", metavar="NPY", help=argparse.SUPPRESS)  # the noise floor's child process
     args = p.parse_args(argv)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"peer_{args.method}.json")
     _, _, preprocess = load_model("deit_tiny_patch16_224")
     images, labels = load_arrays(open_dataset(args.data).limit(args.limit), preprocess, require_labels=True)
     weights = SHARED / "weights" / "deit_tiny_patch16_224.safetensors"
-    runs = {"ours, pitome": (ours(MergeOptions("pitome", keep=args.ratio)), official_pitome(weights, args.ratio)),
-            "ours, dense": (ours(None), None)}
+    if args.method == "pitome":
+        mine, theirs = ours(MergeOptions("pitome", keep=args.ratio)), official_pitome(weights, args.ratio)
+    else:
+        mine, theirs = ours(MergeOptions("ppt", args.r, threshold=args.threshold)), \
+            official_ppt(weights, args.r, args.threshold)
+    runs = {f"ours, {args.method}": (mine, theirs), "ours, dense": (ours(None), None)}
 
     def logits(fn):
         return np.concatenate([fn(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)])
 
     t0 = time.time()
-    official = logits(runs["ours, pitome"][1])
+    official = logits(theirs)
     if args.official_only:
         np.save(args.official_only, official)
         return 0
@@ -148,17 +182,20 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             npy = Path(tmp) / "official.npy"
             subprocess.run([sys.executable, __file__, "--data", args.data, "--limit", str(args.limit), "--ratio",
-                            str(args.ratio), "--official-only", str(npy)], check=True,
+                            str(args.ratio), "--method", args.method, "--r", str(args.r), "--threshold",
+                            str(args.threshold), "--official-only", str(npy)], check=True,
                            env=dict(os.environ, ATEN_CPU_CAPABILITY="default"))
             rows.append({"method": "official, scalar kernels", "images": len(labels),
                          **compare(np.load(npy), official, labels)})
-    print(f"{len(labels)} images of {args.data}; official: PiToMe release, ratio {args.ratio}")
+    setting = f"PiToMe release, ratio {args.ratio}" if args.method == "pitome" else \
+        f"PPT, r {args.r} at blocks 3, 6, 9, threshold {args.threshold:g}"
+    print(f"{len(labels)} images of {args.data}; official: {setting}")
     print(f"{'compared with official':24s} {'top1 agree':>10s} {'|dp| top1':>10s} {'top1 ours':>10s} {'top1 official':>13s}")
     for r in rows:
         print(f"{r['method']:24s} {r['top1_agree']:10.4f} {r['prob_diff']:10.4f} {r['top1_ours']:10.4f} "
               f"{r['top1_official']:13.4f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"data": args.data, "ratio": args.ratio, "rows": rows,
+    Path(args.out).write_text(json.dumps({"data": args.data, "method": args.method, "setting": setting, "rows": rows,
                                           "wall_s": time.time() - t0}, indent=1) + "\n")
     return 0
 

@@ -20,7 +20,7 @@ import tempfile
 CHILD_FLAG = "FASTVIT_SUPERVISED"
 HEARTBEAT_S = 60
 # glog's prefix: severity, date, time, thread, file:line]; and what follows a fatal one.
-_GLOG = re.compile(rb"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^ ]+:\d+\]")
+_GLOG = re.compile(rb"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^ ]+:\d+\]")
 _DUMP = re.compile(rb"^(\*\*\* Check failure|\s+@\s+0x|Additional GRPC error information|:UNKNOWN:Error received)")
 
 
@@ -57,8 +57,9 @@ def run(argv: list[str], program: list[str] | None = None) -> int:
     """Run `fastvit argv` (or `program argv`) as a supervised child; its exit status, or 1 with one
     line if it was killed."""
     env = dict(os.environ, **{CHILD_FLAG: "1"})
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while the child runs; closed below)prefix=f"fastvit-{os.environ.get('JAX_PROCESS_ID', 'p')}-", suffix=".log",
-                                      delete=False)
+    # kept open while the child runs, closed below
+    log = tempfile.NamedTemporaryFile(prefix=f"fastvit-{os.environ.get('JAX_PROCESS_ID', 'p')}-",  # noqa: SIM115
+                                      suffix=".log", delete=False)
     child = subprocess.Popen([*(program or [sys.executable, "-m", "fastvit_jax"]), *argv], stderr=subprocess.PIPE, env=env,
                              # no threads exist yet in this process: preexec_fn is safe here
                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
@@ -70,13 +71,16 @@ def run(argv: list[str], program: list[str] | None = None) -> int:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 bar, _, line = line.rpartition(b"\r")  # a progress bar's redraws, then what follows them
+                runtime = _GLOG.search(line)
+                if runtime and runtime.start() > 0:  # a log line written right after a progress bar
+                    bar, line = bar + b"\r" + line[:runtime.start()], line[runtime.start():]
                 if bar and not diverting:
                     sys.stderr.buffer.write(bar + b"\r")
                 if line.startswith(b"fastvit:") and not told:  # our own lines always reach the user
                     sys.stderr.buffer.write(line + b"\n")
                     told = line.startswith(b"fastvit: error:")  # after it, the runtime's epilogue is logged
                     diverting = diverting or told
-                elif diverting or _GLOG.match(line) or _DUMP.match(line):
+                elif diverting or runtime or _DUMP.match(line):
                     # after a runtime error line, what follows is its continuation and stack trace
                     diverting = diverting or line[:1] in (b"E", b"F") and bool(_GLOG.match(line))
                     log.write(line + b"\n")

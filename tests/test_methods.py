@@ -3,7 +3,6 @@ the budget read; a new method is one module registered once."""
 
 import types
 
-import jax
 import numpy as np
 import pytest
 
@@ -25,8 +24,8 @@ def test_every_registered_method_plans_and_counts():
             if op.kind == "global":
                 assert op.rule in methods.RULES
     assert set(methods.METHODS) == set(methods.REGISTRY)
-    assert methods.REDUCERS == ("tome", "pitome", "tofu", "mctf")
-    assert set(tune.search_space()) == {"tome", "lgtm", "pitome", "tofu", "mctf"}
+    assert methods.REDUCERS == ("tome", "pitome", "tofu", "mctf", "ppt")
+    assert set(tune.search_space()) == {"tome", "lgtm", "pitome", "tofu", "mctf", "ppt"}
 
 
 SEEN = {}
@@ -41,7 +40,8 @@ TOY = types.SimpleNamespace(
     METHOD={"name": "toy", "summary": "ToMe's pairing as a method of its own, for the registry's test",
             "reducer": True, "block": lambda options, block, depth: {"rule": "toy", "combine": "mean"},
             "default_skip": lambda depth: 1, "search": {"skip": [1, 2]}},
-    RULE={"name": "toy", "slots": _toy_slots, "match_macs": lambda n, num_prefix, dim: 0, "needs": ("received",)})
+    RULE={"name": "toy", "slots": _toy_slots, "match_macs": lambda n, num_prefix, dim: 0,
+          "attention_feature": lambda weights, values: weights[:, 0, 0, :]})  # head 0's class-token row
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_new_method_is_one_registered_module(toy_registered):
     params = checkpoint.unflatten(flat)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     got = make_forward(TINY, plan)(params, images)
-    assert isinstance(SEEN["attention"], jax.core.Tracer) or SEEN["attention"] is not None
+    assert SEEN["attention"] is not None and SEEN["attention"].ndim == 1  # per example: one value a token
     # the same pairing and combine through the registry as through ToMe's own kernels
     np.testing.assert_allclose(got, make_forward(TINY, tome)(params, images), atol=2e-5)
     found, _ = tune.candidates(TINY, ["toy"], ["k"], 0.9 * gflops(TINY))
@@ -77,7 +77,7 @@ def test_a_new_method_is_one_registered_module(toy_registered):
 def test_unknown_names_list_the_registry():
     from fastvit_jax.errors import FastViTError
 
-    with pytest.raises(FastViTError, match="allowed: none, tome, dfe, lgtm, drop, pitome, tofu, mctf"):
+    with pytest.raises(FastViTError, match="allowed: none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt"):
         MergeOptions("fast", 4)
     with pytest.raises(FastViTError, match="a reducer applies to tome, dfe, lgtm, not to method 'drop'"):
         MergeOptions("drop", 4, reducer="pitome")

@@ -111,6 +111,7 @@ CASES = [
     ("pitome", 6, {}), ("pitome", 0, {"keep": 0.9125}), ("tofu", 5, {"prune_blocks": 2}), ("mctf", 6, {}),
     ("mctf", 7, {"metric": "x_pre"}), ("dfe", 6, {"reducer": "mctf", "skip": 1}),
     ("lgtm", 8, {"reducer": "pitome", "window": 5, "transition": 1}), ("tofu", 4, {"prop_attn": False}),
+    ("ppt", 6, {}), ("ppt", 6, {"threshold": 1.0}), ("ppt", 6, {"threshold": 0.0}),  # per image; all pool; all prune
 ]
 
 
@@ -214,3 +215,20 @@ def test_reducers_have_no_sort_scatter_gather(tiny_config):
     dense = count(MergeOptions())
     for method in ("pitome", "tofu", "mctf"):
         assert count(MergeOptions(method, 4)) == dense, method
+
+
+def test_ppt_chooses_per_image_at_its_blocks(tiny_config):
+    """PPT's README setting on DeiT-Tiny's shape: blocks 3, 6, 9 remove 50, 50 and (bounded) 48 tokens;
+    on a batch, one image can pool while another prunes, each as it would alone."""
+    deit = ViTConfig(width=192, depth=12, heads=3, mlp_dim=768, patch=16, image_size=224, num_classes=1000)
+    plan = make_plan(deit, MergeOptions("ppt", 50))
+    assert plan.summary()["tokens"] == [197] * 4 + [147] * 3 + [97] * 3 + [49] * 3
+    assert [op.threshold for op in plan.ops if op.kind == "global"] == [7e-5] * 3 and plan.prop_attn
+    flat = google_checkpoint(tiny_config)
+    params = checkpoint.unflatten(flat)
+    images = np.random.default_rng(3).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    plan = make_plan(tiny_config, MergeOptions("ppt", 6))
+    both = np.asarray(make_forward(tiny_config, plan)(params, images))
+    for i in range(4):
+        alone = reference.forward(flat, images[i:i + 1], heads=tiny_config.heads, plan=reference.plan_ops(plan))
+        np.testing.assert_allclose(both[i], np.asarray(alone).reshape(-1), atol=2e-4, rtol=2e-4)

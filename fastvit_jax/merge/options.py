@@ -57,6 +57,7 @@ class MergeOptions:
     inflect: float = 0.0  # ToMe's (r, inflect) schedule; 0: constant r
     r_list: tuple[int, ...] | None = None  # an explicit r per block (replaces r and inflect)
     keep: float | None = None  # keep ratio per merging block (replaces r and inflect)
+    threshold: float | None = None  # ppt: token-score variance below which an image pools; None: 7e-5
 
     def __post_init__(self):
         if self.method not in methods.REGISTRY:

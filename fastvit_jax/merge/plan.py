@@ -36,6 +36,7 @@ class BlockOp:
     rule: str = "tome"
     combine: str = "mean"
     margin: float = 0.0
+    threshold: float = 0.0  # PPT: an image pools when its token-score variance is below this, else prunes
 
     @property
     def num_windows(self) -> int:
@@ -45,7 +46,7 @@ class BlockOp:
         if self.kind == "local":
             return f"local(w={self.window},{self.num_windows}x{self.r})"
         if self.kind == "global" and (self.rule, self.combine) != ("tome", "mean"):
-            return f"{self.rule}-{self.combine}({self.r})"
+            return f"{self.rule}{'' if self.combine == 'mean' else '-' + self.combine}({self.r})"
         return "-" if self.kind == "none" else f"{self.kind}({self.r})"
 
 
@@ -130,11 +131,12 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
             lgtm_transition(patch_grid, options.r, options.window, depth - skip)
     schedule = block_schedule(options, depth, skip + local_blocks)
     reducer = methods.get(options.resolved_reducer)
+    only = set(method.blocks(depth)) if method.blocks else None  # PPT reduces at a few blocks only
     n = prefix + patch_grid[0] * patch_grid[1]
     unaligned = n  # the token count the plain schedule would give: aligned counts stay at or below it
     ops, clamped = [], False
     for i in range(depth):
-        if not merging or i < skip:
+        if not merging or i < skip or (only is not None and i not in only):
             op, short = BlockOp("none", n, n), False
         elif i - skip < local_blocks:
             op, short = local_block(n, prefix, patch_grid, options.window + i - skip, options.r)

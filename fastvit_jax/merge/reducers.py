@@ -73,6 +73,9 @@ def global_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | N
     The rule comes from the method registry (merge/methods)."""
     from fastvit_jax.merge import methods
 
-    out_idx, merged, score = methods.rule(op.rule).slots(metric, op, size=state.size, attention=attention,
+    rule = methods.rule(op.rule)
+    if rule.reduce is not None:
+        return rule.reduce(state, metric, attention, op=op, num_prefix=num_prefix, distill_token=distill_token)
+    out_idx, merged, score = rule.slots(metric, op, size=state.size, attention=attention,
                                                          num_prefix=num_prefix, distill_token=distill_token)
     return combine(state, out_idx, merged, op.tokens_out, op.combine, attention), score

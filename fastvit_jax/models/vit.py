@@ -85,14 +85,14 @@ class MultiHeadDotProductAttention(nn.Module):
     fused: bool = False  # jax.nn.dot_product_attention instead of the matmuls below (runtime.attention)
 
     @nn.compact
-    def __call__(self, x, size_log=None, queries=None, need_weights=False):
+    def __call__(self, x, size_log=None, queries=None, feature=None):
         width = x.shape[-1]
         head_dim = width // self.heads
         proj = lambda name, inputs: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(inputs)
         (q, q_mean) = proj("query", x if queries is None else queries)
         (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh)
         received = None
-        if self.fused and not need_weights:  # the attention map never exists outside the kernel
+        if self.fused and feature is None:  # the attention map never exists outside the kernel
             bias = None if size_log is None else size_log[:, None, None, :].astype(q.dtype)
             attended = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
                                                     bias=bias).swapaxes(1, 2)
@@ -103,10 +103,10 @@ class MultiHeadDotProductAttention(nn.Module):
                 logits = logits + size_log[:, None, None, :]
             weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
             attended = weights @ v  # (B, H, N, Dh)
-            # attention each token received, over heads and queries (MCTF); XLA drops it unused
-            received = jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
+            # what a merge rule reads of this attention (MCTF, PPT: its method's attention_feature)
+            received = None if feature is None else feature(weights, v)
         out = OutProjection(width, self.dtype, name="out")(attended)
-        feats = {"k": k_mean, "q": q_mean, "v": v_mean, "received": received,
+        feats = {"k": k_mean, "q": q_mean, "v": v_mean, "attention_feature": received,
                  "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
         return out, feats
 
@@ -142,10 +142,10 @@ class Encoder1DBlock(nn.Module):
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
         merges = op.kind != "none" and op.r > 0
-        needs = methods.rule(op.rule).needs if merges and op.kind == "global" else ()
+        feature = methods.rule(op.rule).attention_feature if merges and op.kind == "global" else None
         attn, feats = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
                                                    name="MultiHeadDotProductAttention_1")(
-            y, size_log, need_weights="received" in needs)
+            y, size_log, feature=feature)
         feats["x_pre"] = y
         self.sow("intermediates", "x_pre", y)
         self.sow("intermediates", "x_attn", feats["x_attn"])
@@ -156,7 +156,7 @@ class Encoder1DBlock(nn.Module):
             metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
                       if self.plan.metric == "random" else feats[self.plan.metric])
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
-                                         feats["received"] if "received" in needs else None, impl=self.runtime.merge_impl)
+                                         feats["attention_feature"], impl=self.runtime.merge_impl)
             if merged_sim is not None:
                 self.sow("intermediates", "merged_similarity", merged_sim)
         x = state.x

@@ -6,8 +6,11 @@ budget search all come from here. Adding a method is one module in this package 
 METHOD (and RULE, if it pairs tokens its own way), listed in MODULES, plus its tests.
 
 A Rule is how a global block pairs tokens: `slots(metric, op, *, size, attention, num_prefix,
-distill_token)` -> (out_idx, merged, score) on one example (merge/reducers.py), the attention
-features it reads (`needs`), and the multiply-accumulates of its matching (`match_macs`).
+distill_token)` -> (out_idx, merged, score) on one example, combined by merge/reducers.py (or a
+whole `reduce(state, metric, attention, *, op, num_prefix, distill_token)` -> (state, score) for a
+rule that is not pairs-then-combine), the per-token feature it reads from the block's attention
+(`attention_feature(weights (B, H, N, N), values (B, H, N, Dh))` -> (B, N)), and the
+multiply-accumulates of its matching (`match_macs`).
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fastvit_jax.merge.methods import dfe, drop, lgtm, mctf, none, pitome, tofu, tome
+from fastvit_jax.merge.methods import dfe, drop, lgtm, mctf, none, pitome, ppt, tofu, tome
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
     name: str
-    slots: Callable
+    slots: Callable | None
     match_macs: Callable[[int, int, int], int]  # (tokens in, prefix tokens, metric width) -> MACs
-    needs: tuple[str, ...] = ()  # attention features the rule reads: "received" (attention each token got)
+    attention_feature: Callable | None = None  # (weights, values) -> (B, N): what the rule reads of the attention
+    reduce: Callable | None = None  # the whole step, for rules that are not slots + combine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +37,14 @@ class Method:
     kind: str = "global"  # what a merging block does: "none" | "global" | "drop"
     default_skip: Callable[[int], int] = lambda depth: 0  # blocks that keep every token, from the depth
     local_windows: bool = False  # LGTM: local merging in growing windows after the skip
+    blocks: Callable | None = None  # depth -> the only blocks that reduce (PPT's); None: every one after the skip
     reducer: bool = False  # its global blocks can be tome/dfe/lgtm's --reducer
     block: Callable = lambda options, block, depth: {}  # BlockOp fields of its global blocks (rule, combine, ...)
     defaults: dict = dataclasses.field(default_factory=dict)  # MergeOptions defaults it changes
     search: dict = dataclasses.field(default_factory=dict)  # tune: knob -> values tried
 
 
-MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf)
+MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt)
 REGISTRY: dict[str, Method] = {}
 RULES: dict[str, Rule] = {}
 

@@ -78,4 +78,9 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
 METHOD = {"name": "mctf", "summary": "MCTF: multi-criteria bidirectional matching, attention-weighted pooling",
           "reducer": True, "block": lambda options, block, depth: {"rule": "mctf", "combine": "attn"},
           "search": {"skip": [0, 1, 2]}}
-RULE = {"name": "mctf", "slots": slots, "match_macs": match_macs, "needs": ("received",)}
+def received(weights, values):
+    """The attention each token received, averaged over heads and queries (its informativeness is 1 / this)."""
+    return jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
+
+
+RULE = {"name": "mctf", "slots": slots, "match_macs": match_macs, "attention_feature": received}
