@@ -3,6 +3,7 @@
 Outside CI: needs torch + timm (e.g. /work/timmvenv) and checkouts of the official repositories:
   FASTVIT_PITOME_REPO=/path/to/hchautran/PiToMe (the image-classification release, 776bd62)
   FASTVIT_PPT_REPO=/path/to/xjwu1024/PPT (ppt_deit.py + its tome.py)
+  FASTVIT_MCTF_REPO=/path/to/mlvlab/MCTF (its models/ and utils/)
 
 Both models get the same preprocessed images (timm's DeiT eval transform) and the same weights
 (../shared/weights/deit_tiny_patch16_224.safetensors). The official side runs the release's own
@@ -107,6 +108,31 @@ def official_ppt(weights: Path, r: int, threshold: float):
     return forward
 
 
+def official_mctf(weights: Path, r: int):
+    """MCTF's own DeiT-T with run/eval_deit_t_mctf.sh's settings: mctf_type [16,0,0,1,1,1,20,40,1,1,0]
+    (prop. attention, one step ahead, taus 1/20/40, bidirectional, pooling type 1), blocks 1-11."""
+    import torch
+    from safetensors.torch import load_file
+
+    repo = os.environ.get("FASTVIT_MCTF_REPO")
+    if not repo:
+        raise SystemExit("set FASTVIT_MCTF_REPO to a checkout of mlvlab/MCTF")
+    sys.path.insert(0, repo)
+    from models.deit import deit_tiny
+
+    model = deit_tiny(use_mctf=True, mctf_type=[r, 0, 0, 1, 1, 1, 20, 40, 1, 1, 0], task_type=[1, 0, 0, 0],
+                      activate_layer=list(range(1, 12)))
+    missing = model.load_state_dict(load_file(str(weights)), strict=False)
+    assert not missing.missing_keys, missing
+    model.eval()
+
+    @torch.inference_mode()
+    def forward(images: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), r_eval=r).numpy()
+
+    return forward
+
+
 def ours(options):
     from fastvit_jax.forward import make_forward
     from fastvit_jax.hub import load_model
@@ -142,9 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(SHARED / "data" / "imagenet-val-1300"))
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--method", choices=["pitome", "ppt"], default="pitome")
+    p.add_argument("--method", choices=["pitome", "ppt", "mctf"], default="pitome")
     p.add_argument("--ratio", type=float, default=0.9125, help="pitome: the keep ratio")
-    p.add_argument("--r", type=int, default=50, help="ppt: tokens removed at each of its blocks")
+    p.add_argument("--r", type=int, help="ppt: tokens removed at each of its blocks (50); mctf: per block (16)")
     p.add_argument("--threshold", type=float, default=7e-5, help="ppt: the score-variance threshold")
     p.add_argument("--out", help="JSON results (default benchmarks/results/peer_METHOD.json)")
     p.add_argument("--noise-floor", action="store_true",
@@ -156,8 +182,11 @@ def main(argv=None) -> int:
     _, _, preprocess = load_model("deit_tiny_patch16_224")
     images, labels = load_arrays(open_dataset(args.data).limit(args.limit), preprocess, require_labels=True)
     weights = SHARED / "weights" / "deit_tiny_patch16_224.safetensors"
+    args.r = args.r or {"ppt": 50, "mctf": 16}.get(args.method, 0)
     if args.method == "pitome":
         mine, theirs = ours(MergeOptions("pitome", keep=args.ratio)), official_pitome(weights, args.ratio)
+    elif args.method == "mctf":
+        mine, theirs = ours(MergeOptions("mctf", args.r, skip=1)), official_mctf(weights, args.r)
     else:
         mine, theirs = ours(MergeOptions("ppt", args.r, threshold=args.threshold)), \
             official_ppt(weights, args.r, args.threshold)
@@ -187,8 +216,9 @@ def main(argv=None) -> int:
                            env=dict(os.environ, ATEN_CPU_CAPABILITY="default"))
             rows.append({"method": "official, scalar kernels", "images": len(labels),
                          **compare(np.load(npy), official, labels)})
-    setting = f"PiToMe release, ratio {args.ratio}" if args.method == "pitome" else \
-        f"PPT, r {args.r} at blocks 3, 6, 9, threshold {args.threshold:g}"
+    setting = {"pitome": f"PiToMe release, ratio {args.ratio}",
+               "ppt": f"PPT, r {args.r} at blocks 3, 6, 9, threshold {args.threshold:g}",
+               "mctf": f"MCTF, r {args.r} in blocks 1-11, one step ahead"}[args.method]
     print(f"{len(labels)} images of {args.data}; official: {setting}")
     print(f"{'compared with official':24s} {'top1 agree':>10s} {'|dp| top1':>10s} {'top1 ours':>10s} {'top1 official':>13s}")
     for r in rows:

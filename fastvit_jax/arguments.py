@@ -175,7 +175,7 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
     g.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window size")
     g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
-    g.add_argument("--metric", choices=METRICS, default="k", help="similarity feature")
+    g.add_argument("--metric", choices=METRICS, help="similarity feature (default: the method's: k; mctf: x, the tokens themselves)")
     g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
     g.add_argument("--reducer", choices=REDUCERS,
                    help="what the global blocks of tome/dfe/lgtm do (default: ToMe's merge; pitome/tofu/mctf are "

@@ -310,7 +310,8 @@ def cmd_plan(args):
          arg("--target-gflops", type=arguments.positive_float, help="budget: at most X GFLOPs per image"),
          arg("--target-speedup", type=arguments.positive_float, help="budget: at least X times fewer FLOPs than dense"),
          arg("--methods", default=",".join(SEARCH_SPACE), help=f"comma-separated, from {', '.join(SEARCH_SPACE)}"),
-         arg("--metrics", default="k", help="similarity features tried, comma-separated (e.g. k,x_pre)"),
+         arg("--metrics", default="", help="similarity features tried, comma-separated (e.g. k,x_pre); default: "
+                                           "each method's own (k; mctf: x)"),
          arg("--subset", type=arguments.positive_int, default=250, help="images every candidate is scored on first"),
          arg("--finalists", type=arguments.positive_int, default=4, help="best candidates scored on all images"),
          arg("--out", required=True, help="the best plan's file (JSON; use it as --plan); results in OUT.tune/"))
@@ -319,7 +320,7 @@ def cmd_tune(args):
         raise FastViTError("fastvit tune needs one budget: --target-gflops X or --target-speedup X")
     params, config, pre = arguments.load_model(args)
     target = args.target_gflops or gflops(config) / args.target_speedup
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or [None]
     for m in metrics:
         MergeOptions(metric=m)  # one line naming the allowed metrics
     res = tune(params, config, pre, arguments.open_data(args).limit(args.limit), target_gflops=target, out=args.out,

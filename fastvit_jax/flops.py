@@ -16,7 +16,7 @@ from fastvit_jax.merge.plan import MergePlan, make_plan
 
 
 def metric_dim(config: ViTConfig, metric: str) -> int:
-    return config.width if metric in ("x_pre", "x_attn") else config.head_dim
+    return config.width if metric in ("x", "x_pre", "x_attn") else config.head_dim
 
 
 def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k") -> dict[str, int]:
@@ -29,6 +29,11 @@ def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k"
     elif op is not None and op.kind == "local" and op.r:
         w2 = op.window * op.window
         match = op.num_windows * math.ceil(w2 / 2) * (w2 // 2) * metric_dim(config, metric)
+    if op is not None and op.kind == "global" and op.r and getattr(op, "ahead", False):
+        # MCTF one step ahead: q, k and the logits on the n input tokens; values, the merged map times
+        # values and the projection on the n' merged ones
+        return {"qkv": 2 * n * d * d + n_out * d * d, "attn": n * n * d + n_out * n_out * d, "proj": n_out * d * d,
+                "match": match, "mlp": 2 * n_out * d * m, "norm": n * d + 2 * n_out * d}
     return {
         "qkv": 3 * n * d * d,
         "attn": 2 * n * n * d,

@@ -115,7 +115,7 @@ class Results:
 
 
 def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
-         metrics: list[str] = ("k",), subset: int = 250, finalists: int = 4, batch_size: int = 32,
+         metrics: list[str | None] = (None,), subset: int = 250, finalists: int = 4, batch_size: int = 32,
          runtime: Runtime = Runtime(), progress: bool = True) -> dict:
     """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}.
     Scores go to OUT.tune/, which one tune writes at a time."""
@@ -152,7 +152,11 @@ def _tune(params, config, preprocess, ds, *, target_gflops, out, methods, metric
 
     # ToMe is scored with the candidates even when --metrics leaves out its metric: every row
     # reports the subset score and the paired difference against it
-    reference = budget.options_for_gflops(config, REFERENCE, target_gflops)
+    try:
+        reference = budget.options_for_gflops(config, REFERENCE, target_gflops)
+    except FastViTError as e:  # a keep ratio can go lower than ToMe's half-the-tokens bound
+        raise FastViTError(f"no candidate meets {target_gflops:.3f} GFLOPs that ToMe (the reference) can also "
+                           f"meet: {e}") from None
     scored = list(dict.fromkeys(found + [reference]))
     cost = {o: gflops(config, make_plan(config, o)) for o in scored}
     with tqdm(total=len(scored), desc="tune: subset", unit="plan", disable=not progress) as bar:

@@ -112,7 +112,8 @@ def mctf_groups(metric, received, size, r, pre_n, taus=(1.0, 20.0, 40.0)):
     info = 1/received and small = 1/size, each divided by its largest value. The class token (A 0)
     never merges. r // 2 A tokens (highest best edge) join their best B; then the r - r // 2 B tokens
     whose best edge to a remaining A is highest join that A with their group. Output: remaining A
-    groups in index order, then remaining B groups in index order (receiver first)."""
+    groups in index order, then remaining B groups in descending order of their best edge (as the
+    release's sort leaves them; ties: lower index), receiver first."""
     n = len(metric)
     info = [1.0 / received[i] for i in range(n)]
     small = [1.0 / size[i] for i in range(n)]
@@ -137,7 +138,8 @@ def mctf_groups(metric, received, size, r, pre_n, taus=(1.0, 20.0, 40.0)):
     for b in sorted(gone_b):
         groups[back[b][2]] += groups[b]
     keep_a = [a for a in a_idx if a not in gone_a]
-    return [groups[a] for a in keep_a] + [groups[b] for b in b_idx if b not in gone_b]
+    keep_b = sorted([b for b in b_idx if b not in gone_b], key=lambda b: (-back[b][0], b))
+    return [groups[a] for a in keep_a] + [groups[b] for b in keep_b]
 
 
 def reduce_combine(groups, x, size, pos, how, received=None):
@@ -318,6 +320,14 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
         pre = f"Transformer/encoderblock_{b}/"
         y = layer_norm(x, f[pre + "LayerNorm_0/scale"], f[pre + "LayerNorm_0/bias"])
         att = pre + "MultiHeadDotProductAttention_1/"
+        if plan[b] is not None and plan[b][0] == "mctf_ahead":  # MCTF one step ahead, the whole block
+            x, size, pos = _mctf_ahead_attention(f, att, pre, x, y, size, pos, heads, plan[b][1], pre_n,
+                                                 prop_attn and merged, metric_name)
+            merged = True
+            y = layer_norm(x, f[pre + "LayerNorm_2/scale"], f[pre + "LayerNorm_2/bias"])
+            y = gelu(y @ f[pre + "MlpBlock_3/Dense_0/kernel"] + f[pre + "MlpBlock_3/Dense_0/bias"], gelu_exact)
+            x = x + y @ f[pre + "MlpBlock_3/Dense_1/kernel"] + f[pre + "MlpBlock_3/Dense_1/bias"]
+            continue
         q = np.einsum("nd,dhk->nhk", y, f[att + "query/kernel"]) + f[att + "query/bias"]
         k = np.einsum("nd,dhk->nhk", y, f[att + "key/kernel"]) + f[att + "key/bias"]
         v = np.einsum("nd,dhk->nhk", y, f[att + "value/kernel"]) + f[att + "value/bias"]
@@ -403,6 +413,35 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
     return x @ f["head/kernel"] + f["head/bias"]
 
 
+def _mctf_ahead_attention(f, att, pre, x, y, size, pos, heads, r, pre_n, with_sizes, metric_name):
+    """MCTF's released block up to the attention output: attention map on the input, merge of the
+    input tokens (metric x itself) and of the map (keys summed per group, queries averaged with the
+    pooling weights size x attention received), values from the merged tokens."""
+    q = np.einsum("nd,dhk->nhk", y, f[att + "query/kernel"]) + f[att + "query/bias"]
+    k = np.einsum("nd,dhk->nhk", y, f[att + "key/kernel"]) + f[att + "key/bias"]
+    dh = q.shape[-1]
+    maps = []
+    for h in range(heads):
+        logits = q[:, h] @ k[:, h].T / math.sqrt(dh)
+        if with_sizes:
+            logits = logits + np.log(size)[None, :]
+        maps.append(softmax(logits))
+    received = np.mean(maps, axis=(0, 1))
+    metric = {"x": x, "x_pre": y, "k": k.mean(1), "q": q.mean(1)}[metric_name]
+    groups = mctf_groups(metric, received, size, r, pre_n)
+    weight = size * received
+    new_x, new_size, new_pos = reduce_combine(groups, x, size, pos, "attn", received)
+    y2 = layer_norm(new_x, f[pre + "LayerNorm_0/scale"], f[pre + "LayerNorm_0/bias"])
+    v = np.einsum("nd,dhk->nhk", y2, f[att + "value/kernel"]) + f[att + "value/bias"]
+    out = np.zeros((len(groups), heads, dh))
+    for h in range(heads):
+        keys = np.stack([maps[h][:, g].sum(1) for g in groups], axis=1)  # (n, T): attention paid to each group
+        rows = np.stack([(weight[g, None] * keys[g]).sum(0) / weight[g].sum() for g in groups])  # (T, T)
+        out[:, h] = rows @ v[:, h]
+    new_x = new_x + np.einsum("nhk,hkd->nd", out, f[att + "out/kernel"]) + f[att + "out/bias"]
+    return new_x, new_size, new_pos
+
+
 def plan_ops(plan):
     """fastvit MergePlan -> the op list this reference understands."""
     ops = []
@@ -413,6 +452,8 @@ def plan_ops(plan):
             ops.append(("local", op.r, op.window, op.grid))
         elif op.kind == "truncate":
             ops.append(("truncate", op.tokens_out))
+        elif op.kind == "global" and op.ahead:
+            ops.append(("mctf_ahead", op.r))
         elif op.kind == "global" and op.rule == "ppt":
             ops.append(("ppt", op.r, op.threshold))
         elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):

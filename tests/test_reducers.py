@@ -149,7 +149,7 @@ def test_gap_model_without_class_token(tiny_config):
     for options in (MergeOptions("pitome", 5), MergeOptions("mctf", 5), MergeOptions("tofu", 5, prune_blocks=1)):
         plan = make_plan(config, options)
         want = reference.forward(flat, images, heads=config.heads, plan=reference.plan_ops(plan), pool="gap",
-                                 prop_attn=plan.prop_attn)
+                                 prop_attn=plan.prop_attn, metric_name=plan.metric)
         np.testing.assert_allclose(make_forward(config, plan)(params, images), want, atol=2e-4, rtol=2e-4)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite, local, metrics, onehot, reducers
+from fastvit_jax.merge import bipartite, local, methods, metrics, onehot, reducers
 from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.runtime import resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, merge_into
@@ -28,6 +28,29 @@ IMPLS = {  # per example: global merge and drop; local takes the batch
     "gather": {"global": global_merge, "drop": metrics.drop_lowest_norm, "local": local.local_merge},
     "dense": {"global": onehot.global_merge, "drop": onehot.drop_lowest_norm, "local": onehot.local_merge},
 }
+
+
+def merge_ahead(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, attention: jax.Array,
+                weights: jax.Array) -> tuple[TokenState, jax.Array, jax.Array]:
+    """MCTF's one-step-ahead step on a batch: the block input's tokens merge by the rule, and the
+    block's attention map (B, H, N, N) merges with them -- keys summed over each group, queries
+    averaged with the pooling weights -- so the attention output is computed once, on the merged
+    tokens. Returns (state, merged weights (B, H, T, T), mean similarity of merged pairs)."""
+    def one(s, m, a, w):
+        out_idx, merged, score = methods.rule(op.rule).slots(m, op, size=s.size, attention=a,
+                                                             num_prefix=plan.num_prefix,
+                                                             distill_token=plan.distill_token)
+        members = (jnp.arange(op.tokens_out)[:, None] == out_idx[None, :]).astype(jnp.float32)  # (T, N)
+        pool = s.size * a.astype(jnp.float32) if op.combine == "attn" else s.size
+        keys = jnp.einsum("hqn,tn->hqt", w.astype(jnp.float32), members, precision=reducers._EXACT)
+        rows = jnp.einsum("tn,n,hnk->htk", members, pool, keys, precision=reducers._EXACT)
+        merged_w = rows / jnp.dot(members, pool, precision=reducers._EXACT)[None, :, None]
+        return reducers.combine(s, out_idx, merged, op.tokens_out, op.combine, a), merged_w.astype(w.dtype), score
+
+    new, merged_w, scores = jax.vmap(one)(state, metric, attention, weights)
+    real = scores > -1.5
+    mean = jnp.sum(jnp.where(real, scores, 0.0), -1) / jnp.maximum(jnp.sum(real, -1), 1)
+    return new, merged_w, mean
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,

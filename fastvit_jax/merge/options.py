@@ -27,7 +27,7 @@ from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge import methods
 from fastvit_jax.merge.methods import METHODS, REDUCERS  # noqa: F401  (re-exported: the CLI's choices)
 
-METRICS = ("k", "q", "v", "x_pre", "x_attn", "random")
+METRICS = ("k", "q", "v", "x", "x_pre", "x_attn", "random")  # x: the tokens themselves, as they merge
 DEFAULT_WINDOW = 7  # the paper's initial LGTM window: 2 x 2 windows on a 14 x 14 grid
 
 
@@ -49,7 +49,7 @@ class MergeOptions:
     skip: int | None = None  # blocks without merging at the start; None: depth // 6 for dfe/lgtm, else 0
     window: int = DEFAULT_WINDOW  # initial LGTM window
     transition: int | None = None  # number of local LGTM blocks; None: computed as in Algorithm 1
-    metric: str = "k"  # similarity feature
+    metric: str | None = None  # similarity feature; None: the method's default (k; MCTF: x)
     prop_attn: bool | None = None  # proportional attention (+ log(size) on the logits); None: the method's default
     reducer: str | None = None  # REDUCERS, for the global blocks of tome/dfe/lgtm; None: the method's own
     prune_blocks: int | None = None  # tofu: blocks [0, prune_blocks) prune; None: depth // 4
@@ -60,8 +60,14 @@ class MergeOptions:
     threshold: float | None = None  # ppt: token-score variance below which an image pools; None: 7e-5
 
     def __post_init__(self):
+        for name in ("method", "metric", "reducer"):  # names come from plan files too: any JSON value
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise FastViTError(f"{name} must be a name, got {value!r}")
         if self.method not in methods.REGISTRY:
             raise FastViTError(f"unknown method {self.method!r}; allowed: {', '.join(methods.REGISTRY)}")
+        if self.method in methods.REGISTRY and self.metric is None:
+            object.__setattr__(self, "metric", methods.get(self.method).defaults.get("metric", "k"))
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
         for name in ("r", "window", "skip", "transition", "prune_blocks", "align"):

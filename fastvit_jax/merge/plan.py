@@ -37,6 +37,7 @@ class BlockOp:
     combine: str = "mean"
     margin: float = 0.0
     threshold: float = 0.0  # PPT: an image pools when its token-score variance is below this, else prunes
+    ahead: bool = False  # MCTF: merge the block input and its attention map before the attention output
 
     @property
     def num_windows(self) -> int:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge import methods
-from fastvit_jax.merge.apply import apply_op
+from fastvit_jax.merge.apply import apply_op, merge_ahead
 from fastvit_jax.merge.metrics import random_metric
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
@@ -85,10 +85,16 @@ class MultiHeadDotProductAttention(nn.Module):
     fused: bool = False  # jax.nn.dot_product_attention instead of the matmuls below (runtime.attention)
 
     @nn.compact
-    def __call__(self, x, size_log=None, queries=None, feature=None):
+    def __call__(self, x, size_log=None, queries=None, feature=None, weights=None):
+        """weights: a given attention map (B, H, N, N) (MCTF's merged one): only the values and the
+        output projection are computed, from x."""
         width = x.shape[-1]
         head_dim = width // self.heads
         proj = lambda name, inputs: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(inputs)
+        if weights is not None:
+            v, _ = proj("value", x)
+            attended = weights.astype(self.dtype) @ v
+            return OutProjection(width, self.dtype, name="out")(attended), {}
         (q, q_mean) = proj("query", x if queries is None else queries)
         (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh)
         received = None
@@ -106,7 +112,7 @@ class MultiHeadDotProductAttention(nn.Module):
             # what a merge rule reads of this attention (MCTF, PPT: its method's attention_feature)
             received = None if feature is None else feature(weights, v)
         out = OutProjection(width, self.dtype, name="out")(attended)
-        feats = {"k": k_mean, "q": q_mean, "v": v_mean, "attention_feature": received,
+        feats = {"k": k_mean, "q": q_mean, "v": v_mean, "attention_feature": received, "weights": weights,
                  "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
         return out, feats
 
@@ -138,23 +144,35 @@ class Encoder1DBlock(nn.Module):
     def __call__(self, state: TokenState, merge_key):
         cfg, op = self.config, self.plan.ops[self.index]
         x = state.x
-        y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")(x)
+        norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")
+        y = norm(x)
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
         merges = op.kind != "none" and op.r > 0
         feature = methods.rule(op.rule).attention_feature if merges and op.kind == "global" else None
-        attn, feats = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
-                                                   name="MultiHeadDotProductAttention_1")(
-            y, size_log, feature=feature)
-        feats["x_pre"] = y
+        mha = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
+                                           name="MultiHeadDotProductAttention_1")
+        attn, feats = mha(y, size_log, feature=feature)
+        feats["x_pre"], feats["x"] = y, x
+        pick = lambda: (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
+                        if self.plan.metric == "random" else feats[self.plan.metric])
+        if merges and op.ahead:  # MCTF's one-step-ahead: merge the block input and its attention map first
+            metric = pick()
+            state, weights, merged_sim = merge_ahead(op, self.plan, state, metric, feats["attention_feature"],
+                                                     feats["weights"])
+            self.sow("intermediates", "merged_similarity", merged_sim)
+            attn, _ = mha(norm(state.x), weights=weights)
+            x = state.x + attn
+            y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_2")(x)
+            return state._replace(x=x + MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y))
         self.sow("intermediates", "x_pre", y)
         self.sow("intermediates", "x_attn", feats["x_attn"])
         x = x + attn
         self.sow("intermediates", "x_post", x)
         state = state._replace(x=x)
         if merges:
-            metric = (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
-                      if self.plan.metric == "random" else feats[self.plan.metric])
+            feats["x"] = x  # the tokens as they merge
+            metric = pick()
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
                                          feats["attention_feature"], impl=self.runtime.merge_impl)
             if merged_sim is not None:

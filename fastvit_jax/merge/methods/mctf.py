@@ -1,9 +1,14 @@
-"""MCTF (Lee et al., CVPR 2024) without training: ToMe's graph with edge weight
-((cos + 1) / 2)^(1/t_sim) x (info_a info_b)^(1/t_info) x (s_a s_b)^(1/t_size), info = 1 / attention
-received and s = 1 / size, each divided by its max; r // 2 A tokens join their best B, then
-r - r // 2 B tokens join their best unmerged A (with what joined them); attention-weighted pooling.
-Output [unmerged A, surviving B], each in index order. (Merged after the block's attention, on the
-chosen metric; the release's one-step-ahead variant is not this.)
+"""MCTF as released (Lee et al., CVPR 2024; mlvlab/MCTF `utils/mctf.py`, `models/modules/blocks.py`,
+as `run/eval_deit_t_mctf.sh` evaluates DeiT-T: r 16 in blocks 1-11, i.e. `--r 16 --skip 1`).
+
+One step ahead: a block computes its attention map on its input, merges its input tokens x (the
+metric is x itself) and the map with them, and computes the attention output once, from the merged
+map and the merged tokens' values (merge/apply.py merge_ahead). The matching is ToMe's graph with
+edge weight ((cos + 1) / 2)^(1/t_sim) x (info_a info_b)^(1/t_info) x (s_a s_b)^(1/t_size),
+info = 1 / attention received (mean over heads and queries) and s = 1 / size, each divided by its
+max, temperatures (1, 20, 40); r // 2 A tokens join their best B, then r - r // 2 B tokens join their
+best unmerged A (with what joined them); pooling weights attention received x size (pooling type 1).
+Output [unmerged A in index order, surviving B in descending order of their best edge].
 """
 
 import jax
@@ -49,13 +54,15 @@ def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int,
     if distill_token:
         back = jnp.where(b[:, None] == 0, -jnp.inf, back)
     b_max, b_to = best(back)
-    b_merged = onehot.descending_rank(b_max) < r2
+    b_rank = onehot.descending_rank(b_max)
+    b_merged = b_rank < r2
 
     a_keep = onehot.count_before(~a_merged)
-    b_keep = num_a - r1 + onehot.count_before(~b_merged)
+    # surviving B tokens in descending order of their best edge, as the release's sort leaves them
+    b_keep = num_a - r1 + b_rank - r2
     if distill_token:  # output [cls, distill, other unmerged A, other B], as ToMe
         a_keep = a_keep + (a_keep >= 1)
-        b_keep = jnp.where(b == 0, 1, b_keep)
+        b_keep = jnp.where(b == 0, 1, b_keep + 1)
     b_slot = jnp.where(b_merged, onehot.pick(a[None, :] == b_to[:, None], a_keep), b_keep)
     a_slot = jnp.where(a_merged, onehot.pick(b[None, :] == a_to[:, None], b_slot), a_keep)
     a_cos = jnp.sum(jnp.where(b[None, :] == a_to[:, None], cos, 0.0), axis=1)  # row-wise cos[i, a_to[i]]
@@ -75,9 +82,10 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
     return -(-n // 2) * (n // 2) * dim
 
 
-METHOD = {"name": "mctf", "summary": "MCTF: multi-criteria bidirectional matching, attention-weighted pooling",
-          "reducer": True, "block": lambda options, block, depth: {"rule": "mctf", "combine": "attn"},
-          "search": {"skip": [0, 1, 2]}}
+METHOD = {"name": "mctf", "summary": "MCTF as released: multi-criteria bidirectional matching one step ahead "
+                                     "of the attention, attention-weighted pooling (--r 16 --skip 1)",
+          "reducer": True, "block": lambda options, block, depth: {"rule": "mctf", "combine": "attn", "ahead": True},
+          "defaults": {"metric": "x"}, "search": {"skip": [0, 1, 2]}}
 def received(weights, values):
     """The attention each token received, averaged over heads and queries (its informativeness is 1 / this)."""
     return jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
