@@ -36,9 +36,11 @@ from fastvit_jax.plan_file import save_plan
 from fastvit_jax.tune import Results, correct_per_image, describe, tune, tune_summary
 
 SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
-METHODS = {  # label -> options (r set per budget)
-    "tome": MergeOptions("tome", skip=0), "dfe": MergeOptions("dfe"), "lgtm": MergeOptions("lgtm"),
-    "pitome": MergeOptions("pitome"), "tofu": MergeOptions("tofu"), "mctf": MergeOptions("mctf"),
+METHODS = {  # label -> options (r, or the keep ratio, set per budget); the released methods on their own schedules
+    "tome": MergeOptions("tome", skip=0), "tome-decreasing": MergeOptions("tome", inflect=-0.5),
+    "dfe": MergeOptions("dfe"), "lgtm": MergeOptions("lgtm"),
+    "pitome": MergeOptions("pitome", keep=1.0), "tofu": MergeOptions("tofu"), "mctf": MergeOptions("mctf", skip=1),
+    "ppt": MergeOptions("ppt"),
 }
 TUNED_AT = (13, 16)  # the budgets of ToMe r=13 and r=16, where the tuner is judged
 
@@ -93,7 +95,8 @@ def main(argv=None):
         lo, hi = wilson_interval(int(c.sum()), len(c))
         d = paired_difference(c, t)
         return {f"{where}_top1": float(c.mean()), f"{where}_lo": lo, f"{where}_hi": hi,
-                f"{where}_vs_tome": d["diff"], f"{where}_vs_tome_lo": d["lo"], f"{where}_vs_tome_hi": d["hi"]}
+                f"{where}_vs_tome": d["diff"], f"{where}_vs_tome_lo": d["lo"], f"{where}_vs_tome_hi": d["hi"],
+                f"{where}_p_mcnemar": d["p_mcnemar"]}
 
     rows = []
     for (b, label), o in points.items():
@@ -124,6 +127,7 @@ def main(argv=None):
                               "best": describe(best), "gflops": gflops(config, make_plan(config, best)),
                               "top1": s[f"{held}_top1"], "vs_tome": s[f"{held}_vs_tome"],
                               "vs_tome_lo": s[f"{held}_vs_tome_lo"], "vs_tome_hi": s[f"{held}_vs_tome_hi"],
+                              "p_mcnemar": s[f"{held}_p_mcnemar"],
                               "tune_top": [x["plan"] for x in res["rows"]]})
 
     # images/s at batch 32 on this machine, each method at the ToMe r=13 budget, timed round-robin
@@ -139,11 +143,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     cols = ["budget", "method", "plan", "gflops", "samples_top1", "val1300_top1", "union_top1", "union_vs_tome",
-            "union_vs_tome_lo", "union_vs_tome_hi"]
-    md = ["## Every method at matched GFLOPs (union of 2300 images; vs ToMe: paired, 95% interval)\n",
+            "union_vs_tome_lo", "union_vs_tome_hi", "union_p_mcnemar"]
+    md = ["## Every method at matched GFLOPs (union of 2300 images; vs ToMe: paired, 95% interval, McNemar's "
+          "exact p; 2300 images resolve about +-1 point)\n",
           markdown_table(rows, cols), "\n## fastvit tune: calibrated on one set, scored on the other\n",
           markdown_table(tuned, ["tome_r", "budget", "calibrated_on", "scored_on", "best", "gflops", "top1", "vs_tome",
-                                 "vs_tome_lo", "vs_tome_hi"]),
+                                 "vs_tome_lo", "vs_tome_hi", "p_mcnemar"]),
           "\n## images/s at batch 32 (this machine), ToMe r=13 budget\n",
           markdown_table(speed_rows, ["method", "plan", "gflops", "images_per_s"], 2)]
     (out / "summary.md").write_text("\n".join(md) + "\n")
@@ -191,8 +196,8 @@ def cifar(args, out: Path, methods: dict) -> None:
                 rows.append({"model": name, "tome_r": r, "method": label, "plan": describe(o),
                              "gflops": gflops(config, make_plan(config, o)), "top1": float(c.mean()),
                              "vs_tome": d["diff"], "vs_tome_lo": d["lo"], "vs_tome_hi": d["hi"],
-                             "dense_top1": float(results.get("all", MergeOptions()).mean())})
-    cols = ["model", "tome_r", "method", "plan", "gflops", "top1", "vs_tome", "vs_tome_lo", "vs_tome_hi"]
+                             "p_mcnemar": d["p_mcnemar"], "dense_top1": float(results.get("all", MergeOptions()).mean())})
+    cols = ["model", "tome_r", "method", "plan", "gflops", "top1", "vs_tome", "vs_tome_lo", "vs_tome_hi", "p_mcnemar"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({"images": args.cifar_images, "rows": rows}, indent=1))
     (out / "summary.md").write_text(markdown_table(rows, cols) + "\n")

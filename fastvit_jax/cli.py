@@ -333,7 +333,7 @@ def cmd_tune(args):
     rows = [{**r, "top1_95": f"[{r['top1_lo']:.3f}, {r['top1_hi']:.3f}]",
              "vs_tome_95": f"{r['vs_tome']:+.3f} [{r['vs_tome_lo']:+.3f}, {r['vs_tome_hi']:+.3f}]"} for r in res["rows"]]
     emit(args, {**tune_summary(res), "best": res["best"].to_dict(), "out": str(out)},
-         format_table(rows, ["plan", "gflops", "subset_top1", "top1", "top1_95", "vs_tome_95"])
+         format_table(rows, ["plan", "gflops", "subset_top1", "top1", "top1_95", "vs_tome_95", "p_mcnemar"])
          + f"\n{res['candidates']} candidates at <= {target:.3f} GFLOPs on {res['subset']} images, the best "
            f"{len(rows)} on all {res['images']}; best: {rows[0]['plan']}\nwrote {out} (use it as --plan {out})")
 

@@ -174,7 +174,7 @@ def _tune(params, config, preprocess, ds, *, target_gflops, out, methods, metric
         rows.append({"plan": describe(o), "method": o.method, "r": o.r, "gflops": cost[o],
                      "subset_top1": float(first[o].mean()), "top1": right / n, "top1_lo": lo, "top1_hi": hi,
                      "vs_tome": vs["diff"], "vs_tome_lo": vs["lo"], "vs_tome_hi": vs["hi"],
-                     "options": o.to_dict()})
+                     "p_mcnemar": vs["p_mcnemar"], "options": o.to_dict()})
     return {"best": order[0], "reference": reference, "rows": rows, "skipped": skipped, "candidates": len(found),
             "images": int(len(images)), "subset": int(len(pick)), "target_gflops": target_gflops,
             "results": str(folder)}

@@ -68,3 +68,4 @@ def test_analyze_cli(tmp_path, capsys):
     assert code == 0 and len(res["token_similarity"]["x_pre"]) == 12 and "tome r=8" in res["merged_similarity"]
     for f in ("analysis.json", "analysis.csv", "token_similarity.png", "merged_similarity.svg", "posemb_similarity.png"):
         assert (tmp_path / f).exists()
+

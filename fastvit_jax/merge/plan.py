@@ -96,7 +96,9 @@ class MergePlan:
         }
 
     def describe(self) -> str:
-        head = (f"plan: method={self.method} {self.options.schedule.replace(' ', '=', 1)} skip={self.skip} "
+        words = self.options.schedule.split()
+        schedule = " ".join(f"{k}={v}" for k, v in zip(words[::2], words[1::2]))
+        head = (f"plan: method={self.method} {schedule} skip={self.skip} "
                 f"metric={self.metric} prop_attn={self.prop_attn}")
         if self.method == "lgtm":
             head += f" window={self.window} transition={self.transition}"
