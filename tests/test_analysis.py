@@ -69,3 +69,13 @@ def test_analyze_cli(tmp_path, capsys):
     for f in ("analysis.json", "analysis.csv", "token_similarity.png", "merged_similarity.svg", "posemb_similarity.png"):
         assert (tmp_path / f).exists()
 
+
+
+def test_block_statistics_of_a_one_step_ahead_plan(tiny_config):
+    """MCTF's blocks merge before their attention output; they report the same stages as any block."""
+    params = checkpoint.unflatten(google_checkpoint(tiny_config))
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    stats = analysis.block_statistics(tiny_config, make_plan(tiny_config, MergeOptions("mctf", 6, skip=1)), params,
+                                      images)
+    assert all(np.isfinite(v) for k in analysis.STAGES for v in stats[k])
+    assert [m is not None for m in stats["merged"]] == [False, True, True, True]

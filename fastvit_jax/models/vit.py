@@ -163,6 +163,8 @@ class Encoder1DBlock(nn.Module):
             self.sow("intermediates", "merged_similarity", merged_sim)
             attn, _ = mha(norm(state.x), weights=weights)
             x = state.x + attn
+            for name, value in (("x_pre", y), ("x_attn", feats["x_attn"]), ("x_post", x)):  # as other blocks sow
+                self.sow("intermediates", name, value)
             y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_2")(x)
             return state._replace(x=x + MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y))
         self.sow("intermediates", "x_pre", y)
