@@ -76,8 +76,9 @@ def distinct_plans(config, options: list[MergeOptions]) -> list[MergeOptions]:
 
 def describe(options: MergeOptions) -> str:
     """The label plus every knob that differs from the defaults."""
-    knobs = [f"{k}={v}" for k, v in options.to_dict().items()
-             if k not in ("method", "r") and v != getattr(MergeOptions(), k)]
+    defaults = MergeOptions(options.method)  # the method's own defaults (PiToMe: no prop. attention, MCTF: x)
+    knobs = [f"{k}={v}" for k, v in options.to_dict().items()  # the label already shows the schedule
+             if k not in ("method", "r", "inflect", "keep", "r_list") and v != getattr(defaults, k)]
     return " ".join([options.label] + knobs)
 
 
