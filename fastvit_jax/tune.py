@@ -78,7 +78,7 @@ def describe(options: MergeOptions) -> str:
     """The label plus every knob that differs from the defaults."""
     defaults = MergeOptions(options.method)  # the method's own defaults (PiToMe: no prop. attention, MCTF: x)
     knobs = [f"{k}={v}" for k, v in options.to_dict().items()  # the label already shows the schedule
-             if k not in ("method", "r", "inflect", "keep", "r_list") and v != getattr(defaults, k)]
+             if k not in ("method", "r", "inflect", "keep", "r_list", "align") and v != getattr(defaults, k)]
     return " ".join([options.label] + knobs)
 
 
