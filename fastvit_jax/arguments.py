@@ -33,26 +33,24 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_int_list(text: str) -> list[int]:
-    """'1,8,32' -> [1, 8, 32], each a positive integer."""
+def _int_list(text: str, least: int, words: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {words} integers, got {text!r}")
     return values
+
+
+def positive_int_list(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32], each a positive integer."""
+    return _int_list(text, 1, "positive")
 
 
 def int_list(text: str) -> list[int]:
     """'8,8,0,4' -> [8, 8, 0, 4], each a non-negative integer."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-    return values
+    return _int_list(text, 0, "non-negative")
 
 
 def ratio(text: str) -> float:

@@ -14,6 +14,8 @@ Output [unmerged A in index order, surviving B in descending order of their best
 import jax
 import jax.numpy as jnp
 
+from fastvit_jax.merge.methods import tome  # ToMe's A x B similarity cost
+
 MCTF_TAUS = (1.0, 20.0, 40.0)  # (similarity, informativeness, size): MCTF's DeiT evaluation defaults
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -77,11 +79,6 @@ def slots(metric, op, *, size, attention, num_prefix, distill_token):
     return mctf_slots(metric, attention, size, op.r, num_prefix=num_prefix, distill_token=distill_token)
 
 
-def match_macs(n: int, num_prefix: int, dim: int) -> int:
-    """The A x B similarity matrix (the other criteria are per token)."""
-    return -(-n // 2) * (n // 2) * dim
-
-
 METHOD = {"name": "mctf", "summary": "MCTF as released: multi-criteria bidirectional matching one step ahead "
                                      "of the attention, attention-weighted pooling (--r 16 --skip 1)",
           "reducer": True, "block": lambda options, block, depth: {"rule": "mctf", "combine": "attn", "ahead": True},
@@ -91,4 +88,4 @@ def received(weights, values):
     return jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
 
 
-RULE = {"name": "mctf", "slots": slots, "match_macs": match_macs, "attention_feature": received}
+RULE = {"name": "mctf", "slots": slots, "match_macs": tome.match_macs, "attention_feature": received}

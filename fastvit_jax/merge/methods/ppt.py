@@ -17,6 +17,8 @@ README's DeiT setting; proportional attention on, as the release evaluates it.
 import jax
 import jax.numpy as jnp
 
+from fastvit_jax.merge.methods import tome  # ToMe's A x B similarity cost
+
 THRESHOLD = 7e-5  # the README's off-the-shelf DeiT variance threshold
 
 
@@ -49,11 +51,6 @@ def reduce(state, metric, scores, *, op, num_prefix: int, distill_token: bool):
     return chosen, jnp.where(pool, score, jnp.full_like(score, -2.0))
 
 
-def match_macs(n: int, num_prefix: int, dim: int) -> int:
-    """ToMe's A x B similarities (computed for every image; the pruning path's scores are per token)."""
-    return -(-n // 2) * (n // 2) * dim
-
-
 def block(options, block: int, depth: int) -> dict:
     return {"rule": "ppt", "combine": "mean", "threshold": options.threshold if options.threshold is not None
             else THRESHOLD}
@@ -61,4 +58,4 @@ def block(options, block: int, depth: int) -> dict:
 
 METHOD = {"name": "ppt", "summary": "PPT: per image, pool (ToMe) or prune by token scores at depth/4, /2, 3/4",
           "reducer": True, "block": block, "blocks": blocks, "search": {"threshold": [7e-5, 0.0]}}
-RULE = {"name": "ppt", "slots": None, "reduce": reduce, "match_macs": match_macs, "attention_feature": significance}
+RULE = {"name": "ppt", "slots": None, "reduce": reduce, "match_macs": tome.match_macs, "attention_feature": significance}
