@@ -90,7 +90,29 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
     p.add_argument("--crop-pct", type=fraction, help="center-crop fraction for deit preprocessing (timm 0.9, DeiT paper 0.875)")
     p.add_argument("--gelu", choices=["tanh", "exact"], help="override the MLP activation (exact for DeiT/timm weights)")
     p.add_argument("--tower", help="image tower of a two-tower checkpoint (SigLIP/LiT: img); default: the only one")
+    add_zero_shot_args(p)
     add_speed_args(p)
+
+
+def add_zero_shot_args(p: argparse.ArgumentParser) -> None:
+    from fastvit_jax.zero_shot import TEMPLATE_SETS
+
+    g = p.add_argument_group("zero-shot (two-tower files: SigLIP, SigLIP 2)")
+    g.add_argument("--zero-shot", action="store_true",
+                   help="classify with the file's text tower: class embeddings from prompts become the image "
+                        "tower's head (computed once, cached)")
+    g.add_argument("--tokenizer", metavar="SPM",
+                   help="the text tower's SentencePiece model (path or URL); default: the registry entry's")
+    g.add_argument("--class-names", metavar="FILE",
+                   help="one class a line (comma-separated aliases allowed); default: ImageNet-1k as CLIP names them")
+    g.add_argument("--templates", metavar="SET|FILE", default="clip",
+                   help=f"prompt templates: a bundled set ({', '.join(TEMPLATE_SETS)}) or a file of one template "
+                        f"a line holding {{}}; default clip (the CLIP paper's, as big_vision evaluates)")
+    g.add_argument("--all-aliases", action="store_true", help="average the prompts of every alias of a class line, "
+                                                               "not only the first")
+    g.add_argument("--text-pad", type=int, metavar="ID",
+                   help="token id texts are padded with (default: the registry entry's; else 1 for T5 vocabularies "
+                        "(SigLIP 1), the tokenizer's pad otherwise)")
 
 
 def load_model(args, need_weights: bool = True, need_head: bool = True):
@@ -102,12 +124,51 @@ def load_model(args, need_weights: bool = True, need_head: bool = True):
     loaded = load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
                         crop_pct=args.crop_pct, random_weights=not need_weights, notes=notes,
                         tower=getattr(args, "tower", None))
+    if getattr(args, "zero_shot", False):
+        from fastvit_jax.hub import attach_zero_shot
+
+        loaded = attach_zero_shot(args.model, args.checkpoint, *loaded, prompts=zero_shot_prompts(args),
+                                  tokenizer=args.tokenizer, text_pad=args.text_pad, notes=notes,
+                                  progress=not getattr(args, "json", False))
     for note in notes:
         print(f"fastvit: note: {note}", file=sys.stderr)
     if need_head and not loaded[1].num_classes:
         raise FastViTError(f"{args.checkpoint or args.model} has no classification head (an image tower): "
-                           f"`fastvit {args.command}` needs logits; use `fastvit embed` for its features")
+                           f"`fastvit {args.command}` needs logits; use `fastvit embed` for its features"
+                           f"{zero_shot_hint(args)}")
     return loaded
+
+
+def zero_shot_hint(args) -> str:
+    from fastvit_jax.registry import get_entry
+
+    entry = get_entry(args.model) if args.model else None
+    if entry is not None and entry.tokenizer:
+        return ", or add --zero-shot to classify through its text tower"
+    return ", or add --zero-shot (with --tokenizer SPM) if it is a two-tower file"
+
+
+def zero_shot_prompts(args):
+    """The classes and templates of --class-names / --templates / --all-aliases."""
+    from fastvit_jax.zero_shot import Prompts, read_classes, read_templates
+
+    classes, classes_from = read_classes(args.class_names)
+    templates, templates_from = read_templates(args.templates)
+    return Prompts(classes, templates, args.all_aliases, classes_from, templates_from)
+
+
+def zero_shot_summary(args) -> dict:
+    prompts = zero_shot_prompts(args)
+    return {"classes": len(prompts.classes), "classes_from": prompts.classes_from,
+            "templates": len(prompts.templates), "templates_from": prompts.templates_from,
+            "prompts": len(prompts.texts()[0]), "all_aliases": prompts.all_aliases}
+
+
+def class_names(args, config) -> list[str]:
+    """The names of the model's outputs: the zero-shot classes, or the label set of its head."""
+    from fastvit_jax.data import label_names
+
+    return zero_shot_prompts(args).names if getattr(args, "zero_shot", False) else label_names(config.num_classes)
 
 
 def check_images_exist(paths) -> None:

@@ -17,7 +17,7 @@ from fastvit_jax import __version__, arguments, compile_cache, supervise
 from fastvit_jax.analysis import run_analysis
 from fastvit_jax.bench import compare
 from fastvit_jax.checkpoint import convert, describe
-from fastvit_jax.data import image_folder, label_names, load_arrays, load_image, pack_dataset, spread
+from fastvit_jax.data import image_folder, load_arrays, load_image, pack_dataset, spread
 from fastvit_jax.demo import run_demo
 from fastvit_jax.embed import embed_files
 from fastvit_jax.errors import FastViTError, report_errors
@@ -144,9 +144,11 @@ def cmd_predict(args):
     arguments.check_images_exist(args.images)
     params, config, pre = arguments.load_model(args)
     forward = model_forward(args, config, merge_plan(args, config, params))
-    results, failed = predict(forward, params, args.images, pre, label_names(config.num_classes))
+    results, failed = predict(forward, params, args.images, pre, arguments.class_names(args, config),
+                              pair_sigmoid=config.l2_normalize)
+    sig = lambda t: f"  (sigmoid {t['sigmoid']:.4f})" if "sigmoid" in t else ""
     lines = [line for r in results for line in
-             [r["image"], *(f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}" for t in r["top5"])]]
+             [r["image"], *(f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}{sig(t)}" for t in r["top5"])]]
     if failed and not results:
         raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
     emit(args, results + [{"image": p, "error": why} for p, why in failed],
@@ -185,6 +187,8 @@ def cmd_eval(args):
                 "schedule": plan.options.schedule,
                 "reducer": plan.summary()["reducer"] if methods.get(plan.method).kind == "global" else "-",
                 "options": plan.options.to_dict(), "plan": plan.summary()})
+    if args.zero_shot:
+        res["zero_shot"] = arguments.zero_shot_summary(args)
     text = format_table([res], ["method", "reducer", "schedule", "top1", "top5", "images", "images_per_s", "gflops",
                                 "clamped"])
     emit(args, res, "\n".join([text] + [f"skipped {p}: {why}" for p, why in res["failed"]]))

@@ -24,6 +24,7 @@ VARIANTS = {
     "L": (1024, 24, 16, 4096),
     "H": (1280, 32, 16, 5120),
     "So400m": (1152, 27, 16, 4304),  # SigLIP's shape-optimised ViT (big_vision)
+    "g-opt": (1536, 40, 16, 6144),  # SigLIP 2's largest image tower (big_vision)
 }
 
 
@@ -48,6 +49,9 @@ class ViTConfig:
     # DeiT's distillation token after the class token, with its own head; the logits are the mean of
     # both heads (as timm evaluates distilled DeiT), and merging protects both tokens.
     distilled: bool = False
+    # The head reads the L2-normalised feature: a two-tower zero-shot classifier (zero_shot.py), whose
+    # head kernel is the class embeddings x exp(t) and whose bias is SigLIP's b.
+    l2_normalize: bool = False
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -62,9 +66,13 @@ class ViTConfig:
             raise FastViTError(f"sincos2d position embeddings need a width divisible by 4, got {self.width}")
         if self.distilled and (self.pool != "tok" or self.pre_logits):
             raise FastViTError("a distillation token needs a class token (pool 'tok') and no pre_logits")
+        if self.l2_normalize and (self.distilled or not self.num_classes):
+            raise FastViTError("an L2-normalised (zero-shot) head needs num_classes > 0 and no distillation token")
         if self.resnet is not None:
             object.__setattr__(self, "resnet", tuple(int(n) for n in self.resnet))
-        if self.image_size % self.stride:
+        # A remainder is allowed only for plain ViTs, whose VALID patch convolution drops it as big_vision's
+        # does (So400m/14 at 384 px: 27 x 27 patches of 14 px); a hybrid's stem pads, so it must divide.
+        if self.image_size < self.stride or (self.resnet is not None and self.image_size % self.stride):
             what = f"stem stride {self.stem_stride} x patch {self.patch}" if self.resnet is not None \
                 else f"patch {self.patch}"
             raise FastViTError(f"image size {self.image_size} is not divisible by {what}")
@@ -125,7 +133,8 @@ class ViTConfig:
         """A short description: 'ViT', 'ResNet hybrid'; with the head when it is not the class token."""
         family = "ResNet hybrid" if self.resnet is not None else "ViT"
         head = {"tok": ", distilled" if self.distilled else "", "gap": ", GAP head", "map": ", MAP head"}[self.pool]
-        return family + head + (", sincos2d posemb" if self.posemb == "sincos2d" else "")
+        return (family + head + (", sincos2d posemb" if self.posemb == "sincos2d" else "")
+                + (", zero-shot head" if self.l2_normalize else ""))
 
     def replace(self, **kw) -> "ViTConfig":
         return dataclasses.replace(self, **kw)

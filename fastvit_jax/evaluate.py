@@ -110,20 +110,27 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
     }
 
 
-def top_predictions(probs: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
-    """The k most probable classes of one image, most probable first (ties: lower index first)."""
+def top_predictions(probs: np.ndarray, names: list[str], k: int = 5, logits: np.ndarray | None = None) -> list[dict]:
+    """The k most probable classes of one image, most probable first (ties: lower index first).
+    logits (two-tower models): each entry also gets SigLIP's own per-pair probability sigmoid(logit)."""
     top = np.argsort(-probs, kind="stable")[:k]
-    return [{"index": int(i), "label": names[i], "prob": float(probs[i])} for i in top]
+    out = [{"index": int(i), "label": names[i], "prob": float(probs[i])} for i in top]
+    if logits is not None:
+        for entry in out:
+            entry["sigmoid"] = float(1.0 / (1.0 + np.exp(-np.float64(logits[entry["index"]]))))
+    return out
 
 
-def predict(forward, params, paths: list, preprocess, names: list[str], *, batch_size: int = 32
-            ) -> tuple[list[dict], list]:
-    """Top-5 per image: ([{"image", "top5"}], [(path, why) for unreadable images])."""
+def predict(forward, params, paths: list, preprocess, names: list[str], *, batch_size: int = 32,
+            pair_sigmoid: bool = False) -> tuple[list[dict], list]:
+    """Top-5 per image: ([{"image", "top5"}], [(path, why) for unreadable images]). prob is the softmax
+    over the classes; pair_sigmoid adds sigmoid(logit), SigLIP's per-pair probability."""
     ds = Dataset([(Path(p), -1) for p in paths])
     failed, results = [], []
     for b in batches(ds, preprocess, min(len(ds), batch_size), failed=failed):
         logits = np.asarray(forward(params, b.images)[: b.count], np.float32)
         check_finite_logits(logits, b.paths)
         probs = np.asarray(jax.nn.softmax(logits))
-        results += [{"image": path, "top5": top_predictions(pr, names)} for path, pr in zip(b.paths, probs)]
+        results += [{"image": path, "top5": top_predictions(pr, names, logits=lg if pair_sigmoid else None)}
+                    for path, pr, lg in zip(b.paths, probs, logits)]
     return results, failed

@@ -9,7 +9,7 @@ from fastvit_jax.checkpoints import Description, sources
 from fastvit_jax.checkpoints.description import PREPROCESS_FIELDS
 from fastvit_jax.data import Preprocess
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
+from fastvit_jax.registry import DEFAULT_MODEL, asset_path, entry_for_file, get_entry
 
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
@@ -26,7 +26,8 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     """
     if name is None and path is None:
         name = DEFAULT_MODEL
-    entry = get_entry(name) if name else None
+    # a file with an official file's name is that model (its resolution and preprocessing)
+    entry = get_entry(name) if name else entry_for_file(path) if path is not None else None
     config = entry.config if entry else None
     official = path is None and entry is not None and not random_weights
     if official:
@@ -52,6 +53,48 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
         pre["crop_pct"] = crop_pct
     pre.setdefault("family", "inception")
     return params, config, Preprocess(size=config.image_size, **{k: pre[k] for k in PREPROCESS_FIELDS if k in pre})
+
+
+def checkpoint_file(name: str | None, path: str | Path | None) -> Path:
+    """The local file `load_model(name, path)` reads (downloaded once)."""
+    if path is None:
+        return _official_file(get_entry(name or DEFAULT_MODEL))
+    return sources.resolve(path)
+
+
+def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None, text_pad=None, notes=None,
+                     progress=True, stats=None):
+    """(params, config, pre) of the image tower with a zero-shot head built from the file's text tower
+    (zero_shot.py). The tokenizer and the padding come from the arguments, else from the registry entry
+    (by name, or the entry whose official file has this file's name)."""
+    from fastvit_jax import zero_shot
+    from fastvit_jax.checkpoints.text_tower import read_text_tower
+    from fastvit_jax.tokenizer import Tokenizer
+
+    local = checkpoint_file(name, path)
+    entry = get_entry(name) if name else entry_for_file(local)
+    tower = read_text_tower(local)
+    spec = tokenizer or (entry.tokenizer if entry is not None else None)
+    if spec is None:
+        raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
+                           f"SentencePiece model ({zero_shot.TOKENIZER_HINT})")
+    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"))
+    if text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
+        text_pad = entry.text_pad if entry.text_pad is not None else tok.pad_id
+    elif text_pad is None:
+        text_pad = 1 if tower.config.vocab_size in zero_shot.T5_VOCABULARIES else tok.pad_id
+        if notes is not None:
+            notes.append(f"{path or name}: padding texts with id {text_pad} ("
+                         + ("SigLIP 1's T5 vocabularies pad with 1" if text_pad == 1 else "the tokenizer's pad")
+                         + "); pass --text-pad to change it")
+    if not 0 <= text_pad < tower.config.vocab_size:
+        raise FastViTError(f"--text-pad {text_pad}: not a token id of the text tower (0 to {tower.config.vocab_size - 1})"
+                           + ("; the tokenizer defines no pad id" if text_pad == -1 else ""))
+    embeddings = zero_shot.class_embeddings(tower, tok, prompts, pad=text_pad, source=zero_shot.file_identity(local),
+                                            cache=sources.cache_dir() / "zero_shot", progress=progress, stats=stats)
+    head = zero_shot.head_params(embeddings, tower.log_temperature, tower.bias)
+    params, config = zero_shot.attach(params, config, head, str(path or name))
+    return params, config, pre
 
 
 def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list) -> None:

@@ -75,6 +75,43 @@ _ORIGINAL_I21K = {  # gs://vit_models/imagenet21k/ (21843 classes, tanh represen
 _GOOGLE_NAMES = {"R+ViT-Ti_16": "vit_tiny_r_s16_p8_224", "R26+ViT-S_32": "vit_small_r26_s32_224",
                  "R50+ViT-L_32": "vit_large_r50_s32_224", "ViT-B_8": "vit_base_patch8_224"}
 
+# big_vision's tokenizers (pp/ops_text.py KNOWN_TOKENIZERS, the SigLIP 2 configs' "gemma").
+TOKENIZERS = {
+    "c4_en": "https://storage.googleapis.com/t5-data/vocabs/cc_en.32000/sentencepiece.model",
+    "mc4": "https://storage.googleapis.com/t5-data/vocabs/mc4.250000.100extra/sentencepiece.model",
+    "gemma": f"{BIG_VISION}/gemma_tokenizer.model",
+}
+_SIGLIP1 = {  # (variant, res) -> file stem in gs://big_vision/siglip (the SigLIP colab's table)
+    ("B/16", 224): "webli_en_b16_224_63724782", ("B/16", 256): "webli_en_b16_256_60500360",
+    ("B/16", 384): "webli_en_b16_384_68578854", ("B/16", 512): "webli_en_b16_512_68580893",
+    ("L/16", 256): "webli_en_l16_256_60552751", ("L/16", 384): "webli_en_l16_384_63634585",
+    ("So400m/14", 224): "webli_en_so400m_224_57633886", ("So400m/14", 384): "webli_en_so400m_384_58765454",
+}
+_SIGLIP1_I18N = {("B/16", 256): "webli_i18n_b16_256_66117334", ("So400m/16", 256): "webli_i18n_so400m_16_256_78061115"}
+_SIGLIP2 = (("B/32", 256), ("B/16", 224), ("B/16", 256), ("B/16", 384), ("B/16", 512), ("L/16", 256), ("L/16", 384),
+            ("L/16", 512), ("So400m/14", 224), ("So400m/14", 384), ("So400m/16", 256), ("So400m/16", 384),
+            ("So400m/16", 512), ("g-opt/16", 256), ("g-opt/16", 384))
+_SIGLIP_SIZE = {"B": "base", "L": "large", "So400m": "so400m", "g-opt": "giant_opt"}
+
+
+def _siglip_rows():
+    """(name, variant, res, url, tokenizer) of every SigLIP and SigLIP 2 (non-NaFlex) two-tower file."""
+    for (variant, res), stem in _SIGLIP1.items():
+        size, patch = variant.split("/")
+        yield f"siglip_{_SIGLIP_SIZE[size]}_patch{patch}_{res}", variant, res, f"{BIG_VISION}/siglip/{stem}.npz", "c4_en"
+    for (variant, res), stem in _SIGLIP1_I18N.items():
+        size, patch = variant.split("/")
+        yield (f"siglip_{_SIGLIP_SIZE[size]}_patch{patch}_{res}_i18n", variant, res,
+               f"{BIG_VISION}/siglip/{stem}.npz", "mc4")
+    for variant, res in _SIGLIP2:
+        size, patch = variant.split("/")
+        stem = f"siglip2_{size.lower()}{patch}_{res}"
+        yield f"siglip2_{_SIGLIP_SIZE[size]}_patch{patch}_{res}", variant, res, f"{BIG_VISION}/siglip2/{stem}.npz", "gemma"
+
+
+_SIGLIP = tuple(_siglip_rows())
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -85,6 +122,8 @@ class ModelEntry:
     crop_pct: float = 0.9  # deit and crop preprocessing only
     note: str = ""
     bundled: str | None = None  # weights shipped in fastvit_jax/assets (used when no --checkpoint)
+    tokenizer: str | None = None  # two-tower files: the text tower's SentencePiece model (URL)
+    text_pad: int | None = None  # the id texts were padded with in training; None: the tokenizer's own pad
 
     @property
     def filename(self) -> str | None:
@@ -130,12 +169,14 @@ def _build() -> dict[str, ModelEntry]:
         reg[name] = ModelEntry(name, variant_config("S/16", 224, pool="gap", posemb="sincos2d", pre_logits=384), "crop",
                                f"{BIG_VISION}/{name}.npz", crop_pct=0.875,
                                note=f"big_vision plain ViT baseline, ImageNet-1k {epochs} epochs")
-    # SigLIP image towers (Zhai et al. 2023): MAP head, no classifier; `fastvit embed` gives their features.
-    for name, variant, stem in (("siglip_base_patch16_224", "B/16", "webli_en_b16_224_63724782"),
-                                ("siglip_so400m_patch14_224", "So400m/14", "webli_en_so400m_224_57633886")):
-        reg[name] = ModelEntry(name, variant_config(variant, 224, pool="map", num_classes=0), "inception",
-                               f"{BIG_VISION}/siglip/{stem}.npz", label_set="none",
-                               note="SigLIP image tower (the file's img/ tower), features only")
+    # SigLIP and SigLIP 2 two-tower files (Zhai et al. 2023, Tschannen et al. 2025): the image tower (MAP
+    # head, no classifier) is the model; with --zero-shot the text tower builds its classifier.
+    for name, variant, res, url, tokenizer in _SIGLIP:
+        reg[name] = ModelEntry(name, variant_config(variant, res, pool="map", num_classes=0), "inception", url,
+                               label_set="zero-shot", tokenizer=TOKENIZERS[tokenizer],
+                               text_pad=None if tokenizer == "gemma" else 1,
+                               note=f"{'SigLIP 2' if 'siglip2' in url else 'SigLIP'} two-tower ({tokenizer} tokenizer): "
+                                    f"zero-shot with --zero-shot, features with `fastvit embed`")
     for size, variant in (("tiny", "Ti/16"), ("small", "S/16"), ("base", "B/16")):
         for distilled in (False, True):  # timm's Hugging Face copies of facebookresearch/deit's weights
             name = f"deit_{size}{'_distilled' if distilled else ''}_patch16_224"
@@ -177,7 +218,9 @@ def _aliases(reg: dict[str, ModelEntry]) -> dict[str, str]:
             out[entry.filename.removesuffix(".npz")] = entry.name
     for epochs in (90, 150, 300):  # big_vision's VANITY_NAMES
         out[f"i1k-s16-{epochs}ep"] = f"vit_s16_i1k_{epochs}ep"
-    out["SigLIP B/16 224"], out["SigLIP So400m/14 224"] = "siglip_base_patch16_224", "siglip_so400m_patch14_224"
+    for name, variant, res, url, _ in _SIGLIP:  # big_vision's VANITY_NAMES: "SigLIP B/16 224", "SigLIP2 L/16 384"
+        i18n = "-i18n" if "_i18n_" in url else ""
+        out[f"{'SigLIP2' if 'siglip2' in url else 'SigLIP'} {variant}{i18n} {res}"] = name
     return out
 
 
@@ -201,6 +244,13 @@ def get_entry(name: str) -> ModelEntry:
         hint = f"did you mean {' or '.join(map(repr, close))}?" if close else \
             f"e.g. {', '.join(sorted(REGISTRY)[:6])}"
         raise FastViTError(f"unknown model {name!r}; {hint} (`fastvit models` lists all)") from None
+
+
+def entry_for_file(path) -> ModelEntry | None:
+    """The registered model whose official file has this file's name (a downloaded SigLIP file), if any."""
+    name = Path(path).name
+    found = [e for e in REGISTRY.values() if e.filename == name]
+    return found[0] if len(found) == 1 else None
 
 
 def _short(url: str | None) -> str:

@@ -461,3 +461,48 @@ def plan_ops(plan):
         else:
             ops.append((op.kind, op.r))
     return ops
+
+
+# ------------------------------------------------------------------ big_vision's text tower
+def text_forward(flat, tokens, *, heads, pool="last", eps=1e-6):
+    """Text embeddings (B, E) of token ids (B, L), one text at a time, from the flat keys of a
+    two-tower file's txt/ group (big_vision's names): embedding rows + position embedding, blocks
+    (LayerNorm_0, attention, LayerNorm_1, MlpBlock_0; tanh GELU; no mask), encoder_norm, pool, head."""
+    f = {k: np.asarray(v, np.float64) for k, v in flat.items()}
+    depth = len({k.split("/")[1] for k in f if k.startswith("Encoder_0/encoderblock_")})
+    out = []
+    for ids in np.asarray(tokens):
+        x = f["Embed_0/embedding"][ids] + f["pos_embedding"][0]
+        for i in range(depth):
+            pre = f"Encoder_0/encoderblock_{i}/"
+            y = layer_norm(x, f[pre + "LayerNorm_0/scale"], f[pre + "LayerNorm_0/bias"], eps)
+            y, _ = attention(y, y, f, pre + "MultiHeadDotProductAttention_0/", heads)
+            x = x + y
+            y = layer_norm(x, f[pre + "LayerNorm_1/scale"], f[pre + "LayerNorm_1/bias"], eps)
+            y = gelu(y @ f[pre + "MlpBlock_0/Dense_0/kernel"] + f[pre + "MlpBlock_0/Dense_0/bias"], False)
+            x = x + y @ f[pre + "MlpBlock_0/Dense_1/kernel"] + f[pre + "MlpBlock_0/Dense_1/bias"]
+        x = layer_norm(x, f["Encoder_0/encoder_norm/scale"], f["Encoder_0/encoder_norm/bias"], eps)
+        if pool == "last":
+            z = x[-1]
+        elif pool == "first":
+            z = x[0]
+        elif pool == "gap":
+            z = x.mean(0)
+        else:  # map
+            m = "MAPHead_0/"
+            y, _ = attention(f[m + "probe"][0], x, f, m + "MultiHeadDotProductAttention_0/", heads)
+            w = layer_norm(y, f[m + "LayerNorm_0/scale"], f[m + "LayerNorm_0/bias"], eps)
+            w = gelu(w @ f[m + "MlpBlock_0/Dense_0/kernel"] + f[m + "MlpBlock_0/Dense_0/bias"], False)
+            z = (y + w @ f[m + "MlpBlock_0/Dense_1/kernel"] + f[m + "MlpBlock_0/Dense_1/bias"])[0]
+        if "head/kernel" in f:
+            z = z @ f["head/kernel"] + f["head/bias"]
+        out.append(z)
+    return np.stack(out)
+
+
+def zero_shot_logits(img_features, class_text_embeddings, t, b):
+    """SigLIP/CLIP scores: cos(image, class) x exp(t) + b, class embeddings as given (normalised here
+    again, which changes nothing for normalised ones)."""
+    zi = img_features / (np.linalg.norm(img_features, axis=-1, keepdims=True) + 1e-8)
+    zt = class_text_embeddings / (np.linalg.norm(class_text_embeddings, axis=-1, keepdims=True) + 1e-8)
+    return zi @ zt.T * math.exp(t) + b

@@ -68,16 +68,16 @@ def matches(keys) -> bool:
     return is_big_vision(keys)
 
 
-def unstack_blocks(transformer: dict, source) -> dict:
-    """Transformer/encoderblock/<leaf (depth, ...)> -> encoderblock_{i}/<leaf>, every leaf the same depth."""
+def unstack_blocks(transformer: dict, source, where: str = "Transformer") -> dict:
+    """{where}/encoderblock/<leaf (depth, ...)> -> encoderblock_{i}/<leaf>, every leaf the same depth."""
     stacked = flatten(transformer.pop("encoderblock"))
     first_key, first = next(iter(stacked.items()))
     depth = int(np.shape(first)[0]) if np.ndim(first) else 0
     for key, value in stacked.items():
         if np.ndim(value) == 0 or np.shape(value)[0] != depth:
             raise FastViTError(
-                f"{source}: stacked key Transformer/encoderblock/{key} has shape {tuple(np.shape(value))}, "
-                f"expected a leading depth of {depth} like Transformer/encoderblock/{first_key} "
+                f"{source}: stacked key {where}/encoderblock/{key} has shape {tuple(np.shape(value))}, "
+                f"expected a leading depth of {depth} like {where}/encoderblock/{first_key} "
                 f"{tuple(np.shape(first))}")
     for i in range(depth):
         transformer[f"encoderblock_{i}"] = unflatten({k: np.asarray(v[i]) for k, v in stacked.items()})

@@ -59,17 +59,18 @@ def https_url(spec: str) -> str:
     return spec
 
 
-def resolve(spec: str | os.PathLike, progress: bool = True) -> Path:
-    """A local path for any checkpoint spec (downloading it into the cache the first time)."""
+def resolve(spec: str | os.PathLike, progress: bool = True, flag: str = "--checkpoint PATH") -> Path:
+    """A local path for any checkpoint spec (downloading it into the cache the first time). flag: how
+    the user passes a local copy instead (named when the download fails)."""
     spec_s = str(spec)
     if isinstance(spec, Path) or not is_remote(spec_s) or Path(spec_s).exists():
         return Path(spec)
     if spec_s.startswith("hf-hub:"):
         return hf_snapshot(spec_s[len("hf-hub:"):], progress)
-    return download(https_url(spec_s), progress=progress)
+    return download(https_url(spec_s), progress=progress, flag=flag)
 
 
-def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
+def download(url: str, dest: Path | None = None, progress: bool = True, flag: str = "--checkpoint PATH") -> Path:
     """Fetch url into the cache (or dest) with a progress bar; return the local path.
 
     When the network is unreachable the error names the URL and where to put the file by hand.
@@ -82,13 +83,13 @@ def download(url: str, dest: Path | None = None, progress: bool = True) -> Path:
     with exclusive(dest, folder=False, what="download", wait_s=DOWNLOAD_WAIT_S, remove=True):
         if dest.exists():
             return dest
-        return _download(url, dest, progress)
+        return _download(url, dest, progress, flag)
 
 
 DOWNLOAD_WAIT_S = 3600.0
 
 
-def _download(url: str, dest: Path, progress: bool) -> Path:
+def _download(url: str, dest: Path, progress: bool, flag: str = "--checkpoint PATH") -> Path:
     tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
@@ -113,7 +114,7 @@ def _download(url: str, dest: Path, progress: bool) -> Path:
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise FastViTError(f"could not download {url} ({reason}); download it elsewhere and place it "
-                           f"at {dest} (or pass --checkpoint PATH)") from None
+                           f"at {dest} (or pass {flag})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest

@@ -311,6 +311,8 @@ class VisionTransformer(nn.Module):
             x = (nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(state.x[:, 0])
                  + nn.Dense(cfg.num_classes, dtype=self.dtype, name="head_dist")(state.x[:, 1])) / 2
         elif cfg.num_classes:
+            if cfg.l2_normalize:  # as big_vision's two_towers normalises an embedding
+                x = x / (jnp.linalg.norm(x.astype(jnp.float32), axis=-1, keepdims=True) + 1e-8).astype(x.dtype)
             x = nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(x)
         logits = x.astype(jnp.float32)
         return (logits, state) if return_state else logits

@@ -1,0 +1,76 @@
+"""Text to token ids as big_vision feeds its two-tower models (pp/ops_text.py `tokenize`, and the
+`lower|tok` ops of SigLIP 2's configs):
+
+  - ASCII lower-casing (tf.strings.lower without an encoding changes only A-Z);
+  - the SentencePiece ids of the text, then the EOS id; no BOS;
+  - "sticky" EOS: a text of max_len tokens or more keeps its first max_len - 1 ids and the EOS;
+    a shorter one is padded to max_len with `pad` (SigLIP 1 models: 1; SigLIP 2: the tokenizer's
+    own pad id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fastvit_jax.errors import FastViTError
+
+MAX_TOKENIZER_BYTES = 64 << 20  # the largest SentencePiece model we ship a name for is ~4.3 MB
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+def sticky_eos(ids: list[int], max_len: int, pad: int) -> list[int]:
+    """ids ending in the EOS, cut or padded to max_len keeping the EOS last when cut."""
+    if len(ids) >= max_len:
+        return ids[: max_len - 1] + ids[-1:]
+    return ids + [pad] * (max_len - len(ids))
+
+
+class Tokenizer:
+    """A SentencePiece model file, read once."""
+
+    def __init__(self, path: str | Path):
+        import sentencepiece
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FastViTError(f"tokenizer not found: {self.path}")
+        data = self.path.read_bytes() if self.path.stat().st_size <= MAX_TOKENIZER_BYTES else None
+        if data is None:
+            raise FastViTError(f"{self.path}: {self.path.stat().st_size} bytes is too large for a SentencePiece "
+                               f"model (at most {MAX_TOKENIZER_BYTES >> 20} MiB)")
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(data)
+        except (RuntimeError, OSError, TypeError) as e:
+            raise FastViTError(f"{self.path}: not a SentencePiece model ({str(e).splitlines()[0][:120]})") from None
+        if self.sp.eos_id() < 0:
+            raise FastViTError(f"{self.path}: the SentencePiece model has no EOS piece, which big_vision's "
+                               f"text towers end every text with")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.sp.GetPieceSize())
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.sp.eos_id())
+
+    @property
+    def pad_id(self) -> int:
+        """The model's own pad id (-1 when it defines none)."""
+        return int(self.sp.pad_id())
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.sp.EncodeAsIds(ascii_lower(text))) + [self.eos_id]
+
+    def tokenize(self, texts: list[str], max_len: int, pad: int) -> np.ndarray:
+        """(len(texts), max_len) int32 ids with big_vision's rules (module docstring)."""
+        return np.asarray([sticky_eos(self.ids(t), max_len, pad) for t in texts], np.int32).reshape(-1, max_len)
