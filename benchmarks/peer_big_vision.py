@@ -8,7 +8,8 @@ tensorflow is not needed.
 
 For each layout (SigLIP: unstacked blocks, 32k vocabulary, pad 1; SigLIP 2: scan-stacked blocks,
 256k vocabulary), big_vision's Model(B/16 image tower with MAP head, B text tower) is initialised,
-its LayerNorm and bias leaves perturbed (zero-initialised pieces hide bugs), and saved as a
+its LayerNorm and bias leaves perturbed (zero-initialised pieces hide bugs), t and b set to a
+trained model's (exp(t) = 112, b = -16.5), and saved as a
 two-tower .npz as big_vision publishes them. Then:
   - big_vision: zimg, ztxt from model.apply; class embeddings as its discriminative classifier
     builds them; scores zimg . ztxt x exp(t) + b;
@@ -109,6 +110,8 @@ def run(layout: str, args, workdir: Path, two_towers, images, class_lines) -> di
     model = two_towers.Model(**model_config(scan, vocab))
     init = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 64), jnp.int32))
     params = perturbed(init["params"], seed=1)
+    # a trained SigLIP's temperature and bias (exp(t) ~ 112, b ~ -16.5) rather than the init's 10 and -10
+    params = {**params, "t": np.array([np.log(112.0)], np.float32), "b": np.array([-16.5], np.float32)}
     path = workdir / f"{layout}.npz"
     np.savez(path, **{f"params/{k}": v for k, v in flat_keys(params).items()})
 
@@ -124,7 +127,7 @@ def run(layout: str, args, workdir: Path, two_towers, images, class_lines) -> di
                            for i in range(0, len(tokens), 64)])
     classes = np.stack([ztxt[labels == c].mean(0) for c in range(len(class_lines))])
     classes /= 1e-8 + np.linalg.norm(classes, axis=1, keepdims=True)
-    t, b = float(np.exp(np.asarray(out["t"]).reshape(-1)[0])), float(np.asarray(out["b"]).reshape(-1)[0])
+    t, b = float(np.asarray(out["t"]).reshape(-1)[0]), float(np.asarray(out["b"]).reshape(-1)[0])  # out["t"] = exp(t)
     scores_bv = np.asarray(zimg_bv, np.float64) @ classes.T.astype(np.float64) * t + b
     bv_s = time.perf_counter() - t0
 

@@ -109,3 +109,14 @@ def xla_flops(forward, params, images) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
+
+
+def text_gflops(config) -> float:
+    """MACs / 1e9 of one text through a text tower (models/text.py TextConfig), counted as for the
+    image blocks: qkv + projection 4 L D^2, logits and weighted values 2 L^2 D, MLP 2 L D M, LayerNorms;
+    then the pooling (MAP: a probe's attention and an MLP) and the head. The embedding is a lookup."""
+    n, d, m = config.max_len, config.width, config.mlp_dim
+    macs = config.depth * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m + 2 * n * d) + n * d
+    if config.pool == "map":
+        macs += 2 * n * d * d + 2 * d * d + 2 * n * d + 2 * d * m + d
+    return (macs + d * config.embed_dim) / 1e9

@@ -43,3 +43,18 @@ def test_matches_xla_cost_analysis(method):
     xla = xla_flops(make_forward(cfg, plan), params, np.zeros((1, 224, 224, 3), np.float32)) / 2
     ours = model_macs(cfg, plan)["total"]
     assert abs(xla / ours - 1) < 0.03, (xla, ours)
+
+
+def test_text_tower_gflops_match_xla():
+    import jax
+    import jax.numpy as jnp
+
+    from fastvit_jax.flops import text_gflops
+    from fastvit_jax.models.text import TextConfig, TextTransformer, init_text_params
+
+    for pool in ("last", "map"):
+        cfg = TextConfig(vocab_size=500, width=64, depth=2, heads=4, mlp_dim=256, max_len=16, embed_dim=48, pool=pool)
+        params = init_text_params(cfg)
+        fn = jax.jit(lambda p, t, cfg=cfg: TextTransformer(cfg).apply({"params": p}, t))
+        xla = xla_flops(fn, params, jnp.zeros((1, 16), jnp.int32)) / 2
+        assert abs(xla / (text_gflops(cfg) * 1e9) - 1) < 0.05, (pool, xla, text_gflops(cfg) * 1e9)
