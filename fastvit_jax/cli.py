@@ -97,7 +97,8 @@ def cmd_models(args):
         emit(args, rows, format_table(rows, list(COLUMNS)))
         return
     rows = model_rows()
-    emit(args, rows, format_table(rows, ["name", "family", "variant", "res", "classes", "preprocessing", "file"]))
+    shown = [{**r, "classes": "zero-shot" if r["tokenizer"] else r["classes"]} for r in rows]  # two-tower files
+    emit(args, rows, format_table(shown, ["name", "family", "variant", "res", "classes", "preprocessing", "file"]))
 
 
 @command("demo", "offline demo: the bundled real DeiT-Tiny on bundled images, dense vs merged",

@@ -28,7 +28,8 @@ def feature_params(params: dict) -> dict:
 
 @lru_cache(maxsize=16)
 def _embedder(config: ViTConfig, plan: MergePlan, tokens: bool, runtime: Runtime):
-    model = VisionTransformer(config.replace(num_classes=0), dataclasses.replace(plan, track_source=tokens), runtime)
+    model = VisionTransformer(config.replace(num_classes=0, l2_normalize=False), dataclasses.replace(plan, track_source=tokens),
+                              runtime)
 
     @jax.jit
     def run(params, images):

@@ -266,4 +266,5 @@ def model_rows() -> list[dict]:
     """One row per registered model, as `fastvit models` lists them."""
     return [{"name": e.name, "family": e.family, "variant": e.config.variant, "res": e.config.image_size,
              "classes": e.config.num_classes, "preprocessing": e.preprocessing,
-             "file": "bundled" if e.bundled else _short(e.url), "url": e.url} for e in REGISTRY.values()]
+             "file": "bundled" if e.bundled else _short(e.url), "url": e.url, "tokenizer": e.tokenizer}
+            for e in REGISTRY.values()]

@@ -328,6 +328,45 @@ def test_fuzz_plan_files(tmp_path, data):
         event("refused")
 
 
+# ---------------------------------------------------------------- tokenizers and class-name files
+@functools.lru_cache(maxsize=1)
+def _spm_bytes():
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    lines = ["a photo of a tench", "a bad photo of the goldfish", "itap of a hen"] * 30
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=30, pad_id=0,
+                                   eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+    return out.getvalue()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_tokenizer_and_prompt_files(tmp_path, data):
+    """A damaged SentencePiece model, class-name or template file: one line, or it works."""
+    from fastvit_jax import zero_shot
+    from fastvit_jax.tokenizer import Tokenizer
+
+    path = tmp_path / "t.model"
+    path.write_bytes(_mutate_bytes(_spm_bytes(), data)[0])
+    try:
+        tokens = Tokenizer(path).tokenize(["a photo of a tench", ""], 8, 0)
+        assert tokens.shape == (2, 8)
+        event("tokenizer loaded")
+    except FastViTError as e:
+        assert "\n" not in str(e) and str(e)
+        event("tokenizer refused")
+    text, _ = _mutate_bytes("tench, Tinca tinca\ngoldfish\n\na photo of a {}.\n".encode(), data)
+    (tmp_path / "lines.txt").write_bytes(text)
+    for read in (zero_shot.read_classes, zero_shot.read_templates):
+        try:
+            lines, _ = read(str(tmp_path / "lines.txt"))
+            zero_shot.Prompts(lines, ("{}",)).texts() if read is zero_shot.read_classes else \
+                zero_shot.Prompts(("x",), lines).texts()
+        except FastViTError as e:
+            assert "\n" not in str(e) and str(e)
+
+
 # ---------------------------------------------------------------- bombs
 @pytest.mark.slow
 def test_npz_bomb_refused_before_it_inflates(tmp_path):

@@ -370,6 +370,13 @@ def test_eval_and_predict_zero_shot(tmp_path, spm_file, cache, capsys):
     assert res["zero_shot"] == {"classes": 6, "classes_from": str(classes), "templates": 4,
                                 "templates_from": str(templates), "prompts": 24, "all_aliases": False}
 
+    # a sweep over the merged image tower reuses the cached classifier; its r = 0 point is the eval above
+    code, out, err = _run(capsys, "sweep", "--data", data, *flags, "--methods", "tome", "--r", "0,4", "--bench-runs", 1,
+                          "--out", tmp_path / "sweep", "--json")
+    assert code == 0, err
+    rows = {r["r"]: r for r in json.loads(out)}
+    assert rows[0]["top1"] == res["top1"] and rows[4]["gflops"] < rows[0]["gflops"]
+
     img_path = ds.items[0][0]
     code, out, err = _run(capsys, "predict", img_path, *flags, "--method", "tome", "--r", 4, "--json")
     assert code == 0, err
