@@ -250,6 +250,9 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
     g.add_argument("--threshold", type=float, metavar="VAR",
                    help="ppt: an image pools (ToMe) when its token-score variance is below VAR, else prunes "
                         "(default 7e-5, the release's DeiT setting)")
+    g.add_argument("--size-split", type=int, metavar="L",
+                   help="atm: blocks from L on match small tokens with large ones by merging error (default 3/4 "
+                        "of the depth)")
     g.add_argument("--align", type=int, default=0, metavar="K",
                    help="round every global block's token count to the nearest multiple of K (GEMM tiles; fewer "
                         "distinct shapes across plans); budgets still hold (--target-*); 0 = exact r")
@@ -266,7 +269,7 @@ def _options(args, method: str, r: int) -> MergeOptions:
     return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
                         metric=args.metric, prop_attn=False if args.no_prop_attn else None, reducer=args.reducer,
                         prune_blocks=args.prune_blocks, align=args.align, inflect=args.inflect,
-                        r_list=args.r_list, keep=args.keep, threshold=args.threshold)
+                        r_list=args.r_list, keep=args.keep, threshold=args.threshold, size_split=args.size_split)
 
 
 def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:

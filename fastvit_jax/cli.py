@@ -297,17 +297,67 @@ def cmd_bench(args):
 
 
 @command("plan", "show the merge plan of the flags (blocks, tokens, GFLOPs); --out saves it for --plan", MODEL, MERGE,
-         arg("--out", help="write the plan file here (JSON), with the command that made it"))
+         arg("--out", help="write the plan file here (JSON), with the command that made it"),
+         arg("--calibrate", metavar="DATA", help="atm (or tome, dfe): calibrate the per-block r on these images from "
+                                                 "similarity thresholds (with --target-gflops: the thresholds that "
+                                                 "meet it)"),
+         arg("--thresholds", default=None, metavar="ALPHA,BETA,MIN",
+             help="ATM's theta_l = max(ALPHA - (exp(BETA (l-1)) - 1), MIN); default 0.9,0.03,0.5 (with "
+                  "--target-gflops, ALPHA is searched)"),
+         arg("--quantile", type=float, default=0.5, help="--calibrate: r of a block = this quantile of its per-image "
+                                                         "counts (0.5: the median)"),
+         arg("--calibration-images", type=arguments.positive_int, default=128,
+             help="--calibrate: images used, spread over DATA"))
 def cmd_plan(args):
+    if args.calibrate:
+        return calibrated_plan(args)
     # the plan needs only the architecture (a measured speedup target times random weights as well)
     params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
     plan = merge_plan(args, config, params)
+    emit_plan(args, config, plan)
+
+
+def emit_plan(args, config, plan, extra: dict | None = None):
     out = None
     if args.out:
-        out = save_plan(args.out, config, plan, model_name=model_name(args), command=command_line(args))
+        out = save_plan(args.out, config, plan, model_name=model_name(args), command=command_line(args), extra=extra)
     emit(args, {"options": plan.options.to_dict(), "plan": plan.summary(), "gflops": gflops(config, plan),
-                "out": str(out) if out else None},
+                "out": str(out) if out else None, **(extra or {})},
          f"{plan.describe()}\n{gflops(config, plan):.3f} GFLOPs per image" + (f"\nwrote {out}" if out else ""))
+
+
+def calibrated_plan(args):
+    """`plan --calibrate DATA`: ATM's thresholds measured on images into a static r per block."""
+    from fastvit_jax import calibrate
+    from fastvit_jax.merge.methods import atm
+
+    if args.method not in ("atm", "tome", "dfe"):
+        raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {args.method!r}")
+    if args.r or args.r_list or args.keep or args.inflect or args.target_speedup or args.plan:
+        raise FastViTError("--calibrate chooses the schedule: leave out --r, --r-list, --keep, --inflect, "
+                           "--target-speedup and --plan")
+    try:
+        thresholds = tuple(float(v) for v in (args.thresholds or ",".join(map(str, atm.DEFAULT_THRESHOLDS))).split(","))
+        if len(thresholds) != 3:
+            raise ValueError
+    except ValueError:
+        raise FastViTError(f"--thresholds {args.thresholds!r}: expected ALPHA,BETA,MIN (three numbers)") from None
+    params, config, pre = arguments.load_model(args)
+    from fastvit_jax.data import open_dataset
+
+    images, _ = load_arrays(spread(open_dataset(args.calibrate), args.calibration_images), pre)
+    args._noted_r0 = True
+    options = arguments.merge_options(args)
+    kw = dict(quantile=args.quantile, runtime=Runtime.from_args(args), progress=not args.json)
+    if args.target_gflops is not None:
+        options, alpha = calibrate.calibrate_to_budget(config, params, images, options, args.target_gflops,
+                                                       beta=thresholds[1], floor=thresholds[2], **kw)
+        thresholds = (alpha, *thresholds[1:])
+    else:
+        options = calibrate.calibrate_schedule(config, params, images, options, thresholds=thresholds, **kw)
+    plan = make_plan(config, options)
+    emit_plan(args, config, plan, {"calibration": {"data": args.calibrate, "images": len(images),
+                                                   "thresholds": list(thresholds), "quantile": args.quantile}})
 
 
 @command("tune", "search methods and knobs for the most accurate plan under a budget, on your images (resumable)",

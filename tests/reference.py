@@ -142,6 +142,28 @@ def mctf_groups(metric, received, size, r, pre_n, taus=(1.0, 20.0, 40.0)):
     return [groups[a] for a in keep_a] + [groups[b] for b in keep_b]
 
 
+def atm_groups(metric, size, r, pre_n):
+    """ATM's size-distinctive matching, loop version: the patch tokens in ascending size (ties: lower
+    index); the first half (rounded down) is A, the rest B. Each A's partner is the B of lowest
+    error n_a n_b / (n_a + n_b) (1 - cos) (ties: lower index); the r A tokens of lowest error (ties:
+    lower index) join their partner. Groups (receiver first): prefix, unmerged A in index order, B in
+    index order."""
+    patches = list(range(pre_n, len(metric)))
+    order = sorted(patches, key=lambda i: (size[i], i))
+    a_list, b_list = sorted(order[:len(patches) // 2]), sorted(order[len(patches) // 2:])
+
+    def error(a, b):
+        return size[a] * size[b] / (size[a] + size[b]) * (1 - cosine(metric[a], metric[b]))
+
+    best = {a: min((error(a, b), b) for b in b_list) for a in a_list}
+    merged = sorted(a_list, key=lambda a: (best[a][0], a))[:r]
+    groups = {b: [b] for b in b_list}
+    for a in sorted(merged):
+        groups[best[a][1]].append(a)
+    return ([[p] for p in range(pre_n)] + [[a] for a in a_list if a not in merged]
+            + [groups[b] for b in b_list])
+
+
 def reduce_combine(groups, x, size, pos, how, received=None):
     """A group (receiver first) becomes one token: mean (size-weighted), attn (weighted by size x
     attention received), prune (the receiver as it was), mlerp (the mean, rescaled to the largest
@@ -363,6 +385,8 @@ def _forward_one(flat, img, heads, gelu_exact, plan, metric_name, prop_attn, poo
                     groups = [sorted(g, key=lambda i: (i % 2 == 0, i)) for g in groups]  # the B receiver first
                 elif rule == "pitome":
                     groups = pitome_groups(metric, r, margin, pre_n)
+                elif rule == "atm":
+                    groups = atm_groups(metric, size, r, pre_n)
                 else:
                     groups = mctf_groups(metric, received, size, r, pre_n)
                 x, size, pos = reduce_combine(groups, x, size, pos, how, received)

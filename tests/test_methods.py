@@ -24,8 +24,8 @@ def test_every_registered_method_plans_and_counts():
             if op.kind == "global":
                 assert op.rule in methods.RULES
     assert set(methods.METHODS) == set(methods.REGISTRY)
-    assert methods.REDUCERS == ("tome", "pitome", "tofu", "mctf", "ppt")
-    assert set(tune.search_space()) == {"tome", "lgtm", "pitome", "tofu", "mctf", "ppt"}
+    assert methods.REDUCERS == ("tome", "pitome", "tofu", "mctf", "ppt", "atm")
+    assert set(tune.search_space()) == {"tome", "lgtm", "pitome", "tofu", "mctf", "ppt", "atm"}
 
 
 SEEN = {}

@@ -6,7 +6,7 @@ JSON output (`to_dict` / `from_dict`), and turned into a static per-block schedu
 (`skip=None`, `transition=None`, `prop_attn=None` are resolved here or there from the method's record).
 
 The methods are records in `fastvit_jax.merge.methods` (one module each: none, tome, dfe, lgtm,
-drop, pitome, tofu, mctf). `reducer` composes one method's global blocks with another's schedule:
+drop, pitome, tofu, mctf, ppt, atm). `reducer` composes one method's global blocks with another's schedule:
 `--method lgtm --reducer pitome` merges in windows first, then with PiToMe in the global blocks.
 
 Schedules (how many tokens each merging block removes), one of:
@@ -58,6 +58,7 @@ class MergeOptions:
     r_list: tuple[int, ...] | None = None  # an explicit r per block (replaces r and inflect)
     keep: float | None = None  # keep ratio per merging block (replaces r and inflect)
     threshold: float | None = None  # ppt: token-score variance below which an image pools; None: 7e-5
+    size_split: int | None = None  # atm: blocks from this one match by size (small with large); None: 3/4 depth
 
     def __post_init__(self):
         for name in ("method", "metric", "reducer"):  # names come from plan files too: any JSON value
@@ -70,9 +71,10 @@ class MergeOptions:
             object.__setattr__(self, "metric", methods.get(self.method).defaults.get("metric", "k"))
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        for name in ("r", "window", "skip", "transition", "prune_blocks", "align"):
+        for name in ("r", "window", "skip", "transition", "prune_blocks", "align", "size_split"):
             object.__setattr__(self, name, _whole(name, getattr(self, name),
-                                                  allow_none=name in ("skip", "transition", "prune_blocks")))
+                                                  allow_none=name in ("skip", "transition", "prune_blocks",
+                                                                      "size_split")))
         if self.r < 0:
             raise FastViTError(f"r must be a non-negative integer, got {self.r}")
         self._check_schedule()
@@ -89,6 +91,8 @@ class MergeOptions:
             raise FastViTError(f"align must be >= 0 (0: no alignment), got {self.align}")
         if self.prune_blocks is not None and self.prune_blocks < 0:
             raise FastViTError(f"prune_blocks must be >= 0, got {self.prune_blocks}")
+        if self.size_split is not None and self.size_split < 0:
+            raise FastViTError(f"size_split must be >= 0, got {self.size_split}")
         if self.reducer is not None:
             if self.reducer not in methods.reducer_names():
                 raise FastViTError(f"unknown reducer {self.reducer!r}; allowed: {', '.join(methods.reducer_names())}")

@@ -175,6 +175,8 @@ class Encoder1DBlock(nn.Module):
         if merges:
             feats["x"] = x  # the tokens as they merge
             metric = pick()
+            self.sow("intermediates", "metric", metric)  # what the block matches on (calibrate.py reads it)
+            self.sow("intermediates", "size", state.size)
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
                                          feats["attention_feature"], impl=self.runtime.merge_impl)
             if merged_sim is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fastvit_jax.merge.methods import dfe, drop, lgtm, mctf, none, pitome, ppt, tofu, tome
+from fastvit_jax.merge.methods import atm, dfe, drop, lgtm, mctf, none, pitome, ppt, tofu, tome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Method:
     search: dict = dataclasses.field(default_factory=dict)  # tune: knob -> values tried
 
 
-MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt)
+MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt, atm)
 REGISTRY: dict[str, Method] = {}
 RULES: dict[str, Rule] = {}
 

@@ -1,0 +1,90 @@
+"""ATM, Adaptive Token Merging (Lee & Choi, ECAI 2025, arXiv 2505.15160; no code released), in its
+static form:
+
+  - thresholds: a pair merges only if its similarity reaches the block's threshold
+    theta_l = max(alpha - (exp(beta (l - 1)) - 1), theta_min), l = 1 ... depth, falling with depth.
+    The paper counts the pairs above it per batch at run time; here the counts are calibrated on
+    images (calibrate.py: the median over them of each block's count, block after block) into a
+    static per-block r (`--r-list`), so shapes stay static and each plan compiles once;
+  - size-distinctive matching in the last blocks (from `size_split`, default 3/4 of the depth): the
+    patch tokens are split by how many patches they hold, the smaller half (A) against the larger
+    (B; ties in size by position), and each A joins the B of lowest merging error
+    n_a n_b / (n_a + n_b) x (1 - cos); the r A tokens of lowest error merge (size-weighted mean).
+    Earlier blocks match as ToMe does (A even, B odd, highest cosine).
+
+Output of a size-distinctive block: [prefix, unmerged A (position order), B (position order)].
+Ranks and slots come from pairwise comparisons: no sort, scatter or gather.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_THRESHOLDS = (0.9, 0.03, 0.5)  # alpha, beta, theta_min (ours; the paper tunes them per model)
+
+
+def size_split(options, depth: int) -> int:
+    return options.size_split if options.size_split is not None else depth - depth // 4
+
+
+def thresholds(depth: int, alpha: float, beta: float, floor: float) -> list[float]:
+    return [max(alpha - (math.exp(beta * (layer - 1)) - 1.0), floor) for layer in range(1, depth + 1)]
+
+
+def match_macs(n: int, num_prefix: int, dim: int) -> int:
+    """Cosines of all patch pairs (which half a token is in depends on the sizes)."""
+    return (n - num_prefix) ** 2 * dim
+
+
+def size_distinctive_pairs(metric: jax.Array, size: jax.Array):
+    """One example's patch tokens: (is_a (m,), partner one-hot (m, m), error of that pair (m,), its cosine (m,));
+    rows of B tokens are empty (error +inf, cosine -2)."""
+    from fastvit_jax.merge import onehot
+    from fastvit_jax.merge.bipartite import normalise
+
+    m = metric.shape[0]
+    rank = onehot.lexicographic_rank(size, jnp.zeros_like(size))  # ascending size, ties by position
+    is_a = rank < m // 2
+    f = normalise(metric.astype(jnp.float32))
+    cos = jnp.dot(f, f.T, precision=jax.lax.Precision.HIGHEST)
+    weight = size[:, None] * size[None, :] / (size[:, None] + size[None, :])
+    error = jnp.where(is_a[:, None] & ~is_a[None, :], weight * (1.0 - cos), jnp.inf)
+    best = jnp.min(error, axis=1)
+    first = jnp.min(jnp.where(error == best[:, None], jnp.arange(m)[None, :], m), axis=1)
+    partner = is_a[:, None] & (jnp.arange(m)[None, :] == first[:, None])
+    return is_a, partner, best, jnp.sum(jnp.where(partner, cos, 0.0), axis=1) - 2.0 * ~is_a
+
+
+def atm_slots(metric: jax.Array, size: jax.Array, r: int, *, num_prefix: int):
+    """(out_idx, merged, score) of a size-distinctive block on one example (module docstring)."""
+    from fastvit_jax.merge import onehot
+
+    n = metric.shape[0]
+    is_a, partner, error, cos = size_distinctive_pairs(metric[num_prefix:], size[num_prefix:].astype(jnp.float32))
+    order = onehot.descending_rank(jnp.where(is_a, -error, -jnp.inf))  # lowest error first
+    merged_a = is_a & (order < r)
+    unmerged_a = is_a & ~merged_a
+    num_a = (n - num_prefix) // 2
+    b_slot = num_prefix + (num_a - r) + onehot.count_before(~is_a)
+    slot = jnp.where(~is_a, b_slot, jnp.where(unmerged_a, num_prefix + onehot.count_before(unmerged_a),
+                                              onehot.pick(partner, b_slot)))
+    prefix = jnp.arange(num_prefix)
+    out_idx = jnp.concatenate([prefix, slot])
+    merged = jnp.concatenate([prefix < 0, merged_a])
+    score = jnp.concatenate([jnp.full((num_prefix,), -2.0), jnp.where(merged_a, cos, -2.0)])
+    return out_idx, merged, score
+
+
+def slots(metric, op, *, size, attention, num_prefix, distill_token):
+    return atm_slots(metric, size, op.r, num_prefix=num_prefix)
+
+
+def block(options, block: int, depth: int) -> dict:
+    return {"rule": "atm"} if block >= size_split(options, depth) else {}
+
+
+METHOD = {"name": "atm", "summary": "ATM: ToMe matching, then size-distinctive matching in the last blocks "
+                                    "(calibrate thresholds into --r-list with `fastvit plan --calibrate`)",
+          "reducer": True, "block": block, "search": {"size_split": [None, 6]}}
+RULE = {"name": "atm", "slots": slots, "match_macs": match_macs}
