@@ -2,10 +2,12 @@
 
 ATM merges, in block l, every pair whose similarity reaches theta_l, a number that varies per image
 and per batch. A compiled forward needs static token counts, so the counts are measured here on
-calibration images, block after block: block l's count on each image is taken from the model with
-the r already chosen for blocks 0 .. l-1 (its tokens as they would be), and r_l is a quantile
-(default the median) of the counts over the images. The result is an explicit schedule (`r_list`)
-that plan files store and every command runs.
+calibration images: block l's count on each image is taken with the r of blocks 0 .. l-1 in place
+(its tokens as they would be), and r_l is a quantile (default the median) of the counts over the
+images. Since block l's count does not depend on r_l or later blocks, one forward gives every
+block's count for a guessed schedule, and iterating schedule -> counts -> schedule reaches the
+block-after-block result exactly (block l is settled after l + 1 passes; usually 2-4 passes in all).
+The result is an explicit schedule (`r_list`) that plan files store and every command runs.
 
 For a GFLOPs budget, the threshold level alpha is bisected: the most conservative thresholds (the
 highest alpha) whose calibrated plan stays within the budget.
@@ -28,6 +30,8 @@ from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.runtime import Runtime
 
+CALIBRATED = ("atm", "tome", "dfe")
+
 
 def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_prefix: int, distill_token: bool,
                 size_distinctive: bool) -> jax.Array:
@@ -42,10 +46,9 @@ def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_pre
     return jax.vmap(one)(metric, size)
 
 
-@functools.lru_cache(maxsize=64)
-def _block_runner(config, plan, block: int, runtime: Runtime):
-    """A compiled forward returning block `block`'s metric and token sizes (plans repeat across the
-    blocks of one calibration and across the thresholds of a budget search: compiled once)."""
+@functools.lru_cache(maxsize=32)
+def _count_runner(config, plan, theta: tuple[float, ...], split: int, runtime: Runtime):
+    """A compiled forward returning (depth, B) pair counts above each block's threshold."""
     from fastvit_jax.models.vit import VisionTransformer
 
     model = VisionTransformer(config, plan, runtime)
@@ -53,67 +56,70 @@ def _block_runner(config, plan, block: int, runtime: Runtime):
     @jax.jit
     def run(p, x):
         _, inter = model.apply({"params": p}, x, mutable=["intermediates"])
-        b = inter["intermediates"]["Transformer"][f"encoderblock_{block}"]
-        return b["metric"][0], b["size"][0]
+        blocks = inter["intermediates"]["Transformer"]
+        return jnp.stack([pair_counts(blocks[f"encoderblock_{i}"]["metric"][0],
+                                      blocks[f"encoderblock_{i}"]["size"][0], theta[i],
+                                      num_prefix=config.num_prefix, distill_token=config.distilled,
+                                      size_distinctive=i >= split) for i in range(config.depth)])
 
     return run
 
 
-def _block_inputs(config, params, images, options: MergeOptions, block: int, batch_size: int, runtime: Runtime):
-    """The metric and token sizes block `block` merges with (r = 1 there, the schedule so far before it)."""
-    run = _block_runner(config, make_plan(config, options), block, runtime)
-    for i in range(0, len(images), batch_size):
-        yield run(params, jnp.asarray(images[i:i + batch_size]))
-
-
 def calibrate_schedule(config, params, images: np.ndarray, options: MergeOptions, *,
                        thresholds: tuple[float, float, float] = atm.DEFAULT_THRESHOLDS, quantile: float = 0.5,
-                       batch_size: int = 32, runtime: Runtime = Runtime(), progress: bool = False) -> MergeOptions:
-    """`options` (an ATM or ToMe-family method) with r_list calibrated from (alpha, beta, theta_min)."""
-    if options.method not in ("atm", "tome", "dfe"):
+                       batch_size: int = 32, runtime: Runtime = Runtime(), start: tuple[int, ...] | None = None,
+                       stats: dict | None = None) -> MergeOptions:
+    """`options` (atm, tome or dfe) with r_list calibrated from (alpha, beta, theta_min). start: a
+    guessed schedule (a neighbouring threshold's) to begin the iteration from."""
+    if options.method not in CALIBRATED:
         raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {options.method!r}")
     if not 0.0 <= quantile <= 1.0:
         raise FastViTError(f"quantile must be in [0, 1], got {quantile}")
+    if options.metric == "random":
+        raise FastViTError("threshold calibration needs a similarity feature, not the random metric")
     depth = config.depth
-    theta = atm.thresholds(depth, *thresholds)
+    theta = tuple(atm.thresholds(depth, *thresholds))
     split = atm.size_split(options, depth) if options.method == "atm" else depth
     skip = options.resolved_skip(depth)
     base = options.replace(r=0, inflect=0.0, keep=None, r_list=None)
-    r_list: list[int] = []
-    for block in tqdm(range(depth), desc="calibrate", disable=not progress, leave=False):
-        if block < skip:
-            r_list.append(0)
-            continue
-        probe = base.replace(r_list=tuple(r_list) + (1,))
-        counts = []
-        for metric, size in _block_inputs(config, params, images, probe, block, batch_size, runtime):
-            counts.append(np.asarray(pair_counts(metric, size, theta[block], num_prefix=config.num_prefix,
-                                                 distill_token=config.distilled, size_distinctive=block >= split)))
-        tokens = make_plan(config, probe).ops[block].tokens_in
-        r = int(np.quantile(np.concatenate(counts), quantile, method="lower"))
-        r_list.append(min(r, max_merges(tokens, config.num_prefix)))
-    while r_list and r_list[-1] == 0:
-        r_list.pop()
-    return base.replace(r_list=tuple(r_list) or (0,))
+    r_list = tuple(start) if start else (0,) * depth
+    for passes in range(1, depth + 2):
+        plan = make_plan(config, base.replace(r_list=r_list))
+        run = _count_runner(config, plan, theta, split, runtime)
+        counts = np.concatenate([np.asarray(run(params, jnp.asarray(images[i:i + batch_size])))
+                                 for i in range(0, len(images), batch_size)], axis=1)
+        new = tuple(0 if block < skip else
+                    min(int(np.quantile(counts[block], quantile, method="lower")),
+                        max_merges(plan.ops[block].tokens_in, config.num_prefix))
+                    for block in range(depth))
+        if new == r_list:
+            break
+        r_list = new
+    if stats is not None:
+        stats["passes"] = passes
+    return base.replace(r_list=r_list)
 
 
 def calibrate_to_budget(config, params, images: np.ndarray, options: MergeOptions, target_gflops: float, *,
                         beta: float = atm.DEFAULT_THRESHOLDS[1], floor: float = atm.DEFAULT_THRESHOLDS[2],
                         steps: int = 8, quantile: float = 0.5, batch_size: int = 32, runtime: Runtime = Runtime(),
                         progress: bool = False) -> tuple[MergeOptions, float]:
-    """(calibrated options, alpha): the highest alpha in [floor, 1] whose plan has <= target GFLOPs."""
-    fit = lambda alpha: calibrate_schedule(config, params, images, options, thresholds=(alpha, beta, floor),
-                                           quantile=quantile, batch_size=batch_size, runtime=runtime)
+    """(calibrated options, alpha): the highest alpha in [floor, 1] (bisected `steps` times) whose
+    plan has <= target GFLOPs."""
+    cost = lambda o: gflops(config, make_plan(config, o))
+    fit = lambda alpha, start: calibrate_schedule(config, params, images, options, thresholds=(alpha, beta, floor),
+                                                  quantile=quantile, batch_size=batch_size, runtime=runtime,
+                                                  start=start)
     lo, hi = floor, 1.0  # alpha = floor merges the most; 1.0 the least
-    best = fit(lo)
-    if gflops(config, make_plan(config, best)) > target_gflops:
-        raise FastViTError(f"even the lowest thresholds (alpha = theta_min = {floor}) give "
-                           f"{gflops(config, make_plan(config, best)):.4f} GFLOPs > {target_gflops}: lower theta_min")
+    best = fit(lo, None)
+    if cost(best) > target_gflops:
+        raise FastViTError(f"even the lowest thresholds (alpha = theta_min = {floor}) give {cost(best):.4f} "
+                           f"GFLOPs > {target_gflops}: lower theta_min (--thresholds)")
     best_alpha = lo
     for _ in tqdm(range(steps), desc="calibrate: thresholds", disable=not progress, leave=False):
         mid = (lo + hi) / 2
-        candidate = fit(mid)
-        if gflops(config, make_plan(config, candidate)) <= target_gflops:
+        candidate = fit(mid, best.r_list)
+        if cost(candidate) <= target_gflops:
             best, best_alpha, lo = candidate, mid, mid
         else:
             hi = mid

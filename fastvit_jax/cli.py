@@ -331,7 +331,7 @@ def calibrated_plan(args):
     from fastvit_jax import calibrate
     from fastvit_jax.merge.methods import atm
 
-    if args.method not in ("atm", "tome", "dfe"):
+    if args.method not in calibrate.CALIBRATED:
         raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {args.method!r}")
     if args.r or args.r_list or args.keep or args.inflect or args.target_speedup or args.plan:
         raise FastViTError("--calibrate chooses the schedule: leave out --r, --r-list, --keep, --inflect, "
@@ -348,10 +348,11 @@ def calibrated_plan(args):
     images, _ = load_arrays(spread(open_dataset(args.calibrate), args.calibration_images), pre)
     args._noted_r0 = True
     options = arguments.merge_options(args)
-    kw = dict(quantile=args.quantile, runtime=Runtime.from_args(args), progress=not args.json)
+    kw = dict(quantile=args.quantile, runtime=Runtime.from_args(args))
     if args.target_gflops is not None:
         options, alpha = calibrate.calibrate_to_budget(config, params, images, options, args.target_gflops,
-                                                       beta=thresholds[1], floor=thresholds[2], **kw)
+                                                       beta=thresholds[1], floor=thresholds[2],
+                                                       progress=not args.json, **kw)
         thresholds = (alpha, *thresholds[1:])
     else:
         options = calibrate.calibrate_schedule(config, params, images, options, thresholds=thresholds, **kw)

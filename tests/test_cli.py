@@ -162,7 +162,7 @@ def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
     assert code == 0 and res["clamped"] and res["plan"]["tokens"] == [197, 107, 54]
     assert res["options"] == {"method": "tome", "r": 90, "skip": None, "window": 7, "transition": None,
                               "metric": "k", "prop_attn": True, "reducer": None, "prune_blocks": None, "align": 0,
-                              "inflect": 0.0, "r_list": None, "keep": None, "threshold": None}
+                              "inflect": 0.0, "r_list": None, "keep": None, "threshold": None, "size_split": None}
     assert err.count("fastvit: note: tome r=90: some blocks merge fewer than r tokens") == 1
     code, out, _ = run(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(imgs), "--method", "tome",
                        "--r", "90", "--no-progress")

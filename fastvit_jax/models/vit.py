@@ -172,11 +172,12 @@ class Encoder1DBlock(nn.Module):
         x = x + attn
         self.sow("intermediates", "x_post", x)
         state = state._replace(x=x)
-        if merges:
-            feats["x"] = x  # the tokens as they merge
-            metric = pick()
-            self.sow("intermediates", "metric", metric)  # what the block matches on (calibrate.py reads it)
+        feats["x"] = x  # the tokens as they would merge
+        if self.plan.metric != "random":  # what the block matches (or would match) on: calibrate.py reads it
+            self.sow("intermediates", "metric", feats[self.plan.metric])
             self.sow("intermediates", "size", state.size)
+        if merges:
+            metric = pick()
             state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
                                          feats["attention_feature"], impl=self.runtime.merge_impl)
             if merged_sim is not None:
