@@ -168,7 +168,7 @@ def test_r_without_method_is_refused_and_method_without_r_noted(capsys):
     code = main(["plan", "--r", "8"])
     _, err = capsys.readouterr()
     assert code == 2 and err == ("fastvit: error: --r 8 needs a merging --method "
-                                 "(tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt)\n")
+                                 "(tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt, atm)\n")
     code = main(["plan", "--method", "tome", "--json"])
     out, err = capsys.readouterr()
     assert code == 0 and err.count("fastvit: note: --method tome with r = 0 is the dense model") == 1

@@ -77,7 +77,7 @@ def test_a_new_method_is_one_registered_module(toy_registered):
 def test_unknown_names_list_the_registry():
     from fastvit_jax.errors import FastViTError
 
-    with pytest.raises(FastViTError, match="allowed: none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt"):
+    with pytest.raises(FastViTError, match="allowed: none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt, atm$"):
         MergeOptions("fast", 4)
     with pytest.raises(FastViTError, match="a reducer applies to tome, dfe, lgtm, not to method 'drop'"):
         MergeOptions("drop", 4, reducer="pitome")
