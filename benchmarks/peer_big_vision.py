@@ -71,16 +71,6 @@ def perturbed(params, seed):
     return jax.tree_util.tree_unflatten(tree, out)
 
 
-def flat_keys(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat_keys(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = np.asarray(v)
-    return out
-
-
 def train_tokenizer(path: Path, names: list[str]):
     import sentencepiece as spm
 
@@ -100,6 +90,7 @@ def run(layout: str, args, workdir: Path, two_towers, images, class_lines) -> di
     import jax.numpy as jnp
 
     from fastvit_jax import zero_shot
+    from fastvit_jax.checkpoints.tree import flatten
     from fastvit_jax.forward import make_forward
     from fastvit_jax.hub import attach_zero_shot, load_model
     from fastvit_jax.merge.options import MergeOptions
@@ -113,7 +104,7 @@ def run(layout: str, args, workdir: Path, two_towers, images, class_lines) -> di
     # a trained SigLIP's temperature and bias (exp(t) ~ 112, b ~ -16.5) rather than the init's 10 and -10
     params = {**params, "t": np.array([np.log(112.0)], np.float32), "b": np.array([-16.5], np.float32)}
     path = workdir / f"{layout}.npz"
-    np.savez(path, **{f"params/{k}": v for k, v in flat_keys(params).items()})
+    np.savez(path, **{f"params/{k}": np.asarray(v) for k, v in flatten(params).items()})
 
     spm_path = train_tokenizer(workdir / "tok.model", [c.split(",")[0] for c in class_lines])
     prompts = zero_shot.Prompts(tuple(class_lines), zero_shot.read_templates(args.templates)[0])

@@ -149,12 +149,15 @@ def zero_shot_hint(args) -> str:
 
 
 def zero_shot_prompts(args):
-    """The classes and templates of --class-names / --templates / --all-aliases."""
+    """The classes and templates of --class-names / --templates / --all-aliases (read once per command:
+    the head, the report and the class names all use them)."""
     from fastvit_jax.zero_shot import Prompts, read_classes, read_templates
 
-    classes, classes_from = read_classes(args.class_names)
-    templates, templates_from = read_templates(args.templates)
-    return Prompts(classes, templates, args.all_aliases, classes_from, templates_from)
+    if getattr(args, "_zero_shot_prompts", None) is None:
+        classes, classes_from = read_classes(args.class_names)
+        templates, templates_from = read_templates(args.templates)
+        args._zero_shot_prompts = Prompts(classes, templates, args.all_aliases, classes_from, templates_from)
+    return args._zero_shot_prompts
 
 
 def zero_shot_summary(args) -> dict:

@@ -33,6 +33,11 @@ from fastvit_jax.runtime import Runtime
 CALIBRATED = ("atm", "tome", "dfe")
 
 
+def check_method(method: str) -> None:
+    if method not in CALIBRATED:
+        raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {method!r}")
+
+
 def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_prefix: int, distill_token: bool,
                 size_distinctive: bool) -> jax.Array:
     """(B,) how many A tokens of each example have a partner with cosine >= threshold, matched as
@@ -71,8 +76,7 @@ def calibrate_schedule(config, params, images: np.ndarray, options: MergeOptions
                        stats: dict | None = None) -> MergeOptions:
     """`options` (atm, tome or dfe) with r_list calibrated from (alpha, beta, theta_min). start: a
     guessed schedule (a neighbouring threshold's) to begin the iteration from."""
-    if options.method not in CALIBRATED:
-        raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {options.method!r}")
+    check_method(options.method)
     if not 0.0 <= quantile <= 1.0:
         raise FastViTError(f"quantile must be in [0, 1], got {quantile}")
     if options.metric == "random":

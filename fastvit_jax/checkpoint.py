@@ -140,19 +140,31 @@ def expected_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flatten(tree["params"]).items()}
 
 
-def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") -> None:
-    """Raise naming the first key whose presence or shape differs from what `config` needs."""
-    want = expected_shapes(config)
+def shape_mismatch(params: dict, want: dict[str, tuple[int, ...]]):
+    """The first difference between a parameter tree and the keys and shapes a model needs:
+    ("missing", key, None, shape), ("shape", key, found, shape), ("extra", key, found, None), or None."""
     have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
     for key, shape in want.items():
         if key not in have:
-            raise FastViTError(f"{source}: missing key {key} (expected shape {shape}) for {config.variant}")
+            return "missing", key, None, shape
         if have[key] != shape:
-            raise FastViTError(f"{source}: key {key} has shape {have[key]}, expected {shape} "
-                               f"for {config.variant} at {config.image_size}px with {config.num_classes} classes")
+            return "shape", key, have[key], shape
     extra = sorted(set(have) - set(want))
-    if extra:
-        raise FastViTError(f"{source}: unexpected key {extra[0]} (shape {have[extra[0]]}) for {config.variant}")
+    return ("extra", extra[0], have[extra[0]], None) if extra else None
+
+
+def check_params(params: dict, config: ViTConfig, source: str = "checkpoint") -> None:
+    """Raise naming the first key whose presence or shape differs from what `config` needs."""
+    found = shape_mismatch(params, expected_shapes(config))
+    if found is None:
+        return
+    kind, key, have, shape = found
+    if kind == "missing":
+        raise FastViTError(f"{source}: missing key {key} (expected shape {shape}) for {config.variant}")
+    if kind == "shape":
+        raise FastViTError(f"{source}: key {key} has shape {have}, expected {shape} "
+                           f"for {config.variant} at {config.image_size}px with {config.num_classes} classes")
+    raise FastViTError(f"{source}: unexpected key {key} (shape {have}) for {config.variant}")
 
 
 def check_finite(params: dict, source: str = "checkpoint") -> None:

@@ -331,8 +331,7 @@ def calibrated_plan(args):
     from fastvit_jax import calibrate
     from fastvit_jax.merge.methods import atm
 
-    if args.method not in calibrate.CALIBRATED:
-        raise FastViTError(f"threshold calibration schedules atm (or tome, dfe), not {args.method!r}")
+    calibrate.check_method(args.method)  # before the model loads
     if args.r or args.r_list or args.keep or args.inflect or args.target_speedup or args.plan:
         raise FastViTError("--calibrate chooses the schedule: leave out --r, --r-list, --keep, --inflect, "
                            "--target-speedup and --plan")

@@ -18,7 +18,7 @@ import numpy as np
 from fastvit_jax import checkpoints
 from fastvit_jax.checkpoints.arrays import read_float32
 from fastvit_jax.checkpoints.big_vision import unstack_blocks
-from fastvit_jax.checkpoints.tree import flatten, strip_prefix, unflatten
+from fastvit_jax.checkpoints.tree import strip_prefix, unflatten
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.text import TextConfig, expected_text_shapes, infer_text_config
 
@@ -69,16 +69,13 @@ def read_text_tower(path: str | Path, pool: str | None = None) -> TextTower:
 
 def check_text_params(params: dict, config: TextConfig, source: str) -> None:
     """Every key the text tower needs, with its shape, and nothing else; all finite floats."""
-    from fastvit_jax.checkpoint import check_finite
+    from fastvit_jax.checkpoint import check_finite, shape_mismatch
 
-    want = expected_text_shapes(config)
-    have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
-    for key, shape in want.items():
-        if key not in have:
-            raise FastViTError(f"{source}: missing text-tower key {TOWER}/{key} (expected shape {shape})")
-        if have[key] != shape:
-            raise FastViTError(f"{source}: text-tower key {TOWER}/{key} has shape {have[key]}, expected {shape}")
-    extra = sorted(set(have) - set(want))
-    if extra:
-        raise FastViTError(f"{source}: unexpected text-tower key {TOWER}/{extra[0]} (shape {have[extra[0]]})")
+    found = shape_mismatch(params, expected_text_shapes(config))
+    if found is not None:
+        kind, key, have, shape = found
+        raise FastViTError(f"{source}: " + {
+            "missing": f"missing text-tower key {TOWER}/{key} (expected shape {shape})",
+            "shape": f"text-tower key {TOWER}/{key} has shape {have}, expected {shape}",
+            "extra": f"unexpected text-tower key {TOWER}/{key} (shape {have})"}[kind])
     check_finite(params, source)

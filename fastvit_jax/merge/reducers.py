@@ -36,6 +36,17 @@ def tome_slots(metric: jax.Array, r: int, *, num_prefix: int, distill_token: boo
     return out_idx, score > -1.5, score
 
 
+def with_prefix(num_prefix: int, slot: jax.Array, merged: jax.Array, cos: jax.Array
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(out_idx, merged, score) of a rule that decided the patch tokens' slots, merges and pair
+    cosines: the prefix tokens keep their own slots in front, never merge, and score -2, as does
+    every token that did not merge."""
+    prefix = jnp.arange(num_prefix)
+    out_idx = jnp.concatenate([prefix, slot])
+    score = jnp.concatenate([jnp.full((num_prefix,), -2.0), jnp.where(merged, cos, -2.0)])
+    return out_idx, jnp.concatenate([prefix < 0, merged]), score
+
+
 # ---------------------------------------------------------------- combine
 def combine(state: TokenState, out_idx: jax.Array, merged: jax.Array, tokens_out: int, how: str,
             attention: jax.Array | None = None) -> TokenState:

@@ -58,7 +58,7 @@ def size_distinctive_pairs(metric: jax.Array, size: jax.Array):
 
 def atm_slots(metric: jax.Array, size: jax.Array, r: int, *, num_prefix: int):
     """(out_idx, merged, score) of a size-distinctive block on one example (module docstring)."""
-    from fastvit_jax.merge import onehot
+    from fastvit_jax.merge import onehot, reducers
 
     n = metric.shape[0]
     is_a, partner, error, cos = size_distinctive_pairs(metric[num_prefix:], size[num_prefix:].astype(jnp.float32))
@@ -69,11 +69,7 @@ def atm_slots(metric: jax.Array, size: jax.Array, r: int, *, num_prefix: int):
     b_slot = num_prefix + (num_a - r) + onehot.count_before(~is_a)
     slot = jnp.where(~is_a, b_slot, jnp.where(unmerged_a, num_prefix + onehot.count_before(unmerged_a),
                                               onehot.pick(partner, b_slot)))
-    prefix = jnp.arange(num_prefix)
-    out_idx = jnp.concatenate([prefix, slot])
-    merged = jnp.concatenate([prefix < 0, merged_a])
-    score = jnp.concatenate([jnp.full((num_prefix,), -2.0), jnp.where(merged_a, cos, -2.0)])
-    return out_idx, merged, score
+    return reducers.with_prefix(num_prefix, slot, merged_a, cos)
 
 
 def slots(metric, op, *, size, attention, num_prefix, distill_token):

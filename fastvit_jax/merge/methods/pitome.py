@@ -32,7 +32,7 @@ def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One example: (out_idx, merged, score) as in the module docstring; score: a merged A token's
     cosine with its B, else -2."""
-    from fastvit_jax.merge import onehot
+    from fastvit_jax.merge import onehot, reducers
     from fastvit_jax.merge.bipartite import normalise
 
     n = metric.shape[0]
@@ -51,11 +51,7 @@ def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
     protected_slot = num_prefix + rank - 2 * r
     b_slot = lambda k: num_prefix + (m - 2 * r) + (k - 1) // 2
     slot = jnp.where(rank >= 2 * r, protected_slot, jnp.where(is_b, b_slot(rank), b_slot(best_rank)))
-    prefix = jnp.arange(num_prefix)
-    out_idx = jnp.concatenate([prefix, slot])
-    merged = jnp.concatenate([prefix < 0, is_a])
-    score = jnp.concatenate([jnp.full((num_prefix,), -2.0), jnp.where(is_a, partner_cos, -2.0)])
-    return out_idx, merged, score
+    return reducers.with_prefix(num_prefix, slot, is_a, partner_cos)
 
 
 def slots(metric, op, *, size, attention, num_prefix, distill_token):
