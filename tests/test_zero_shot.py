@@ -400,6 +400,12 @@ def test_zero_shot_refusals_are_one_line(tmp_path, spm_file, cache, capsys):
     bad_templates.write_text("a photo of a {}.\na photo\n")
     not_spm = tmp_path / "x.model"
     not_spm.write_bytes(b"\x00" * 100)
+    huge = tmp_path / "huge.model"
+    with open(huge, "wb") as f:  # sparse: 65 MiB declared, nothing written
+        f.truncate(65 << 20)
+    txt_nan = text_tower_flat(1)
+    txt_nan["Encoder_0/encoderblock_1/MlpBlock_0/Dense_0/kernel"][0, 0] = np.nan
+    nan_path, _, _ = two_tower_file(tmp_path / "nan.npz", txt=txt_nan)
     img_only = tmp_path / "img.npz"
     np.savez(img_only, **{f"params/img/{k}": v for k, v in image_tower_flat()[0].items()})
     cases = [
@@ -411,6 +417,8 @@ def test_zero_shot_refusals_are_one_line(tmp_path, spm_file, cache, capsys):
         ([path, "--zero-shot", "--tokenizer", spm_file, "--templates", "clip-bestt"], "neither a file nor a bundled set"),
         ([path, "--zero-shot", "--tokenizer", spm_file, "--text-pad", 99], "--text-pad 99: not a token id"),
         ([img_only, "--zero-shot", "--tokenizer", spm_file], "no text tower"),
+        ([path, "--zero-shot", "--tokenizer", huge], "is too large for a SentencePiece model"),
+        ([nan_path, "--zero-shot", "--tokenizer", spm_file], "MlpBlock_0/Dense_0/kernel holds 1 NaN"),
         ([path], "add --zero-shot (with --tokenizer SPM) if it is a two-tower file"),
     ]
     image = tmp_path / "i.png"
