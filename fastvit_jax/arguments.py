@@ -4,6 +4,7 @@ defined here once, and merge flags become one MergeOptions value (`merge_options
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def ratio(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {text!r}")
     return value
+
+
+def r_value(text: str) -> int | float:
+    """A whole r, or a fractional one (MergeOptions checks it: fractional only with --align K)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number of tokens, got {text!r}")
+    return int(value) if value.is_integer() else value
 
 
 def positive_float(text: str) -> float:
@@ -233,7 +245,9 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                        help="tokens merged per block: START:STOP[:STEP] (inclusive) or a comma list")
     else:
         g.add_argument("--method", choices=METHODS, help="merging method (default none: the dense model)")
-        g.add_argument("--r", type=int, default=0, help="tokens merged per block (per layer for local: spread over windows)")
+        g.add_argument("--r", type=r_value, default=0,
+                       help="tokens merged per block (per layer for local: spread over windows); fractional with "
+                            "--align: the line aligned counts follow")
     g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
     g.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window size")
     g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
@@ -258,7 +272,8 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                         "of the depth)")
     g.add_argument("--align", type=int, default=0, metavar="K",
                    help="round every global block's token count to the nearest multiple of K (GEMM tiles; fewer "
-                        "distinct shapes across plans); budgets still hold (--target-*); 0 = exact r")
+                        "distinct shapes across plans); budgets still hold (--target-* may pick a fractional r "
+                        "to fill them); 0 = exact r")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
         g.add_argument("--target-speedup", type=positive_float,
@@ -353,7 +368,7 @@ def train_config(args):
 
     return TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                        steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
-                       seed=args.seed, augment=not args.no_augment)
+                       seed=args.seed, augment=not args.no_augment, dtype=args.dtype)
 
 
 def model_meta(args) -> dict | None:

@@ -12,6 +12,7 @@ from typing import Callable
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.flops import gflops
+from fastvit_jax.merge import methods
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 
@@ -64,7 +65,28 @@ def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergeP
             hi = mid
         else:
             lo = mid
+    if options.align > 1 and not methods.get(options.method).local_windows:
+        return options.replace(r=fractional_r(plan, meets, hi))
     return options.replace(r=hi)
+
+
+R_STEP = 100  # fractional r on a grid of hundredths (plan files and rows stay readable)
+
+
+def fractional_r(plan: Callable[[float], MergePlan], meets: Callable[[MergePlan], bool], r: int) -> float:
+    """The smallest r in (r - 1, r] on the R_STEP grid whose aligned plan meets the budget, given
+    that r meets it and r - 1 does not. A whole r moves every aligned count by a multiple of K at
+    once (ToMe r=16 on 197 tokens ends each block 3 over a multiple of 8, so every count rounds the
+    same way); a fractional r rounds some blocks up and some down, which fills the budget
+    (BENCHMARKS.md section 13). Cost only falls as r grows, so bisection finds it."""
+    lo, hi = (r - 1) * R_STEP, r * R_STEP  # in steps: meets(lo) False, meets(hi) True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(plan(mid / R_STEP)):
+            hi = mid
+        else:
+            lo = mid
+    return hi // R_STEP if hi % R_STEP == 0 else hi / R_STEP
 
 
 def options_for_gflops(config: ViTConfig, options: MergeOptions, target: float) -> MergeOptions:

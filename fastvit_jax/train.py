@@ -26,6 +26,7 @@ from fastvit_jax.data import check_labels
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.lock import exclusive
 from fastvit_jax.recorded import check_settings, fingerprint
+from fastvit_jax.runtime import Runtime
 from fastvit_jax.sam import sam
 from fastvit_jax.sharpness import classification_loss
 
@@ -42,6 +43,7 @@ class TrainConfig:
     ckpt_every: int = 50
     seed: int = 0
     augment: bool = True
+    dtype: str = "float32"  # the forward and backward; parameters, gradients and optimizer state stay float32
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
@@ -110,6 +112,8 @@ def run_settings(config: ViTConfig, tc: TrainConfig, images: np.ndarray, labels:
     sample = np.ascontiguousarray(np.asarray(images).reshape(len(images), -1)[:, ::61])
     digest = fingerprint(np.asarray(labels).tobytes(), sample.tobytes())
     recipe = {k: v for k, v in dataclasses.asdict(tc).items() if k != "ckpt_every"}
+    if recipe["dtype"] == "float32":  # as states saved before --dtype existed record it: by its absence
+        del recipe["dtype"]
     return {"model": dataclasses.asdict(config), "train": recipe,
             "data": {"images": list(np.shape(images)), "fingerprint": digest}}
 
@@ -159,7 +163,7 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
 def _train(config, params, images, labels, tc: TrainConfig, out: Path, *, progress, log_every, keep_checkpoints
            ) -> dict:
     opt = make_optimizer(tc)
-    loss_fn = classification_loss(config)
+    loss_fn = classification_loss(config, runtime=Runtime(dtype=tc.dtype))
     params = jax.tree_util.tree_map(jnp.asarray, params)
     opt_state = opt.init(params)
     check_labels(labels, config.num_classes, "training labels")

@@ -106,7 +106,9 @@ def test_bench_random_weights(capsys):
     (["plan", "--model", "vit_smal_patch16_224"], "did you mean 'vit_small_patch16_224'"),
     (["plan", "--model", "deit_small_patch16_224", "--checkpoint", "hf-hub:timm/deit_small_patch16_224.fb_in1k"],
      "hf-hub:timm/deit_small_patch16_224.fb_in1k"),
-    (["bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "-3"], "r must be a non-negative"),
+    (["bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "-3"], "r must be non-negative"),
+    (["plan", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "16.5"], "fractional r needs --align"),
+    (["plan", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "x"], "expected a number of tokens"),
 ])
 def test_errors_are_one_line(capsys, argv, msg):
     code, out, err = run(capsys, *argv)

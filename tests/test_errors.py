@@ -42,7 +42,7 @@ BAD = [  # (command line after the model/data arguments, what the one line must 
     (["eval", "--crop-pct", "-1"], "argument --crop-pct: expected a positive number"),
     (["eval", "--crop-pct", "0"], "argument --crop-pct: expected a positive number"),
     (["eval", "--crop-pct", "1.5"], "expected a fraction in (0, 1]"),
-    (["eval", "--method", "tome", "--r", "-2"], "r must be a non-negative integer"),
+    (["eval", "--method", "tome", "--r", "-2"], "r must be non-negative"),
     (["eval", "--method", "lgtm", "--r", "2", "--window", "1"], "window must be >= 2"),
     (["eval", "--method", "fast"], "argument --method: invalid choice: 'fast'"),
     (["sweep", "--batch-size", "0", "--out", "OUT"], "argument --batch-size"),

@@ -78,6 +78,43 @@ def test_bfloat16_close_to_float32(tiny_config):
     assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
 
 
+def test_bfloat16_merges_on_a_float32_stream_and_metric(tiny_config):
+    """In bfloat16 the residual stream stays float32, and the merge feature is the float32 matmul
+    of the float32 LayerNorm output with the heads' mean key kernel (not the mean of bfloat16 keys,
+    which would be ~1e-2 off)."""
+    params = checkpoint.unflatten(google_checkpoint(tiny_config))
+    images = _images(tiny_config, 2)
+    plan = make_plan(tiny_config, MergeOptions("tome", 2))
+    from fastvit_jax.models.vit import VisionTransformer
+
+    model = VisionTransformer(tiny_config, plan, Runtime(dtype="bfloat16"))
+    _, inter = model.apply({"params": params}, images, mutable=["intermediates"])
+    for i in range(tiny_config.depth):
+        block = inter["intermediates"]["Transformer"][f"encoderblock_{i}"]
+        assert block["x_post"][0].dtype == jnp.float32
+        y = np.asarray(block["x_pre"][0], np.float64)  # LayerNorm_0's float32 output
+        key = params["Transformer"][f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]["key"]
+        want = y @ np.asarray(key["kernel"], np.float64).mean(1) + np.asarray(key["bias"], np.float64).mean(0)
+        np.testing.assert_allclose(np.asarray(block["metric"][0]), want, atol=2e-5, rtol=2e-5)
+
+
+def test_bfloat16_top5_agrees_on_real_images():
+    """The bundled DeiT-Tiny on its 32 real images, ToMe r=13: bfloat16 keeps float32's top-1 in
+    its top-5 on every image, and the same top-1 on nearly all."""
+    from fastvit_jax.data import image_folder, load_arrays
+    from fastvit_jax.demo import bundled_model
+    from fastvit_jax.registry import asset_path
+
+    params, config, pre = bundled_model()
+    images, _ = load_arrays(image_folder(asset_path("images")), pre)
+    plan = make_plan(config, MergeOptions("tome", 13))
+    f32 = np.asarray(make_forward(config, plan)(params, images))
+    bf16 = np.asarray(make_forward(config, plan, Runtime(dtype="bfloat16"))(params, images))
+    top5 = np.argsort(-bf16, axis=1)[:, :5]
+    assert all(f32[i].argmax() in top5[i] for i in range(len(images)))
+    assert (f32.argmax(1) == bf16.argmax(1)).mean() >= 30 / 32
+
+
 def test_param_tree_is_google_tree(tiny_config):
     keys = set(checkpoint.expected_shapes(tiny_config))
     assert {"embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding", "head/kernel",

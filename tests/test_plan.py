@@ -109,3 +109,39 @@ def test_aligned_plans_round_token_counts_and_budgets_hold():
     assert make_plan(cfg, MergeOptions("tome", 0, align=8)).is_dense  # r = 0: nothing to align
     with pytest.raises(FastViTError, match="align must be >= 0"):
         MergeOptions("tome", 8, align=-1)
+
+
+def test_fractional_r_with_align_follows_its_line_and_fills_the_budget():
+    """With --align K a fractional r is the straight line the aligned counts round to (block i of a
+    constant schedule from block 0: the multiple of K nearest N - r (i + 1)); a budget search uses it
+    to place an aligned plan just under the budget, where whole r jump by a multiple of K at once."""
+    from fastvit_jax import budget
+    from fastvit_jax.config import variant_config
+    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.bipartite import max_merges
+
+    cfg = variant_config("Ti/16")
+    options = MergeOptions("tome", 16.15, align=8)
+    n, want = 197, []
+    for i in range(cfg.depth):  # written from the rule, clamped by ToMe's half-the-tokens bound
+        n = max(int(round((197 - 16.15 * (i + 1)) / 8)) * 8, n - max_merges(n, 1))
+        want.append(n)
+    assert [op.tokens_out for op in make_plan(cfg, options).ops] == want
+    assert want[:10] == [184, 168, 152, 136, 120, 104, 80, 64, 48, 32]
+    assert options.label == "tome r=16.15 align=8"
+    assert MergeOptions.from_dict(options.to_dict()) == options
+    assert MergeOptions("tome", 16.0, align=8).r == 16 and isinstance(MergeOptions("tome", 16.0).r, int)
+
+    target = gflops(cfg, make_plan(cfg, MergeOptions("tome", 16)))
+    placed = budget.options_for_gflops(cfg, MergeOptions("tome", align=8), target)
+    assert placed.r == 16.15  # r = 16 (all counts round up) is over the budget; 16.14 is too
+    cost = lambda r: gflops(cfg, make_plan(cfg, MergeOptions("tome", r, align=8)))  # noqa: E731
+    assert cost(16.15) <= target < cost(16.14) and cost(16) > target
+    assert cost(16.15) > 0.99 * target > cost(17)  # a whole r would fall to r = 17, 5% under
+
+    for bad, match in (({"r": 16.5}, "fractional r needs --align"),
+                       ({"r": 16.5, "align": 8, "method": "lgtm"}, "integer for lgtm"),
+                       ({"r": float("nan"), "align": 8}, "r must be an integer"),
+                       ({"r": -0.5, "align": 8}, "non-negative")):
+        with pytest.raises(FastViTError, match=match):
+            MergeOptions(**{"method": "tome", **bad})

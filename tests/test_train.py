@@ -247,3 +247,30 @@ def test_train_cli_from_scratch_on_class_folders(tmp_path, capsys):
                  "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["images"] == 8 and res["labelled"] == 8
+
+
+def test_bfloat16_training_keeps_float32_state_and_follows_float32_gradients(tmp_path):
+    """--dtype bfloat16 computes the passes in bfloat16 and keeps parameters (and so gradients and
+    optimizer state) float32; its first gradient points where float32's does; a state saved under
+    one dtype is never resumed under the other."""
+    params, images, labels = _micro_run()
+    x, y = jnp.asarray(images[:8]), jnp.asarray(labels[:8])
+    from fastvit_jax.runtime import Runtime
+    from fastvit_jax.sharpness import classification_loss
+
+    g32, g16 = (jax.grad(classification_loss(MICRO, runtime=Runtime(dtype=d)))(params, x, y)
+                for d in ("float32", "bfloat16"))
+    a, b = (np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(g)]) for g in (g32, g16))
+    assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(g16))
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99 and not np.array_equal(a, b)
+
+    tc = train_mod.TrainConfig(lr=1e-2, steps=3, batch_size=4, ckpt_every=1, dtype="bfloat16")
+    res = train_mod.train(MICRO, params, images, labels, tc, tmp_path / "b.npz", progress=False)
+    trained = dict(np.load(res["out"]))
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in trained.values())
+    with pytest.raises(FastViTError, match=r"train.dtype: 'bfloat16' there, None now"):
+        train_mod.train(MICRO, params, images, labels, dataclasses.replace(tc, dtype="float32"), tmp_path / "b.npz",
+                        progress=False)
+    with pytest.raises(FastViTError, match="unknown dtype 'float16'"):
+        train_mod.train(MICRO, params, images, labels, dataclasses.replace(tc, dtype="float16"), tmp_path / "c.npz",
+                        progress=False)

@@ -21,6 +21,7 @@ Schedules (how many tokens each merging block removes), one of:
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 
 from fastvit_jax.errors import FastViTError
@@ -45,7 +46,7 @@ def _whole(name: str, value, allow_none: bool = False) -> int | None:
 @dataclasses.dataclass(frozen=True)
 class MergeOptions:
     method: str = "none"
-    r: int = 0  # tokens merged per block (for local blocks: spread over the windows)
+    r: int | float = 0  # tokens merged per block (local blocks: spread over the windows); fractional only with align
     skip: int | None = None  # blocks without merging at the start; None: depth // 6 for dfe/lgtm, else 0
     window: int = DEFAULT_WINDOW  # initial LGTM window
     transition: int | None = None  # number of local LGTM blocks; None: computed as in Algorithm 1
@@ -71,12 +72,11 @@ class MergeOptions:
             object.__setattr__(self, "metric", methods.get(self.method).defaults.get("metric", "k"))
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        for name in ("r", "window", "skip", "transition", "prune_blocks", "align", "size_split"):
+        for name in ("window", "skip", "transition", "prune_blocks", "align", "size_split"):
             object.__setattr__(self, name, _whole(name, getattr(self, name),
                                                   allow_none=name in ("skip", "transition", "prune_blocks",
                                                                       "size_split")))
-        if self.r < 0:
-            raise FastViTError(f"r must be a non-negative integer, got {self.r}")
+        object.__setattr__(self, "r", self._checked_r())
         self._check_schedule()
         if self.method == "none":  # the dense model merges nothing, whatever the schedule says
             for name, value in (("r", 0), ("inflect", 0.0), ("r_list", None), ("keep", None)):
@@ -103,6 +103,24 @@ class MergeOptions:
                 raise FastViTError(f"method {self.method!r} is itself a reducer; reducer {self.reducer!r} contradicts it")
         default = methods.get(self.method).defaults.get("prop_attn", True)
         object.__setattr__(self, "prop_attn", default if self.prop_attn is None else bool(self.prop_attn))
+
+    def _checked_r(self) -> int | float:
+        """r is a whole number, except with align > 1 on global blocks: there a fractional r is the
+        line the aligned token counts follow, so a budget search can place aligned plans between
+        two whole r (budget.smallest_r)."""
+        r = self.r
+        if isinstance(r, float) and r.is_integer():
+            r = int(r)
+        if isinstance(r, float) and not isinstance(r, bool) and math.isfinite(r):
+            if self.align <= 1:
+                raise FastViTError(f"r must be an integer (a fractional r needs --align K), got {r!r}")
+            if self.method in methods.REGISTRY and methods.get(self.method).local_windows:
+                raise FastViTError(f"r must be an integer for {self.method}'s local windows, got {r!r}")
+        else:
+            r = _whole("r", r)
+        if r < 0:
+            raise FastViTError(f"r must be non-negative, got {r}")
+        return r
 
     def _check_schedule(self) -> None:
         try:
@@ -137,7 +155,7 @@ class MergeOptions:
             return "list " + ",".join(map(str, self.r_list))
         if self.keep is not None:
             return f"keep {self.keep:g}"
-        return f"r {self.r}" + (f" inflect {self.inflect:g}" if self.inflect else "")
+        return f"r {self.r:g}" + (f" inflect {self.inflect:g}" if self.inflect else "")
 
     @property
     def merges(self) -> bool:

@@ -43,7 +43,9 @@ class HeadsProjection(nn.Module):
     Also returns the mean over heads (B, N, head_dim), the merge feature of ToMe's "k" metric,
     written as a sum of the contiguous per-head slices: XLA:CPU fused `mean(axis=1)` badly, and a
     matmul with mean_h(kernel) is as fast but adds real FLOPs (BENCHMARKS.md section 2). Unused
-    (dense blocks), XLA drops it."""
+    (dense blocks), XLA drops it. In a low-precision dtype the mean is that float32 matmul on the
+    float32 input: matching on bfloat16 keys flips near-tied merges and cost ToMe r=13 0.7 points
+    of top-1, as much as 2^-8 relative noise on float32 keys (BENCHMARKS.md section 13)."""
 
     heads: int
     head_dim: int
@@ -54,8 +56,13 @@ class HeadsProjection(nn.Module):
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2))
         kernel = self.param("kernel", init, (x.shape[-1], self.heads, self.head_dim))
         bias = self.param("bias", nn.initializers.zeros, (self.heads, self.head_dim))
-        heads = jnp.einsum("bnc,chd->bhnd", x, kernel.astype(self.dtype)) + bias[:, None, :].astype(self.dtype)
-        head_mean = sum(heads[:, h] for h in range(self.heads)) / self.heads
+        heads = jnp.einsum("bnc,chd->bhnd", x.astype(self.dtype), kernel.astype(self.dtype)) \
+            + bias[:, None, :].astype(self.dtype)
+        if self.dtype == jnp.float32:
+            head_mean = sum(heads[:, h] for h in range(self.heads)) / self.heads
+        else:
+            head_mean = jnp.einsum("bnc,cd->bnd", x.astype(jnp.float32), jnp.mean(kernel, axis=1),
+                                   precision=jax.lax.Precision.HIGHEST) + jnp.mean(bias, axis=0)
         return heads, head_mean
 
 
@@ -103,8 +110,9 @@ class MultiHeadDotProductAttention(nn.Module):
             attended = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
                                                     bias=bias).swapaxes(1, 2)
         else:
-            logits = (q / jnp.sqrt(head_dim).astype(q.dtype)) @ k.swapaxes(-1, -2)
-            logits = logits.astype(jnp.float32)
+            # float32 logits, as fused kernels keep them: a logit of 20 rounded to bfloat16 moves by 0.06
+            logits = jnp.matmul(q / jnp.sqrt(head_dim).astype(q.dtype), k.swapaxes(-1, -2),
+                                preferred_element_type=jnp.float32)
             if size_log is not None:
                 logits = logits + size_log[:, None, None, :]
             weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -144,7 +152,8 @@ class Encoder1DBlock(nn.Module):
     def __call__(self, state: TokenState, merge_key):
         cfg, op = self.config, self.plan.ops[self.index]
         x = state.x
-        norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_0")
+        # float32 out: the projections cast it to dtype, the merge feature reads it as it is
+        norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="LayerNorm_0")
         y = norm(x)
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
@@ -306,6 +315,9 @@ class VisionTransformer(nn.Module):
             if cfg.distilled:
                 prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c)))
             x = jnp.concatenate([jnp.tile(p.astype(x.dtype), (b, 1, 1)) for p in prefix] + [x], axis=1)
+        # The residual stream, and so every merge's weighted mean, stays float32 whatever the dtype:
+        # only the branches (attention, MLP) compute in it (BENCHMARKS.md section 13).
+        x = x.astype(jnp.float32)
         state = Encoder(cfg, plan, runtime, name="Transformer")(x, merge_key)
         x = pool_tokens(cfg, plan, state, self.dtype)
         if cfg.pre_logits:
