@@ -1,7 +1,8 @@
 """What the runtime options cost in accuracy and buy in speed, on the bundled genuine DeiT-Tiny and
 the 2300 shared real ImageNet images (issue 27): aligned token counts (--align 8) against exact r
 at ToMe r=13's and r=16's GFLOPs, bfloat16 against float32, fused against einsum attention; top-1
-with paired differences, and images/s at batch 32 timed round-robin on this machine.
+with paired differences, and images/s at batch 32 timed round-robin on this machine. A yardstick:
+float32 on the same images times (1 + 2^-8 noise), a perturbation of a bfloat16 rounding's size.
 
     python benchmarks/runtime_options.py [--limit N] [--runs 10] [--out FILE.json]
 """
@@ -13,6 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 
 from fastvit_jax import budget
 from fastvit_jax.bench import time_forwards
@@ -42,39 +44,47 @@ def main(argv=None):
     sets = [image_folder(Path(args.shared) / v).limit(args.limit) for v in SETS.values()]
     union = dataclasses.replace(sets[0], items=sets[0].items + sets[1].items, name="union")
     images, labels = load_arrays(union, pre, require_labels=True)
+    # The yardstick: the same images with 2^-8 relative noise (a bfloat16 rounding's size), in float32.
+    noisy = images * (1 + 2.0 ** -8 * np.random.default_rng(0).standard_normal(images.shape)).astype(np.float32)
     f32, bf16 = Runtime(), Runtime(dtype="bfloat16")
-    variants = {}  # label -> (options, runtime, reference label)
+    variants = {}  # label -> (options, runtime, reference label, images)
     for r in (13, 16):
         target = gflops(config, make_plan(config, MergeOptions("tome", r)))
         aligned = budget.options_for_gflops(config, MergeOptions("tome", align=8), target)
-        variants[f"tome r={r}"] = (MergeOptions("tome", r), f32, None)
-        variants[f"tome align=8 at r={r}'s GFLOPs (r={aligned.r})"] = (aligned, f32, f"tome r={r}")
-    variants["dense"] = (MergeOptions(), f32, None)
-    variants["dense bf16"] = (MergeOptions(), bf16, "dense")
-    variants["tome r=13 bf16"] = (MergeOptions("tome", 13), bf16, "tome r=13")
-    variants["tome r=13 fused attention"] = (MergeOptions("tome", 13), Runtime(attention="fused"), "tome r=13")
+        variants[f"tome r={r}"] = (MergeOptions("tome", r), f32, None, images)
+        variants[f"tome align=8 at r={r}'s GFLOPs (r={aligned.r:g})"] = (aligned, f32, f"tome r={r}", images)
+    variants["dense"] = (MergeOptions(), f32, None, images)
+    variants["dense bf16"] = (MergeOptions(), bf16, "dense", images)
+    for r in (13, 16):
+        variants[f"tome r={r} bf16"] = (MergeOptions("tome", r), bf16, f"tome r={r}", images)
+    variants["tome r=13 fused attention"] = (MergeOptions("tome", 13), Runtime(attention="fused"), "tome r=13", images)
+    variants["dense, images x (1 + 2^-8 noise)"] = (MergeOptions(), f32, "dense", noisy)
+    for r in (13, 16):
+        variants[f"tome r={r}, images x (1 + 2^-8 noise)"] = (MergeOptions("tome", r), f32, f"tome r={r}", noisy)
     correct = {}
-    for label, (options, runtime, _) in variants.items():
+    for label, (options, runtime, _, inputs) in variants.items():
         print(f"evaluating {label}", file=sys.stderr)
         forward = make_forward(config, make_plan(config, options), runtime)
-        correct[label] = correct_per_image(forward, params, images, labels, 32)
+        correct[label] = correct_per_image(forward, params, inputs, labels, 32)
     speed = {}
+    timed = {label: v for label, v in variants.items() if v[3] is images}  # the noisy rows time nothing new
     if args.runs:
-        plans = {label: make_plan(config, o) for label, (o, _, _) in variants.items()}
+        plans = {label: make_plan(config, o) for label, (o, _, _, _) in timed.items()}
         speed = time_forwards(config, params, plans, batch_size=32, runs=args.runs, warmup_s=1.0,
-                              runtimes={label: rt for label, (_, rt, _) in variants.items()})
+                              runtimes={label: rt for label, (_, rt, _, _) in timed.items()})
     rows = []
-    for label, (options, runtime, ref) in variants.items():
+    for label, (options, runtime, ref, _) in variants.items():
         plan = make_plan(config, options)
         row = {"variant": label, "gflops": gflops(config, plan), "top1": float(correct[label].mean()),
                "tokens": [op.tokens_out for op in plan.ops], "runtime": runtime.to_dict(), "options": options.to_dict(),
-               "images_per_s": speed[label]["images_per_s"] if speed else None}
+               "images_per_s": speed[label]["images_per_s"] if label in speed else None}
         if ref:
             d = paired_difference(correct[label], correct[ref])
-            row.update(vs=ref, diff=d["diff"], diff_lo=d["lo"], diff_hi=d["hi"],
+            row.update(vs=ref, diff=d["diff"], diff_lo=d["lo"], diff_hi=d["hi"], p_mcnemar=d["p_mcnemar"],
                        agree=float((correct[label] == correct[ref]).mean()))
         rows.append(row)
-    print(format_table(rows, ["variant", "gflops", "top1", "vs", "diff", "diff_lo", "diff_hi", "images_per_s"]))
+    print(format_table(rows, ["variant", "gflops", "top1", "vs", "diff", "diff_lo", "diff_hi", "p_mcnemar",
+                              "images_per_s"]))
     out = write_json(args.out, {"machine": machine(), "images": len(images), "rows": rows})
     print(f"wrote {out}")
 

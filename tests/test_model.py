@@ -69,11 +69,12 @@ def test_dense_plans_are_bit_identical(tiny_config):
         np.testing.assert_array_equal(np.asarray(make_forward(tiny_config, plan)(params, images)), base)
 
 
-def test_bfloat16_close_to_float32(tiny_config):
+@pytest.mark.parametrize("attention", ["einsum", "fused"])
+def test_bfloat16_close_to_float32(tiny_config, attention):
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
     images = _images(tiny_config, 2)
     f32 = np.asarray(make_forward(tiny_config)(params, images))
-    bf16 = np.asarray(make_forward(tiny_config, None, Runtime(dtype="bfloat16"))(params, images))
+    bf16 = np.asarray(make_forward(tiny_config, None, Runtime(dtype="bfloat16", attention=attention))(params, images))
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
 
@@ -179,10 +180,11 @@ def test_in_steps_balances_the_steps(batch, per_step, sizes):
     assert got.tolist() == sizes
 
 
-@pytest.mark.parametrize("method", ["none", "tome", "lgtm"])
+@pytest.mark.parametrize("method", ["none", "tome", "lgtm", "mctf"])
 def test_fused_attention_matches_einsum_and_numpy(tmp_path, tiny_config, method):
     """jax.nn.dot_product_attention with proportional attention's log(size) as its bias: the
-    numpy reference's logits, and today's einsum attention's to 1e-5."""
+    numpy reference's logits, and today's einsum attention's to 1e-5 (MCTF's blocks read the
+    attention map, so they keep the einsum; its dense blocks fuse)."""
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
 
@@ -193,7 +195,8 @@ def test_fused_attention_matches_einsum_and_numpy(tmp_path, tiny_config, method)
     fused = np.asarray(make_forward(tiny_config, plan, Runtime(attention="fused"))(params, images))
     einsum = np.asarray(make_forward(tiny_config, plan, Runtime(attention="einsum"))(params, images))
     np.testing.assert_allclose(fused, einsum, atol=1e-5, rtol=1e-5)
-    want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan))
+    want = reference.forward(flat, images, heads=tiny_config.heads, plan=reference.plan_ops(plan),
+                             metric_name=plan.metric, prop_attn=plan.prop_attn)
     np.testing.assert_allclose(fused, want, atol=1e-4, rtol=1e-4)
 
 

@@ -50,16 +50,22 @@ class HeadsProjection(nn.Module):
     heads: int
     head_dim: int
     dtype: Dtype = jnp.float32
+    tokens_first: bool = False  # (B, N, heads, head_dim): the layout jax.nn.dot_product_attention takes
 
     @nn.compact
     def __call__(self, x):
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2))
         kernel = self.param("kernel", init, (x.shape[-1], self.heads, self.head_dim))
         bias = self.param("bias", nn.initializers.zeros, (self.heads, self.head_dim))
-        heads = jnp.einsum("bnc,chd->bhnd", x.astype(self.dtype), kernel.astype(self.dtype)) \
-            + bias[:, None, :].astype(self.dtype)
+        if self.tokens_first:
+            heads = jnp.einsum("bnc,chd->bnhd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+            per_head = lambda h: heads[:, :, h]
+        else:
+            heads = jnp.einsum("bnc,chd->bhnd", x.astype(self.dtype), kernel.astype(self.dtype)) \
+                + bias[:, None, :].astype(self.dtype)
+            per_head = lambda h: heads[:, h]
         if self.dtype == jnp.float32:
-            head_mean = sum(heads[:, h] for h in range(self.heads)) / self.heads
+            head_mean = sum(per_head(h) for h in range(self.heads)) / self.heads
         else:
             head_mean = jnp.einsum("bnc,cd->bnd", x.astype(jnp.float32), jnp.mean(kernel, axis=1),
                                    precision=jax.lax.Precision.HIGHEST) + jnp.mean(bias, axis=0)
@@ -71,13 +77,16 @@ class OutProjection(nn.Module):
 
     width: int
     dtype: Dtype = jnp.float32
+    tokens_first: bool = False  # input (B, N, heads, head_dim)
 
     @nn.compact
     def __call__(self, x):
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
-        kernel = self.param("kernel", init, (x.shape[1], x.shape[3], self.width))
+        heads, head_dim = (x.shape[2], x.shape[3]) if self.tokens_first else (x.shape[1], x.shape[3])
+        kernel = self.param("kernel", init, (heads, head_dim, self.width))
         bias = self.param("bias", nn.initializers.zeros, (self.width,))
-        return jnp.einsum("bhnd,hdc->bnc", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        spec = "bnhd,hdc->bnc" if self.tokens_first else "bhnd,hdc->bnc"
+        return jnp.einsum(spec, x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -97,28 +106,30 @@ class MultiHeadDotProductAttention(nn.Module):
         output projection are computed, from x."""
         width = x.shape[-1]
         head_dim = width // self.heads
-        proj = lambda name, inputs: HeadsProjection(self.heads, head_dim, self.dtype, name=name)(inputs)
+        fused = self.fused and feature is None and weights is None  # the attention map never leaves the kernel
+        proj = lambda name, inputs: HeadsProjection(
+            self.heads, head_dim, self.dtype, tokens_first=fused, name=name)(inputs)
         if weights is not None:
             v, _ = proj("value", x)
             attended = weights.astype(self.dtype) @ v
             return OutProjection(width, self.dtype, name="out")(attended), {}
         (q, q_mean) = proj("query", x if queries is None else queries)
-        (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh)
-        received = None
-        if self.fused and feature is None:  # the attention map never exists outside the kernel
+        (k, k_mean), (v, v_mean) = proj("key", x), proj("value", x)  # (B, H, N, Dh); fused: (B, N, H, Dh)
+        if fused:  # projected tokens-first, the layout the fused kernel takes: no transposes around it
             bias = None if size_log is None else size_log[:, None, None, :].astype(q.dtype)
-            attended = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
-                                                    bias=bias).swapaxes(1, 2)
-        else:
-            # float32 logits, as fused kernels keep them: a logit of 20 rounded to bfloat16 moves by 0.06
-            logits = jnp.matmul(q / jnp.sqrt(head_dim).astype(q.dtype), k.swapaxes(-1, -2),
-                                preferred_element_type=jnp.float32)
-            if size_log is not None:
-                logits = logits + size_log[:, None, None, :]
-            weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-            attended = weights @ v  # (B, H, N, Dh)
-            # what a merge rule reads of this attention (MCTF, PPT: its method's attention_feature)
-            received = None if feature is None else feature(weights, v)
+            attended = jax.nn.dot_product_attention(q, k, v, bias=bias)  # (B, N, H, Dh)
+            out = OutProjection(width, self.dtype, tokens_first=True, name="out")(attended)
+            return out, {"k": k_mean, "q": q_mean, "v": v_mean, "attention_feature": None, "weights": None,
+                         "x_attn": attended.reshape(attended.shape[0], -1, width)}
+        # float32 logits, as fused kernels keep them: a logit of 20 rounded to bfloat16 moves by 0.06
+        logits = jnp.matmul(q / jnp.sqrt(head_dim).astype(q.dtype), k.swapaxes(-1, -2),
+                            preferred_element_type=jnp.float32)
+        if size_log is not None:
+            logits = logits + size_log[:, None, None, :]
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attended = weights @ v  # (B, H, N, Dh)
+        # what a merge rule reads of this attention (MCTF, PPT: its method's attention_feature)
+        received = None if feature is None else feature(weights, v)
         out = OutProjection(width, self.dtype, name="out")(attended)
         feats = {"k": k_mean, "q": q_mean, "v": v_mean, "attention_feature": received, "weights": weights,
                  "x_attn": attended.transpose(0, 2, 1, 3).reshape(attended.shape[0], -1, width)}
