@@ -2,7 +2,8 @@
 the 2300 shared real ImageNet images (issue 27): aligned token counts (--align 8) against exact r
 at ToMe r=13's and r=16's GFLOPs, bfloat16 against float32, fused against einsum attention; top-1
 with paired differences, and images/s at batch 32 timed round-robin on this machine. A yardstick:
-float32 on the same images times (1 + 2^-8 noise), a perturbation of a bfloat16 rounding's size.
+float32 on the same images times (1 + 2^-8 noise), a perturbation of a bfloat16 rounding's size,
+and ToMe r=13's schedule moved by one token per block (14, 12, 14, ... and 12, 14, 12, ...).
 
     python benchmarks/runtime_options.py [--limit N] [--runs 10] [--out FILE.json]
 """
@@ -61,6 +62,10 @@ def main(argv=None):
     variants["dense, images x (1 + 2^-8 noise)"] = (MergeOptions(), f32, "dense", noisy)
     for r in (13, 16):
         variants[f"tome r={r}, images x (1 + 2^-8 noise)"] = (MergeOptions("tome", r), f32, f"tome r={r}", noisy)
+    # A second yardstick: ToMe r=13's merges moved by one token per block, alternately (same total).
+    for pair in ((14, 12), (12, 14)):
+        shifted = MergeOptions("tome", r_list=pair * (config.depth // 2))
+        variants[f"tome r=[{pair[0]},{pair[1]},...]"] = (shifted, f32, "tome r=13", images)
     correct = {}
     for label, (options, runtime, _, inputs) in variants.items():
         print(f"evaluating {label}", file=sys.stderr)
