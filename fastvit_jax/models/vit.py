@@ -44,8 +44,8 @@ class HeadsProjection(nn.Module):
     written as a sum of the contiguous per-head slices: XLA:CPU fused `mean(axis=1)` badly, and a
     matmul with mean_h(kernel) is as fast but adds real FLOPs (BENCHMARKS.md section 2). Unused
     (dense blocks), XLA drops it. In a low-precision dtype the mean is that float32 matmul on the
-    float32 input: matching on bfloat16 keys flips near-tied merges and cost ToMe r=13 0.7 points
-    of top-1, as much as 2^-8 relative noise on float32 keys (BENCHMARKS.md section 13)."""
+    float32 input, so matching sees no bfloat16 rounding of its own: near-tied merges flip under
+    key noise of a bfloat16 rounding's size (BENCHMARKS.md section 13)."""
 
     heads: int
     head_dim: int
