@@ -89,7 +89,7 @@ def test_bfloat16_merges_on_a_float32_stream_and_metric(tiny_config):
     from fastvit_jax.models.vit import VisionTransformer
 
     model = VisionTransformer(tiny_config, plan, Runtime(dtype="bfloat16"))
-    _, inter = model.apply({"params": params}, images, mutable=["intermediates"])
+    _, inter = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(params, images)
     for i in range(tiny_config.depth):
         block = inter["intermediates"]["Transformer"][f"encoderblock_{i}"]
         assert block["x_post"][0].dtype == jnp.float32
