@@ -211,7 +211,9 @@ def open_data(args):
 def add_speed_args(p: argparse.ArgumentParser) -> None:
     """How the forward runs: one fastvit_jax.runtime.Runtime (`Runtime.from_args`)."""
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="activation dtype (matching scores and token sizes stay float32)")
+                   help="dtype of the attention and MLP matmuls (the residual stream, attention logits, merge "
+                        "feature, matching scores and token sizes stay float32; train: parameters and optimizer "
+                        "state too)")
     p.add_argument("--examples-per-step", default="auto", metavar="auto|none|N",
                    help="examples run at once inside a batch: auto = a cache-sized slice on CPU, the whole batch "
                         "on GPU/TPU; none = the whole batch")

@@ -2,7 +2,8 @@
 command starts (`Runtime.from_args`) and handed whole to `make_forward`, the benchmarks, sweeps
 and tune. A MergePlan says what each block does; a Runtime says how the program does it.
 
-  dtype              activations: "float32" | "bfloat16" (matching scores and sizes stay float32)
+  dtype              the branches' matmuls: "float32" | "bfloat16" (the residual stream, attention
+                     logits, merge feature, matching scores and sizes stay float32)
   examples_per_step  "auto" (a cache-sized slice on CPU, the whole batch elsewhere) | None | N
   merge_impl         "auto" | "gather" (top_k, gathers, scatter-add) | "dense" (comparisons and
                      one-hot matmuls: no sort, scatter or gather); auto = dense on TPU, else gather
