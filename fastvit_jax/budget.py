@@ -12,7 +12,6 @@ from typing import Callable
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.flops import gflops
-from fastvit_jax.merge import methods
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 
@@ -65,7 +64,7 @@ def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergeP
             hi = mid
         else:
             lo = mid
-    if options.align > 1 and not methods.get(options.method).local_windows:
+    if options.takes_fractional_r:
         return options.replace(r=fractional_r(plan, meets, hi))
     return options.replace(r=hi)
 

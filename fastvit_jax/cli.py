@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import warnings
@@ -337,10 +338,10 @@ def calibrated_plan(args):
                            "--target-speedup and --plan")
     try:
         thresholds = tuple(float(v) for v in (args.thresholds or ",".join(map(str, atm.DEFAULT_THRESHOLDS))).split(","))
-        if len(thresholds) != 3:
+        if len(thresholds) != 3 or not all(math.isfinite(t) for t in thresholds):
             raise ValueError
     except ValueError:
-        raise FastViTError(f"--thresholds {args.thresholds!r}: expected ALPHA,BETA,MIN (three numbers)") from None
+        raise FastViTError(f"--thresholds {args.thresholds!r}: expected ALPHA,BETA,MIN (three finite numbers)") from None
     params, config, pre = arguments.load_model(args)
     from fastvit_jax.data import open_dataset
 

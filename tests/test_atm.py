@@ -171,3 +171,8 @@ def test_plan_calibrate_command(tmp_path, capsys):
     code = main([str(a) for a in ["plan", "--checkpoint", path, "--method", "pitome", "--calibrate", data]])
     err = capsys.readouterr().err
     assert code == 2 and "calibration schedules atm (or tome, dfe), not 'pitome'" in err.strip().splitlines()[-1]
+    for bad in ("0.9,0.03", "nan,0.03,0.5", "0.9,inf,0.5", "a,b,c"):
+        code = main([str(a) for a in ["plan", "--checkpoint", path, "--method", "atm", "--calibrate", data,
+                                      "--thresholds", bad]])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "expected ALPHA,BETA,MIN (three finite numbers)" in err

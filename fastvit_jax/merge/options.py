@@ -111,16 +111,21 @@ class MergeOptions:
         r = self.r
         if isinstance(r, float) and r.is_integer():
             r = int(r)
-        if isinstance(r, float) and not isinstance(r, bool) and math.isfinite(r):
+        if isinstance(r, float) and math.isfinite(r):
             if self.align <= 1:
                 raise FastViTError(f"r must be an integer (a fractional r needs --align K), got {r!r}")
-            if self.method in methods.REGISTRY and methods.get(self.method).local_windows:
+            if not self.takes_fractional_r:
                 raise FastViTError(f"r must be an integer for {self.method}'s local windows, got {r!r}")
         else:
             r = _whole("r", r)
         if r < 0:
             raise FastViTError(f"r must be non-negative, got {r}")
         return r
+
+    @property
+    def takes_fractional_r(self) -> bool:
+        """Whether r may be fractional: aligned counts on global blocks (LGTM's windows take whole r)."""
+        return self.align > 1 and not methods.get(self.method).local_windows
 
     def _check_schedule(self) -> None:
         try:
