@@ -87,10 +87,11 @@ def plot_analysis(token_stats: dict, merged: dict[str, list], posemb: dict, out_
 
     fig, axes = plt.subplots(1, len(posemb), figsize=(3 * len(posemb), 3))
     for ax, (ref, sim) in zip(np.atleast_1d(axes), posemb.items()):
-        ax.imshow(sim, cmap="viridis")
+        image = ax.imshow(sim, cmap="viridis", vmin=-1.0, vmax=1.0)
         ax.scatter([ref[1]], [ref[0]], c="r", s=12)
         ax.set_title(f"patch {ref}")
         ax.axis("off")
+    fig.colorbar(image, ax=np.atleast_1d(axes).tolist(), shrink=0.8, label="cosine similarity to the red patch")
     return written + save_figure(fig, out_dir, "posemb_similarity")
 
 

@@ -4,6 +4,7 @@ defined here once, and merge flags become one MergeOptions value (`merge_options
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -95,7 +96,9 @@ def fraction(text: str) -> float:
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
     p.add_argument("--checkpoint", required=checkpoint_required,
-                   help="checkpoint: Google .npz, orbax directory, or timm .safetensors/.pth")
+                   help="the weights: a file (Google/big_vision .npz, timm or transformers .safetensors/.pth/.bin/.msgpack), "
+                        "a folder (orbax, timm or transformers), a URL (https://, gs://), hf-hub:ORG/NAME[@REV], or "
+                        "an AugReg file stem (`fastvit models --augreg`)")
     p.add_argument("--model", help="registered model name (`fastvit models`); default: inferred from --checkpoint, "
                                     "or the bundled deit_tiny_patch16_224 when no checkpoint is given")
     p.add_argument("--preprocessing", choices=FAMILIES, help="override the model's preprocessing")
@@ -128,27 +131,46 @@ def add_zero_shot_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args, need_weights: bool = True, need_head: bool = True):
-    """(params, config, preprocess) from --checkpoint/--model and the overrides. need_head: refuse an
-    image tower without a classifier (its features come from `fastvit embed`)."""
-    from fastvit_jax.hub import load_model
+    """The Model of --checkpoint/--model and the overrides (fastvit_jax.load), with its zero-shot head
+    when --zero-shot is given; its notes printed. need_head: refuse an image tower without a
+    classifier (its features come from `fastvit embed`)."""
+    from fastvit_jax.api import load
 
-    notes: list[str] = []
-    loaded = load_model(args.model, args.checkpoint, gelu=args.gelu, preprocessing=args.preprocessing,
-                        crop_pct=args.crop_pct, random_weights=not need_weights, notes=notes,
-                        tower=getattr(args, "tower", None))
+    model = load(args.checkpoint, model=args.model, gelu=args.gelu, preprocessing=args.preprocessing,
+                 crop_pct=args.crop_pct, random_weights=not need_weights, tower=getattr(args, "tower", None),
+                 runtime=runtime_of(args))
     if getattr(args, "zero_shot", False):
-        from fastvit_jax.hub import attach_zero_shot
-
-        loaded = attach_zero_shot(args.model, args.checkpoint, *loaded, prompts=zero_shot_prompts(args),
-                                  tokenizer=args.tokenizer, text_pad=args.text_pad, notes=notes,
-                                  progress=not getattr(args, "json", False))
-    for note in notes:
-        print(f"fastvit: note: {note}", file=sys.stderr)
-    if need_head and not loaded[1].num_classes:
+        p = zero_shot_prompts(args)
+        model = model.zero_shot(p.classes, p.templates, all_aliases=p.all_aliases, tokenizer=args.tokenizer,
+                                text_pad=args.text_pad, progress=not getattr(args, "json", False))
+    for text in model.notes:
+        note(text)
+    if need_head and not model.config.num_classes:
         raise FastViTError(f"{args.checkpoint or args.model} has no classification head (an image tower): "
                            f"`fastvit {args.command}` needs logits; use `fastvit embed` for its features"
                            f"{zero_shot_hint(args)}")
-    return loaded
+    return model
+
+
+_said: set = set()  # the notes printed by this command (each once)
+
+
+def note(text: str) -> None:
+    """`fastvit: note: TEXT` on stderr, once per command however often it is reached."""
+    if text not in _said:
+        _said.add(text)
+        print(f"fastvit: note: {text}", file=sys.stderr)
+
+
+def new_command() -> None:
+    _said.clear()
+    _prompts.cache_clear()
+
+
+def runtime_of(args):
+    from fastvit_jax.runtime import Runtime
+
+    return Runtime.from_args(args)
 
 
 def zero_shot_hint(args) -> str:
@@ -163,13 +185,16 @@ def zero_shot_hint(args) -> str:
 def zero_shot_prompts(args):
     """The classes and templates of --class-names / --templates / --all-aliases (read once per command:
     the head, the report and the class names all use them)."""
+    return _prompts(args.class_names, args.templates, args.all_aliases)
+
+
+@functools.lru_cache(maxsize=4)
+def _prompts(class_names, templates, all_aliases):
     from fastvit_jax.zero_shot import Prompts, read_classes, read_templates
 
-    if getattr(args, "_zero_shot_prompts", None) is None:
-        classes, classes_from = read_classes(args.class_names)
-        templates, templates_from = read_templates(args.templates)
-        args._zero_shot_prompts = Prompts(classes, templates, args.all_aliases, classes_from, templates_from)
-    return args._zero_shot_prompts
+    classes, classes_from = read_classes(class_names)
+    temps, templates_from = read_templates(templates)
+    return Prompts(classes, temps, all_aliases, classes_from, templates_from)
 
 
 def zero_shot_summary(args) -> dict:
@@ -285,7 +310,8 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                             "jit forward here")
 
 
-def _options(args, method: str, r: int) -> MergeOptions:
+def point_options(args, method: str, r: int) -> MergeOptions:
+    """The merge flags' options for one method and r (no budget search, no notes)."""
     return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
                         metric=args.metric, prop_attn=False if args.no_prop_attn else None, reducer=args.reducer,
                         prune_blocks=args.prune_blocks, align=args.align, inflect=args.inflect,
@@ -303,16 +329,14 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
         from fastvit_jax.plan_file import load_plan_options
 
         options = load_plan_options(args.plan, config)
-        return options if method is None else _options(args, method, options.r)  # visualize --compare: the plan's r
+        return options if method is None else point_options(args, method, options.r)  # visualize --compare: the plan's r
     if method is None and args.method is None and (args.r or has_target(args)):
         raise FastViTError(f"{'--r ' + str(args.r) if args.r else '--target-*'} needs a merging --method "
                            f"({', '.join(m for m in METHODS if m != 'none')})")
-    options = _options(args, method or args.method or "none", args.r)
+    options = point_options(args, method or args.method or "none", args.r)
     if config is None or not has_target(args):
-        if options.method != "none" and not options.merges and not getattr(args, "_noted_r0", False):
-            args._noted_r0 = True  # one note per command, however many times the options are read
-            print(f"fastvit: note: --method {options.method} with r = 0 is the dense model "
-                  f"(pass --r N or --target-gflops X)", file=sys.stderr)
+        if options.method != "none" and not options.merges:
+            note(f"--method {options.method} with r = 0 is the dense model (pass --r N or --target-gflops X)")
         return options
     from fastvit_jax import budget
 
@@ -333,7 +357,7 @@ def merge_points(args, config=None) -> list[MergeOptions]:
         return list(dict.fromkeys(load_plan_options(f, config) for f in args.plan))
     # a keep ratio or an explicit list replaces the r grid: one point per method
     rs = [0] if args.keep is not None or args.r_list is not None else parse_r(args.r)
-    return [_options(args, m, r) for m in parse_methods(args.methods) for r in rs]
+    return [point_options(args, m, r) for m in parse_methods(args.methods) for r in rs]
 
 
 def add_sharpness_args(p: argparse.ArgumentParser) -> None:

@@ -10,12 +10,18 @@ block-after-block result exactly (block l is settled after l + 1 passes; usually
 The result is an explicit schedule (`r_list`) that plan files store and every command runs.
 
 For a GFLOPs budget, the threshold level alpha is bisected: the most conservative thresholds (the
-highest alpha) whose calibrated plan stays within the budget.
+highest alpha) whose calibrated plan stays within the budget. Each finished calibration of the
+bisection is appended to a journal in the cache, keyed by everything that produced it (weights,
+images, options, thresholds, quantile, batch, runtime), so an interrupted search resumes where it
+stopped and ends in the same plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +34,7 @@ from fastvit_jax.merge.bipartite import best_partners, max_merges
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.recorded import fingerprint
 from fastvit_jax.runtime import Runtime
 
 CALIBRATED = ("atm", "tome", "dfe")
@@ -104,27 +111,82 @@ def calibrate_schedule(config, params, images: np.ndarray, options: MergeOptions
     return base.replace(r_list=r_list)
 
 
+class Journal:
+    """Finished calibrations of one budget search, one JSON line each, appended as they finish."""
+
+    def __init__(self, file: Path | None):
+        self.file, self.done = file, {}
+        if file is not None and file.exists():
+            for line in file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.done[(row["alpha"], tuple(row["start"] or ()))] = tuple(row["r_list"])
+                except (ValueError, KeyError, TypeError):
+                    break  # a line cut short by a kill: what follows it is recomputed
+
+    def get(self, alpha: float, start) -> tuple[int, ...] | None:
+        return self.done.get((alpha, tuple(start or ())))
+
+    def put(self, alpha: float, start, r_list) -> None:
+        self.done[(alpha, tuple(start or ()))] = tuple(r_list)
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.file, "a") as f:
+                f.write(json.dumps({"alpha": alpha, "start": list(start or ()), "r_list": list(r_list)}) + "\n")
+
+
+def journal_file(config, params, images: np.ndarray, options: MergeOptions, settings: dict, folder: Path) -> Path:
+    """Where a budget search's journal lives: named by a hash of every setting that shapes its result."""
+    from fastvit_jax.checkpoints.tree import flatten
+
+    flat = flatten(params)
+    weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
+    key = fingerprint(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str), weights,
+                      np.ascontiguousarray(images).tobytes(), json.dumps(options.to_dict(), sort_keys=True),
+                      json.dumps(settings, sort_keys=True, default=str))
+    return folder / f"{key}.jsonl"
+
+
 def calibrate_to_budget(config, params, images: np.ndarray, options: MergeOptions, target_gflops: float, *,
                         beta: float = atm.DEFAULT_THRESHOLDS[1], floor: float = atm.DEFAULT_THRESHOLDS[2],
                         steps: int = 8, quantile: float = 0.5, batch_size: int = 32, runtime: Runtime = Runtime(),
-                        progress: bool = False) -> tuple[MergeOptions, float]:
+                        progress: bool = False, resume: Path | None = None,
+                        stats: dict | None = None) -> tuple[MergeOptions, float]:
     """(calibrated options, alpha): the highest alpha in [floor, 1] (bisected `steps` times) whose
-    plan has <= target GFLOPs."""
+    plan has <= target GFLOPs. resume: a folder for the search's journal (the CLI's: the cache), so
+    a rerun after an interrupt continues where it stopped; stats["resumed"] counts reused steps."""
+    settings = {"beta": beta, "floor": floor, "steps": steps, "quantile": quantile, "batch_size": batch_size,
+                "runtime": dataclasses.asdict(runtime.resolved(config))}
+    journal = Journal(journal_file(config, params, images, options, settings, resume) if resume else None)
+    stats = {} if stats is None else stats
+    stats.update(resumed=0, computed=0)
     cost = lambda o: gflops(config, make_plan(config, o))
-    fit = lambda alpha, start: calibrate_schedule(config, params, images, options, thresholds=(alpha, beta, floor),
-                                                  quantile=quantile, batch_size=batch_size, runtime=runtime,
-                                                  start=start)
+
+    def fit(alpha, start):
+        known = journal.get(alpha, start)
+        if known is not None:
+            stats["resumed"] += 1
+            return options.replace(r=0, inflect=0.0, keep=None, r_list=known)
+        got = calibrate_schedule(config, params, images, options, thresholds=(alpha, beta, floor), quantile=quantile,
+                                 batch_size=batch_size, runtime=runtime, start=start)
+        journal.put(alpha, start, got.r_list)
+        stats["computed"] += 1
+        return got
+
     lo, hi = floor, 1.0  # alpha = floor merges the most; 1.0 the least
     best = fit(lo, None)
     if cost(best) > target_gflops:
         raise FastViTError(f"even the lowest thresholds (alpha = theta_min = {floor}) give {cost(best):.4f} "
                            f"GFLOPs > {target_gflops}: lower theta_min (--thresholds)")
     best_alpha = lo
-    for _ in tqdm(range(steps), desc="calibrate: thresholds", disable=not progress, leave=False):
-        mid = (lo + hi) / 2
-        candidate = fit(mid, best.r_list)
-        if cost(candidate) <= target_gflops:
-            best, best_alpha, lo = candidate, mid, mid
-        else:
-            hi = mid
+    with tqdm(total=steps, desc="calibrate: thresholds", disable=not progress, leave=False) as bar:
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            candidate = fit(mid, best.r_list)
+            if cost(candidate) <= target_gflops:
+                best, best_alpha, lo = candidate, mid, mid
+            else:
+                hi = mid
+            bar.set_postfix_str(f"alpha={mid:.4f}" + (f", {stats['resumed']} resumed" if stats["resumed"] else ""))
+            bar.update(1)
     return best, best_alpha

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,27 +24,50 @@ from fastvit_jax.config import ViTConfig, stem_stride
 from fastvit_jax.errors import FastViTError
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    """Move a finished output into place; a folder already there (an --overwrite) goes only after."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
 def save_npz(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write params as a Google-layout .npz (flat '/'-joined keys, float32), plus `meta` if given."""
+    """Write params as a Google-layout .npz (flat '/'-joined keys, float32), plus `meta` if given.
+    Written under a temporary name and renamed when complete: a killed write leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     if meta:
         flat[META_KEY] = meta_array(meta)
-    with open(path, "wb") as f:
-        np.savez(f, **flat)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat)
+        _replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def save_orbax(params: dict, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write params as an orbax checkpoint folder (under a temporary name, renamed when complete)."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     tree = jax.tree_util.tree_map(np.asarray, params)
     if meta:
         tree = {**tree, META_KEY: meta_array(meta)}
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, tree, force=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp, tree, force=True)
+        _replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -241,10 +265,28 @@ def describe(path: str | os.PathLike, tower: str | None = None) -> dict:
             "keys": {k: [list(v.shape), str(v.dtype)] for k, v in stored.items()}}
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, meta: dict | None = None) -> dict:
+def output_format(dst: str | os.PathLike, fmt: str | None = None, overwrite: bool = False) -> str:
+    """The format `convert` writes to dst ("npz" or "orbax"), refusing an existing dst without
+    overwrite and a name that is neither OUT.npz nor a folder name (no extension, or .orbax)."""
+    dst = Path(dst)
+    suffix = dst.suffix.lower()
+    fmt = fmt or ("npz" if suffix == ".npz" else "orbax" if suffix in ("", ".orbax") else None)
+    if fmt is None or (fmt == "npz") != (suffix == ".npz") or (fmt == "orbax" and suffix not in ("", ".orbax")):
+        raise FastViTError(f"{dst}: convert writes OUT.npz (npz) or a folder named without an extension (orbax, "
+                           f"e.g. OUT or OUT.orbax), not {suffix or 'a folder'!r}" + (f" as {fmt}" if fmt else ""))
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        what = "folder" if dst.is_dir() else "file"
+        raise FastViTError(f"{dst}: a {what} of that name exists; pass --overwrite to replace it, or choose another "
+                           f"output")
+    return fmt
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, meta: dict | None = None,
+            overwrite: bool = False) -> dict:
     """Any readable checkpoint -> Google-layout .npz or orbax (fmt None: npz when dst ends in .npz).
     The output says what it is: `meta` if given, else the source's own description (with what it
-    assumed: "assumed" in the result lists those fields)."""
+    assumed: "assumed" in the result lists those fields). An existing dst is refused unless overwrite."""
+    fmt = output_format(dst, fmt, overwrite)  # before the (possibly long) read
     params, desc = read_checkpoint(src)
     assumed = [] if meta else sorted(desc.assumed)  # a given meta (`--model`) says it all
     meta = meta or desc.to_meta()
@@ -252,7 +294,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = No
                           image_size=desc.image_size)
     check_params(params, config, str(src))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    fmt = fmt or ("npz" if Path(dst).suffix == ".npz" else "orbax")
     out = save_npz(params, dst, meta) if fmt == "npz" else save_orbax(params, dst, meta)
     return {"src": str(src), "dst": str(out), "format": fmt, "variant": config.variant,
             "image_size": config.image_size, "num_classes": config.num_classes, "meta": meta,

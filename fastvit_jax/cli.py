@@ -64,22 +64,20 @@ def emit(args, payload, text: str) -> None:
     print(json.dumps(payload, indent=2, default=float) if args.json else text)
 
 
-def merge_plan(args, config, params, method: str | None = None):
-    """The plan of the merge flags (r chosen by --target-* when given); says on stderr if it is clamped."""
-    plan = make_plan(config, arguments.merge_options(args, config, params, method))
+def merged(args, model, method: str | None = None):
+    """The model with the merge flags' plan (r chosen by --target-* when given); notes a clamped plan."""
+    model = model.merge(arguments.merge_options(args, model.config, model.params, method))
     if arguments.has_target(args) and not args.json:
-        print(f"chosen: r={plan.r} ({gflops(config, plan):.3f} GFLOPs)\n{plan.describe()}", file=sys.stderr)
-    note_clamped([plan.options.label] if plan.clamped else [])
-    return plan
+        print(f"chosen: r={model.plan.r} ({model.gflops:.3f} GFLOPs)\n{model.plan.describe()}", file=sys.stderr)
+    note_clamped([model.plan] if model.plan.clamped else [])
+    return model
 
 
-def note_clamped(labels: list[str]) -> None:
-    if labels:
-        print(f"fastvit: note: {', '.join(labels)}: {CLAMPED_NOTE}", file=sys.stderr)
-
-
-def model_forward(args, config, plan):
-    return make_forward(config, plan, Runtime.from_args(args))
+def note_clamped(plans: list) -> None:
+    """One note naming the plans whose r was clamped, and the r each block used."""
+    if plans:
+        used = "; ".join(f"{p.options.label}: r per block {[op.r for op in p.ops]}" for p in plans[:3])
+        arguments.note(f"{', '.join(p.options.label for p in plans)}: {CLAMPED_NOTE} (used: {used})")
 
 
 # ---------------------------------------------------------------- commands
@@ -131,11 +129,12 @@ def cmd_inspect(args):
 
 
 @command("convert", "convert a checkpoint (timm/DeiT .safetensors/.pth, .npz, orbax) to .npz or orbax",
-         arg("src"), arg("dst", help="OUT.npz, or a directory for orbax"),
+         arg("src"), arg("dst", help="OUT.npz, or a folder for orbax (a name without an extension, or OUT.orbax)"),
          arg("--format", choices=["npz", "orbax"], help="default: npz if DST ends in .npz, else orbax"),
+         arg("--overwrite", action="store_true", help="replace DST if it exists (refused otherwise)"),
          arg("--model", help="registered model the file is (its GELU and preprocessing are written into DST)"))
 def cmd_convert(args):
-    res = convert(args.src, args.dst, args.format, meta=arguments.model_meta(args))
+    res = convert(args.src, args.dst, args.format, meta=arguments.model_meta(args), overwrite=args.overwrite)
     emit(args, res, f"wrote {res['dst']} ({res['format']}, {res['variant']}, {res['image_size']}px, "
                     f"{res['num_classes']} classes; {res['meta']['gelu']} GELU, {res['meta']['preprocessing']} "
                     f"preprocessing{'; assumed ' + ', '.join(res['assumed']) + ': pass --model to say what it is' if res['assumed'] else ''})")
@@ -144,16 +143,17 @@ def cmd_convert(args):
 @command("predict", "top-5 classes of images", arg("images", nargs="+"), MODEL, MERGE)
 def cmd_predict(args):
     arguments.check_images_exist(args.images)
-    params, config, pre = arguments.load_model(args)
-    forward = model_forward(args, config, merge_plan(args, config, params))
-    results, failed = predict(forward, params, args.images, pre, arguments.class_names(args, config),
-                              pair_sigmoid=config.l2_normalize)
+    model = merged(args, arguments.load_model(args))
+    results, failed = predict(model.forward, model.params, args.images, model.preprocessing, model.labels,
+                              pair_sigmoid=model.config.l2_normalize)
     sig = lambda t: f"  (sigmoid {t['sigmoid']:.4f})" if "sigmoid" in t else ""
     lines = [line for r in results for line in
              [r["image"], *(f"  {t['prob']:.4f}  {t['index']:5d}  {t['label']}{sig(t)}" for t in r["top5"])]]
     if failed and not results:
         raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
-    emit(args, results + [{"image": p, "error": why} for p, why in failed],
+    said = {"options": model.options.to_dict(), "gflops": model.gflops}  # what produced each row
+    rows = [{**r, **said} for r in results] + [{"image": p, "error": why} for p, why in failed]
+    emit(args, rows,
          "\n".join(lines + [f"skipped {p}: {why}" for p, why in failed]))
 
 
@@ -163,10 +163,10 @@ def cmd_predict(args):
          arg("--out", required=True, help="OUT.npz: features (B, D), paths[, tokens, sizes, sources]"))
 def cmd_embed(args):
     arguments.check_images_exist(args.images)
-    params, config, pre = arguments.load_model(args, need_head=False)
-    plan = merge_plan(args, config, params)
-    out, failed = embed_files(config, params, args.images, pre, plan, tokens=args.tokens, batch_size=args.batch_size,
-                              runtime=Runtime.from_args(args))
+    model = merged(args, arguments.load_model(args, need_head=False))
+    config, plan = model.config, model.plan
+    out, failed = embed_files(config, model.params, args.images, model.preprocessing, plan, tokens=args.tokens,
+                              batch_size=args.batch_size, runtime=model.runtime)
     if not len(out["paths"]):
         raise FastViTError("no readable image: " + "; ".join(f"{p}: {why}" for p, why in failed))
     np.savez(args.out, **out)
@@ -181,11 +181,11 @@ def cmd_embed(args):
          arg("--no-progress", action="store_true"))
 def cmd_eval(args):
     maybe_initialize_distributed()
-    params, config, pre = arguments.load_model(args)
-    plan = merge_plan(args, config, params)
-    res = evaluate(model_forward(args, config, plan), params, arguments.open_data(args).limit(args.limit), pre,
-                   batch_size=args.batch_size, progress=not args.no_progress, num_classes=config.num_classes)
-    res.update({"gflops": gflops(config, plan), "method": plan.method, "r": plan.r, "clamped": plan.clamped,
+    model = merged(args, arguments.load_model(args))
+    plan = model.plan
+    res = evaluate(model.forward, model.params, arguments.open_data(args).limit(args.limit), model.preprocessing,
+                   batch_size=args.batch_size, progress=not args.no_progress, num_classes=model.config.num_classes)
+    res.update({"gflops": model.gflops, "method": plan.method, "r": plan.r, "clamped": plan.clamped,
                 "schedule": plan.options.schedule,
                 "reducer": plan.summary()["reducer"] if methods.get(plan.method).kind == "global" else "-",
                 "options": plan.options.to_dict(), "plan": plan.summary()})
@@ -202,17 +202,21 @@ def cmd_eval(args):
          arg("--remeasure-speed", action="store_true",
              help="only re-time images/s of the points already in --out (run on a quiet machine)"))
 def cmd_sweep(args):
-    params, config, pre = arguments.load_model(args)
-    model = model_name(args)
-    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model} on {args.data}",
-              runtime=Runtime.from_args(args))
+    model = arguments.load_model(args)
+    params, config = model.params, model.config
+    kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model_name(args)} on {args.data}",
+              runtime=model.runtime)
     if args.remeasure_speed:
         rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
     else:
-        rows = run_sweep(params, config, pre, arguments.open_data(args).limit(args.limit), args.out,
-                         arguments.merge_points(args, config), bench_runs=args.bench_runs, **kw)
-    rows = sorted(rows, key=lambda r: (r["method"], r["r"]))
-    note_clamped([f"{r['method']} r={r['r']}" for r in rows if r.get("clamped")])
+        stats: dict = {}
+        rows = run_sweep(params, config, model.preprocessing, arguments.open_data(args).limit(args.limit), args.out,
+                         arguments.merge_points(args, config), bench_runs=args.bench_runs, stats=stats, **kw)
+        if stats.get("reused"):
+            arguments.note(f"{args.out}: {stats['reused']} of {len(rows)} points read back from an earlier run "
+                           f"(same settings); {len(rows) - stats['reused']} measured now")
+    clamped = [make_plan(config, MergeOptions.from_dict(r["options"])) for r in rows if r.get("clamped")]
+    note_clamped(clamped)
     text = format_table(rows, ["method", "schedule", "top1", "top5", "gflops", "images_per_s", "clamped"]) + \
         f"\nresults: {args.out}/results.csv, results.jsonl; plots: top1_vs_gflops.png/.svg, top1_vs_throughput.png/.svg"
     emit(args, [{k: v for k, v in r.items() if k != "plan"} for r in rows], text)
@@ -221,10 +225,10 @@ def cmd_sweep(args):
 @command("sharpness", "dominant Hessian eigenvalue lambda_max of the loss (dense or merged)", MODEL, MERGE,
          arguments.add_sharpness_args)
 def cmd_sharpness(args):
-    params, config, pre = arguments.load_model(args)
-    out = measure(config, params, pre, arguments.open_data(args), merge_plan(args, config, params), num_images=args.num_images,
-                  micro_batch=args.micro_batch, iters=args.iters, tol=args.tol, seed=args.seed, solver=args.solver,
-                  progress=not args.json, runtime=Runtime.from_args(args))
+    model = merged(args, arguments.load_model(args))
+    out = measure(model.config, model.params, model.preprocessing, arguments.open_data(args), model.plan,
+                  num_images=args.num_images, micro_batch=args.micro_batch, iters=args.iters, tol=args.tol,
+                  seed=args.seed, solver=args.solver, progress=not args.json, runtime=model.runtime)
     emit(args, out, format_table([out], ["method", "r", "skip", "lambda_max", "iterations", "hvps", "wall_s"]))
 
 
@@ -234,9 +238,10 @@ def cmd_finetune(args):
     from_scratch = args.command == "train"
     if from_scratch and not args.model:
         raise FastViTError("fastvit train needs --model (the architecture), e.g. vit_cifar_patch4_32")
-    params, config, pre = arguments.load_model(args, need_weights=not from_scratch or args.checkpoint is not None)
-    images, labels = load_arrays(arguments.open_data(args).limit(args.limit), pre.for_training(), require_labels=True)
-    res = train(config, params, images, labels, arguments.train_config(args), args.out, progress=not args.json,
+    model = arguments.load_model(args, need_weights=not from_scratch or args.checkpoint is not None)
+    images, labels = load_arrays(arguments.open_data(args).limit(args.limit), model.preprocessing.for_training(),
+                                 require_labels=True)
+    res = train(model.config, model.params, images, labels, arguments.train_config(args), args.out, progress=not args.json,
                 keep_checkpoints=args.keep_checkpoints)
     emit(args, res, f"wrote {res['out']} after {res['steps']} steps ({res['wall_s']:.0f} s"
                     + (f", resumed from step {res['resumed_from']}" if res["resumed_from"] else "") + ")")
@@ -251,28 +256,43 @@ def cmd_pack(args):
          f"wrote {out}: {len(ds)} images, {out.stat().st_size / 2**20:.1f} MiB (use it as --data {out})")
 
 
+VISUALIZE_COLUMNS = ("columns: tokens = final tokens; merged_tokens = those holding more than one patch; "
+                     "connected_share = share of those whose patches form one 4-connected region; mean_extent = "
+                     "their mean bounding-box side, in patches")
+COMPARE_NOTE = ("--compare uses the same r for both, not the same cost: LGTM's local blocks merge fewer tokens, so it "
+                "keeps more tokens (and GFLOPs) than ToMe; compare at equal cost with --target-gflops")
+
+
 @command("visualize", "paint the patches each final token holds (Figure 7 style)", arg("image"), MODEL, MERGE,
          arg("--compare", action="store_true", help="ToMe and LGTM side by side (same r)"),
          arg("--out", required=True, help="output image (.png)"))
 def cmd_visualize(args):
-    params, config, pre = arguments.load_model(args)
-    plans = [merge_plan(args, config, params, method=m) for m in (("tome", "lgtm") if args.compare else (None,))]
-    out, stats = paint_plans(config, params, load_image(args.image), pre, plans, args.out, Runtime.from_args(args))
+    model = arguments.load_model(args)
+    plans = [merged(args, model, method=m).plan for m in (("tome", "lgtm") if args.compare else (None,))]
+    out, stats = paint_plans(model.config, model.params, load_image(args.image), model.preprocessing, plans, args.out,
+                             model.runtime)
     rows = [{"method": m, **s} for m, s in stats.items()]
     emit(args, {"out": str(out), "regions": stats},
          format_table(rows, ["method", "r", "skip", "tokens", "merged_tokens", "connected_share", "mean_extent"])
-         + f"\nwrote {out}")
+         + f"\n{VISUALIZE_COLUMNS}" + (f"\n{COMPARE_NOTE}" if args.compare else "") + f"\nwrote {out}")
+
+
+ANALYZE_COLUMNS = ("columns: mean pairwise cosine similarity of a block's tokens (over the images): x_pre = the "
+                   "attention input (after the first LayerNorm), x_attn = the attention output before its projection, "
+                   "x_post = after the attention residual; 'METHOD r=R' = mean cosine of the pairs that plan merged "
+                   "in that block (empty where it merges nothing)")
 
 
 @command("analyze", "token similarity per block, merged-pair similarity, posemb maps", MODEL, DATA,
-         arg("--num-images", type=arguments.positive_int, default=32), partial(MERGE_GRID, methods="tome", r="10,20", targets=False),
-         arg("--out", required=True))
+         arg("--num-images", type=arguments.positive_int, default=32, help="images analysed, spread over --data"),
+         partial(MERGE_GRID, methods="tome", r="10,20", targets=False),
+         arg("--out", required=True, help="folder for analysis.json/.csv and the figures (.png/.svg)"))
 def cmd_analyze(args):
-    params, config, pre = arguments.load_model(args)
-    images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), pre)
-    plans = [make_plan(config, o) for o in arguments.merge_points(args, config)]
-    result, rows = run_analysis(config, params, images, plans, args.out, Runtime.from_args(args))
-    emit(args, result, format_table(rows, list(rows[0])) + f"\nwrote {args.out}/analysis.json, "
+    model = arguments.load_model(args)
+    images, _ = load_arrays(spread(arguments.open_data(args), args.num_images), model.preprocessing)
+    plans = [make_plan(model.config, o) for o in arguments.merge_points(args, model.config)]
+    result, rows = run_analysis(model.config, model.params, images, plans, args.out, model.runtime)
+    emit(args, result, format_table(rows, list(rows[0])) + "\n" + ANALYZE_COLUMNS + f"\nwrote {args.out}/analysis.json, "
          "analysis.csv, token_similarity, merged_similarity, posemb_similarity (.png/.svg)")
 
 
@@ -283,9 +303,10 @@ def cmd_analyze(args):
 def cmd_bench(args):
     if args.model is None and args.checkpoint is None:
         args.model = "vit_small_patch16_224"
-    params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
-    plan = merge_plan(args, config, params)
-    sizes, runtime = args.batch_sizes or [args.batch_size], Runtime.from_args(args)
+    random = args.checkpoint is None
+    model = merged(args, arguments.load_model(args, need_weights=not random))
+    params, config, plan = model.params, model.config, model.plan
+    sizes, runtime = args.batch_sizes or [args.batch_size], model.runtime
     with tqdm(total=args.runs * len(sizes), desc="bench: timed rounds", disable=args.json, leave=False) as bar:
         results = [compare(config, params, plan, batch_size=size, runs=args.runs, runtime=runtime,
                            progress=lambda i: bar.update(1)) for size in sizes]
@@ -293,7 +314,10 @@ def cmd_bench(args):
                                              dict(name=plan.options.label, **r["merged"], speedup=r["speedup"]))]
     text = (format_table(rows, ["name", "batch_size", "images_per_s", "speedup", "gflops", "trace_s", "compile_s",
                                 "compiled_from"])
-            + f"\nideal speedup (by FLOPs): {results[0]['ideal_speedup']:.2f}x\n{plan.describe()}")
+            + f"\nideal speedup (by FLOPs): {results[0]['ideal_speedup']:.2f}x\n{plan.describe()}\nweights: "
+            + ("random (timing needs only the architecture; --checkpoint times a file's)" if random else model.source))
+    for r in results:
+        r["weights"] = "random" if random else model.source
     emit(args, results[0] if not args.batch_sizes else results, text)
 
 
@@ -313,9 +337,8 @@ def cmd_plan(args):
     if args.calibrate:
         return calibrated_plan(args)
     # the plan needs only the architecture (a measured speedup target times random weights as well)
-    params, config, _ = arguments.load_model(args, need_weights=args.checkpoint is not None)
-    plan = merge_plan(args, config, params)
-    emit_plan(args, config, plan)
+    model = merged(args, arguments.load_model(args, need_weights=args.checkpoint is not None))
+    emit_plan(args, model.config, model.plan)
 
 
 def emit_plan(args, config, plan, extra: dict | None = None):
@@ -342,17 +365,24 @@ def calibrated_plan(args):
             raise ValueError
     except ValueError:
         raise FastViTError(f"--thresholds {args.thresholds!r}: expected ALPHA,BETA,MIN (three finite numbers)") from None
-    params, config, pre = arguments.load_model(args)
+    model = arguments.load_model(args)
+    params, config = model.params, model.config
     from fastvit_jax.data import open_dataset
 
-    images, _ = load_arrays(spread(open_dataset(args.calibrate), args.calibration_images), pre)
-    args._noted_r0 = True
-    options = arguments.merge_options(args)
-    kw = dict(quantile=args.quantile, runtime=Runtime.from_args(args))
+    images, _ = load_arrays(spread(open_dataset(args.calibrate), args.calibration_images), model.preprocessing)
+    options = arguments.point_options(args, args.method, 0)
+    kw = dict(quantile=args.quantile, runtime=model.runtime)
     if args.target_gflops is not None:
+        from fastvit_jax.checkpoints.sources import cache_dir
+
+        stats: dict = {}
         options, alpha = calibrate.calibrate_to_budget(config, params, images, options, args.target_gflops,
                                                        beta=thresholds[1], floor=thresholds[2],
-                                                       progress=not args.json, **kw)
+                                                       progress=not args.json, resume=cache_dir() / "calibrate",
+                                                       stats=stats, **kw)
+        if stats["resumed"]:
+            print(f"fastvit: note: resumed an interrupted calibration: {stats['resumed']} of its "
+                  f"{stats['resumed'] + stats['computed']} threshold steps read back", file=sys.stderr)
         thresholds = (alpha, *thresholds[1:])
     else:
         options = calibrate.calibrate_schedule(config, params, images, options, thresholds=thresholds, **kw)
@@ -374,15 +404,16 @@ def calibrated_plan(args):
 def cmd_tune(args):
     if (args.target_gflops is None) == (args.target_speedup is None):
         raise FastViTError("fastvit tune needs one budget: --target-gflops X or --target-speedup X")
-    params, config, pre = arguments.load_model(args)
-    target = args.target_gflops or gflops(config) / args.target_speedup
+    model = arguments.load_model(args)
+    params, config, pre = model.params, model.config, model.preprocessing
+    target = args.target_gflops or model.gflops / args.target_speedup
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or [None]
     for m in metrics:
         MergeOptions(metric=m)  # one line naming the allowed metrics
     res = tune(params, config, pre, arguments.open_data(args).limit(args.limit), target_gflops=target, out=args.out,
                methods=[m.strip() for m in args.methods.split(",") if m.strip()], metrics=metrics,
                subset=args.subset, finalists=args.finalists, batch_size=args.batch_size,
-               runtime=Runtime.from_args(args), progress=not args.json)
+               runtime=model.runtime, progress=not args.json)
     best = make_plan(config, res["best"])
     out = save_plan(args.out, config, best, model_name=model_name(args), command=command_line(args),
                     extra={"tune": tune_summary(res)})
@@ -453,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code or 0
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in plan files
     compile_cache.enable(getattr(args, "compile_cache", None))
+    arguments.new_command()
     plain = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"fastvit: warning: {message}\n"  # one line, no source
     try:
@@ -461,5 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = plain
 
 
+def entry() -> None:
+    """The `fastvit` console script: main(), then leave without a crash-prone teardown after Ctrl-C."""
+    from fastvit_jax.errors import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

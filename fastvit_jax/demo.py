@@ -27,18 +27,18 @@ def run_demo(options: list[MergeOptions], runs: int = 3, progress: bool = True) 
     ds = image_folder(asset_path("images"))
     batch = next(batches(ds, pre, len(ds)))
     plans = {o: make_plan(config, o) for o in options}
-    with tqdm(total=runs, desc=f"demo: compiling {len(plans)} plans", disable=not progress, leave=False) as bar:
-        def round_done(i):  # the first round ends after every plan compiled and ran once
-            bar.set_description("demo: timing rounds", refresh=False)
-            bar.update(1)
-
+    logits = {}
+    # First every plan compiles and runs once (most of a cold demo's time), one bar step per plan.
+    with tqdm(plans.items(), desc="demo: compiling", unit="plan", disable=not progress, leave=False) as bar:
+        for o, plan in bar:
+            bar.set_postfix_str(o.label)
+            logits[o] = np.asarray(jax.block_until_ready(make_forward(config, plan)(params, batch.images)))
+    with tqdm(total=runs, desc=f"demo: timing {len(plans)} plans", unit="round", disable=not progress,
+              leave=False) as bar:
         speed = time_forwards(config, params, plans, batch_size=batch.count, runs=runs, warmup=1, warmup_s=0.0,
-                              progress=round_done)
-    rows, logits = [], {}
-    for o, plan in plans.items():
-        logits[o] = np.asarray(jax.block_until_ready(make_forward(config, plan)(params, batch.images)))
-        rows.append({"method": o.method, "r": o.r, "top1": float((logits[o].argmax(-1) == batch.labels).mean()),
-                     "gflops": speed[o]["gflops"], "images_per_s": speed[o]["images_per_s"]})
+                              progress=lambda i: bar.update(1))
+    rows = [{"method": o.method, "r": o.r, "top1": float((logits[o].argmax(-1) == batch.labels).mean()),
+             "gflops": speed[o]["gflops"], "images_per_s": speed[o]["images_per_s"]} for o in plans]
     dense = next((row["images_per_s"] for row in rows if row["method"] == "none" or row["r"] == 0), rows[0]["images_per_s"])
     for row in rows:
         row["speedup"] = row["images_per_s"] / dense

@@ -19,6 +19,9 @@ def report_errors(fn: Callable[[], int | None], prog: str) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the way out
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`fastvit models | head`): stop quietly, as a C tool would
@@ -26,3 +29,23 @@ def report_errors(fn: Callable[[], int | None], prog: str) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141
+
+
+INTERRUPTED = 130
+
+
+def exit_process(code: int) -> None:
+    """Leave the process with `code`. After an interrupt, skip the interpreter's teardown: XLA's
+    threads (a compile, a running computation, the compilation cache) may still be running, and
+    destroying the runtime under them crashed the process (a segmentation fault after the
+    `interrupted` line). Every resumable state is already on disk, written by rename."""
+    if code != INTERRUPTED:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    import os
+
+    os._exit(code)

@@ -113,7 +113,8 @@ def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list)
                      f"{desc.preprocess.get('family')} preprocessing); pass --model, or --gelu and --preprocessing")
         return
     said = ", ".join(f"{k} = {_show(desc, k)}" for k in assumed)
-    why = sorted({v.removeprefix("assumed: ") for v in assumed.values()})
+    whys = {v.removeprefix("assumed: ") for v in assumed.values()}
+    why = sorted(w for w in whys if not any(o != w and o.startswith(w) for o in whys))  # each reason once
     notes.append(f"{path} does not state its {', '.join(assumed)}: assumed {said} ({'; '.join(why)}); "
                  f"pass --model, or --gelu and --preprocessing")
 

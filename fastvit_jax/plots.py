@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from fastvit_jax.report import pyplot, save_figure
@@ -37,7 +38,10 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, title: str = "") -> list[P
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend()
-        if title:
-            ax.set_title(title)
+        if title:  # wrapped, so a long model or data path is not cut off at the figure's edge
+            ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
+        if xkey == "images_per_s":
+            fig.text(0.01, 0.005, "images/s as timed on this machine during the sweep: noisy, a few % either way; "
+                     "rerun with --remeasure-speed on a quiet machine", fontsize=6, color="0.4")
         written += save_figure(fig, out_dir, stem)
     return written

@@ -32,6 +32,11 @@ CPU_STEP_BYTES = 10 * 2**20
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
+    """How a forward runs, never what it computes (beyond rounding and the dtype): dtype of the
+    attention and MLP matmuls ("float32", "bfloat16"), examples_per_step (a batch run a slice at a
+    time: "auto", None or N), merge_impl ("auto", "gather", "dense") and attention ("auto",
+    "einsum", "fused"). "auto" resolves per backend (`resolved`)."""
+
     dtype: str = "float32"
     examples_per_step: int | str | None = "auto"
     merge_impl: str = "auto"

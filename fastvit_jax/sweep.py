@@ -121,26 +121,31 @@ SWEEP = {"what": "a sweep measured", "advice": "use another --out for these sett
 
 def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
-              title: str = "", runtime: Runtime = Runtime()) -> list[dict]:
+              title: str = "", runtime: Runtime = Runtime(), stats: dict | None = None) -> list[dict]:
     """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
     settings) are kept, duplicates run once, and plans that give the same numbers are measured once.
-    One sweep writes a folder at a time (a second is refused while the first runs)."""
+    Rows come in the order the points were asked (then earlier rows not asked now); stats["reused"]
+    counts asked points read back. One sweep writes a folder at a time (a second is refused while
+    the first runs)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(out_dir, folder=True):
+    with exclusive(out_dir, folder=True, remove=True):
         return _sweep(params, config, preprocess, ds, out_dir, points, batch_size=batch_size,
-                      bench_runs=bench_runs, progress=progress, plot=plot, title=title, runtime=runtime)
+                      bench_runs=bench_runs, progress=progress, plot=plot, title=title, runtime=runtime,
+                      stats={} if stats is None else stats)
 
 
 def _sweep(params, config, preprocess, ds, out_dir: Path, points, *, batch_size, bench_runs, progress, plot, title,
-           runtime) -> list[dict]:
+           runtime, stats) -> list[dict]:
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
     check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, runtime),
                    results_without_record=bool(done), **SWEEP)
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
-    todo = [o for o in dict.fromkeys(points) if o not in finished]
+    asked = list(dict.fromkeys(points))
+    todo = [o for o in asked if o not in finished]
+    stats["reused"] = len(asked) - len(todo)
     measured = {same_numbers(make_plan(config, o)): row for o, row in finished.items()}
     rows = list(done)
     fits = len(ds) * config.image_size ** 2 * 3 * 4 <= CACHE_BYTES
@@ -156,9 +161,11 @@ def _sweep(params, config, preprocess, ds, out_dir: Path, points, *, batch_size,
         row = point_row(config, plan, measured[same_numbers(plan)])
         _append(out_dir, row)
         rows.append(row)
+        finished[options] = row
     if plot and rows:
         plot_sweep(rows, out_dir, title)
-    return rows
+    first = [finished[o] for o in asked]
+    return first + [row for row in rows if not any(row is f for f in first)]
 
 
 def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
@@ -167,7 +174,7 @@ def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
-    with exclusive(out_dir, folder=True):
+    with exclusive(out_dir, folder=True, remove=True):
         return _remeasure(params, config, out_dir, batch_size=batch_size, runs=runs, progress=progress, plot=plot,
                           title=title, runtime=runtime)
 

@@ -155,7 +155,7 @@ def train(config: ViTConfig, params, images: np.ndarray, labels: np.ndarray, tc:
     Every ckpt_every steps the state goes to OUT.state/step_N (the newest keep_checkpoints are kept);
     a rerun with the same settings continues from the newest complete one. One run writes OUT at a time."""
     out = Path(out)
-    with exclusive(_state_dir(out), folder=True):
+    with exclusive(_state_dir(out), folder=True, remove=True):
         return _train(config, params, images, labels, tc, out, progress=progress, log_every=log_every,
                       keep_checkpoints=keep_checkpoints)
 

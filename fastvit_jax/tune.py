@@ -120,7 +120,7 @@ def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: 
          runtime: Runtime = Runtime(), progress: bool = True) -> dict:
     """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}.
     Scores go to OUT.tune/, which one tune writes at a time."""
-    with exclusive(Path(str(out) + ".tune"), folder=True):
+    with exclusive(Path(str(out) + ".tune"), folder=True, remove=True):
         return _tune(params, config, preprocess, ds, target_gflops=target_gflops, out=out, methods=methods,
                      metrics=metrics, subset=subset, finalists=finalists, batch_size=batch_size, runtime=runtime,
                      progress=progress)

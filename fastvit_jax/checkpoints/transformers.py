@@ -192,8 +192,8 @@ def describe(config: dict, pre: dict | None, siglip: bool, source) -> Descriptio
     where = "preprocessor_config.json"
     if pre is None:
         defaults = "SiglipImageProcessor" if siglip else "ViTImageProcessor"
-        why = f"no {where} in the folder; {defaults}'s defaults"
-        desc.assume("family", "inception", why + " (square resize)")
+        why = f"no {where} in the folder: {defaults}'s defaults, a square resize"
+        desc.assume("family", "inception", why)
         desc.assume("interpolation", "bicubic" if siglip else "bilinear", why)
         desc.assume("mean", (0.5, 0.5, 0.5), why)
         desc.assume("std", (0.5, 0.5, 0.5), why)

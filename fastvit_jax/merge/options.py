@@ -45,6 +45,11 @@ def _whole(name: str, value, allow_none: bool = False) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class MergeOptions:
+    """What was asked of merging, one frozen value: the method ("none", "tome", "dfe", "lgtm", ...), its
+    schedule (r tokens per block, or keep, r_list, inflect) and knobs (skip, window, metric, ...).
+    Every result row, plan file and JSON output stores it whole (to_dict / from_dict); make_plan
+    turns it into a MergePlan for a model. Field comments below say what each one does."""
+
     method: str = "none"
     r: int | float = 0  # tokens merged per block (local blocks: spread over the windows); fractional only with align
     skip: int | None = None  # blocks without merging at the start; None: depth // 6 for dfe/lgtm, else 0

@@ -13,6 +13,7 @@ import math
 
 
 from fastvit_jax.merge import bipartite, local, methods
+from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import MergeOptions
 
 MERGING_KINDS = ("global", "local")  # block kinds after which token sizes differ
@@ -53,6 +54,11 @@ class BlockOp:
 
 @dataclasses.dataclass(frozen=True)
 class MergePlan:
+    """What each block of one model does, derived from MergeOptions by make_plan: per block a BlockOp
+    (nothing, local windows, global merge or drop of r tokens) with its token counts in and out, so
+    every shape is static and the plan compiles once. Hashable; `describe()` prints it, `clamped`
+    says whether some block could merge fewer tokens than asked."""
+
     ops: tuple[BlockOp, ...]
     options: MergeOptions = MergeOptions()
     skip: int = 0  # resolved from options.skip
@@ -115,6 +121,17 @@ CLAMPED_NOTE = ("some blocks merge fewer than r tokens (at most half of the merg
                 "or window can merge)")
 
 
+def as_options(options) -> MergeOptions:
+    """MergeOptions from what a caller may pass: None (dense), a method name, or MergeOptions."""
+    if options is None:
+        return MergeOptions()
+    if isinstance(options, str):
+        return MergeOptions(method=options)
+    if not isinstance(options, MergeOptions):
+        raise FastViTError(f"merge options must be a method name or MergeOptions, got {type(options).__name__}")
+    return options
+
+
 def make_plan(config, options: MergeOptions | None = None, *, track_source: bool = False) -> MergePlan:
     """Algorithm 1 as a static schedule for `config` (a ViTConfig: depth, patch grid, prefix tokens).
 
@@ -123,7 +140,7 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
     globally (merges them by the method's rule, or drops them). Clamping to what a block can merge
     is recorded in `plan.clamped`, never warned about.
     """
-    options = options or MergeOptions()
+    options = as_options(options)
     method = methods.get(options.method)
     depth, patch_grid, prefix = config.depth, tuple(config.grid), config.num_prefix
     skip = options.resolved_skip(depth)

@@ -310,9 +310,7 @@ class VisionTransformer(nn.Module):
         if plan.depth != cfg.depth or tuple(plan.patch_grid) != cfg.grid:
             raise FastViTError(f"merge plan is for depth {plan.depth} grid {plan.patch_grid}, "
                                f"model has depth {cfg.depth} grid {cfg.grid}")
-        if images.shape[1:3] != (cfg.image_size, cfg.image_size):
-            raise FastViTError(f"images are {images.shape[1]}x{images.shape[2]}, "
-                               f"model expects {cfg.image_size}x{cfg.image_size}")
+        check_images(images, cfg.image_size)
         merge_key = jax.random.PRNGKey(0) if merge_key is None else merge_key
         x = images.astype(self.dtype)
         if cfg.resnet is not None:
@@ -342,6 +340,24 @@ class VisionTransformer(nn.Module):
             x = nn.Dense(cfg.num_classes, dtype=self.dtype, name="head")(x)
         logits = x.astype(jnp.float32)
         return (logits, state) if return_state else logits
+
+
+def check_images(images, size: int) -> None:
+    """Refuse, in one line, what is not a batch of preprocessed images (B, size, size, 3), floating."""
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise FastViTError(f"images must be a batch (B, {size}, {size}, 3), got shape {shape}"
+                           + (": add a batch axis (images[None])" if len(shape) == 3 else ""))
+    if shape[3] != 3 and shape[1] == 3:
+        raise FastViTError(f"images are channels-first {shape}; the model expects channels-last (B, {size}, {size}, 3): "
+                           f"images.transpose(0, 2, 3, 1)")
+    if shape[3] != 3:
+        raise FastViTError(f"images have {shape[3]} channels, the model expects 3 (RGB), shape (B, {size}, {size}, 3)")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise FastViTError(f"images are {images.dtype} pixels; the model takes preprocessed floating-point images "
+                           f"(model.preprocess(...) or fastvit_jax.data.Preprocess)")
+    if shape[1:3] != (size, size):
+        raise FastViTError(f"images are {shape[1]}x{shape[2]}, model expects {size}x{size}")
 
 
 def init_params(config: ViTConfig, key=None) -> dict:

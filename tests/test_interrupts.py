@@ -1,0 +1,135 @@
+"""Interrupts end every command in one line with exit 130 and leave resumable state; calibration
+resumes to the same plan; convert never replaces what exists and never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TINY, google_checkpoint
+from fastvit_jax import calibrate
+from fastvit_jax.cli import main
+from fastvit_jax.registry import asset_path
+
+
+def _tiny_setup(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "m.npz"
+    np.savez(path, **google_checkpoint(TINY, seed=5))
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    return path, data
+
+
+def test_interrupted_calibration_resumes_to_the_same_plan(tmp_path, capsys, monkeypatch):
+    path, data = _tiny_setup(tmp_path)
+    from fastvit_jax.flops import gflops
+
+    target = f"{0.6 * gflops(TINY, None):.6f}"
+    argv = lambda out: [str(a) for a in ["plan", "--checkpoint", path, "--gelu", "tanh", "--preprocessing",
+                                          "inception", "--method", "atm", "--calibrate", data, "--thresholds",
+                                          "0.3,0.02,-1.0", "--target-gflops", target, "--out", out]]
+    monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "clean"))
+    assert main(argv(tmp_path / "whole.json")) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
+    real, calls = calibrate.calibrate_schedule, []
+
+    def interrupted_after_the_first_threshold(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the floor's fit, the first bisection step, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(calibrate, "calibrate_schedule", interrupted_after_the_first_threshold)
+    assert main(argv(tmp_path / "resumed.json")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "fastvit: interrupted"
+    assert not (tmp_path / "resumed.json").exists()
+    monkeypatch.setattr(calibrate, "calibrate_schedule", real)
+    calls.clear()
+    assert main(argv(tmp_path / "resumed.json")) == 0
+    assert "resumed an interrupted calibration: 2 of its" in capsys.readouterr().err
+    whole, resumed = (json.loads((tmp_path / f).read_text()) for f in ("whole.json", "resumed.json"))
+    for key in ("options", "plan", "gflops", "calibration"):
+        assert whole[key] == resumed[key], key
+    # another setting (the quantile) is another search: nothing read back
+    assert main(argv(tmp_path / "other.json") + ["--quantile", "0.25"]) == 0
+    assert "resumed" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigint_during_calibration_always_exits_130(tmp_path):
+    """Ctrl-C at several points (importing, loading, compiling, evaluating): one line, exit 130, never a
+    signal death (it once ended in a segmentation fault at the interpreter's teardown)."""
+    env = dict(os.environ, FASTVIT_CACHE=str(tmp_path / "cache"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"))
+    cmd = [sys.executable, "-m", "fastvit_jax", "plan", "--method", "atm", "--calibrate", str(asset_path("images")),
+           "--calibration-images", "8", "--target-gflops", "0.7352"]
+    for delay in (2.0, 5.0, 8.0, 12.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        lines = err.decode().strip().splitlines()
+        assert proc.returncode == 130, (delay, proc.returncode, lines[-3:])
+        assert lines[-1] == "fastvit: interrupted", (delay, lines[-3:])
+
+
+def test_convert_refuses_an_existing_output_and_unknown_extensions(tmp_path, capsys):
+    src = tmp_path / "m.npz"
+    np.savez(src, **google_checkpoint(TINY, seed=1))
+    existing = tmp_path / "x.txt"
+    existing.write_text("keep me")
+    for dst, words in ((existing, "not '.txt'"), (tmp_path / "notes.txt", "not '.txt'"),
+                       (tmp_path / "out.orbax", None)):
+        code = main(["convert", str(src), str(dst)])
+        err = capsys.readouterr().err
+        if words is None:
+            assert code == 0 and dst.is_dir(), err
+        else:
+            assert code == 2 and err.count("\n") == 1 and words in err and "OUT.npz" in err, err
+    assert existing.read_text() == "keep me"
+    out = tmp_path / "out.npz"
+    assert main(["convert", str(src), str(out)]) == 0
+    before = out.read_bytes()
+    assert main(["convert", str(tmp_path / "m.npz"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and err.count("\n") == 1 and out.read_bytes() == before
+    assert main(["convert", str(src), str(tmp_path / "out.orbax")]) == 2  # a folder is refused the same way
+    assert "a folder of that name exists" in capsys.readouterr().err
+    assert main(["convert", str(src), str(out), "--overwrite"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "out.orbax"), "--overwrite"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "o.npz"), "--format", "orbax"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_a_killed_save_leaves_no_output(tmp_path, monkeypatch):
+    from fastvit_jax import checkpoint
+
+    params = {"w": np.ones((4, 4), np.float32)}
+    real = np.savez
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # the process stopped mid-write
+
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_npz(params, tmp_path / "a.npz")
+    monkeypatch.setattr(np, "savez", real)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a.npz").write_bytes(b"old")
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_npz(params, tmp_path / "a.npz")
+    assert (tmp_path / "a.npz").read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
