@@ -16,7 +16,7 @@ import numpy as np
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
-from fastvit_jax.models.vit import VisionTransformer, posemb_sincos_2d
+from fastvit_jax.models.vit import VisionTransformer, observe, posemb_sincos_2d
 from fastvit_jax.report import pyplot, save_figure, write_json
 from fastvit_jax.runtime import Runtime
 
@@ -38,14 +38,12 @@ def block_statistics(config: ViTConfig, plan: MergePlan | None, params, images, 
 
     @jax.jit
     def run(p, x):
-        _, inter = model.apply({"params": p}, x, mutable=["intermediates"])
-        blocks = inter["intermediates"]["Transformer"]
+        _, blocks = observe(model, p, x)
         out = {}
-        for i in range(config.depth):
-            b = blocks[f"encoderblock_{i}"]
-            out[i] = {k: mean_pairwise_cosine(b[k][0]).mean() for k in STAGES}
+        for i, b in enumerate(blocks):
+            out[i] = {k: mean_pairwise_cosine(b[k]).mean() for k in STAGES}
             if "merged_similarity" in b:
-                out[i]["merged"] = b["merged_similarity"][0].mean()
+                out[i]["merged"] = b["merged_similarity"].mean()
         return out
 
     stats = jax.device_get(run(params, images))
@@ -85,7 +83,7 @@ def plot_analysis(token_stats: dict, merged: dict[str, list], posemb: dict, out_
     _label(ax, "cosine similarity of merged pairs")
     written += save_figure(fig, out_dir, "merged_similarity")
 
-    fig, axes = plt.subplots(1, len(posemb), figsize=(3 * len(posemb), 3))
+    fig, axes = plt.subplots(1, len(posemb), figsize=(3 * len(posemb) + 1, 3), layout="constrained")
     for ax, (ref, sim) in zip(np.atleast_1d(axes), posemb.items()):
         image = ax.imshow(sim, cmap="viridis", vmin=-1.0, vmax=1.0)
         ax.scatter([ref[1]], [ref[0]], c="r", s=12)

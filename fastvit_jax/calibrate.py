@@ -61,16 +61,14 @@ def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_pre
 @functools.lru_cache(maxsize=32)
 def _count_runner(config, plan, theta: tuple[float, ...], split: int, runtime: Runtime):
     """A compiled forward returning (depth, B) pair counts above each block's threshold."""
-    from fastvit_jax.models.vit import VisionTransformer
+    from fastvit_jax.models.vit import VisionTransformer, observe
 
     model = VisionTransformer(config, plan, runtime)
 
     @jax.jit
     def run(p, x):
-        _, inter = model.apply({"params": p}, x, mutable=["intermediates"])
-        blocks = inter["intermediates"]["Transformer"]
-        return jnp.stack([pair_counts(blocks[f"encoderblock_{i}"]["metric"][0],
-                                      blocks[f"encoderblock_{i}"]["size"][0], theta[i],
+        _, blocks = observe(model, p, x)
+        return jnp.stack([pair_counts(blocks[i]["metric"], blocks[i]["size"], theta[i],
                                       num_prefix=config.num_prefix, distill_token=config.distilled,
                                       size_distinctive=i >= split) for i in range(config.depth)])
 

@@ -493,12 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = plain
 
 
-def entry() -> None:
-    """The `fastvit` console script: main(), then leave without a crash-prone teardown after Ctrl-C."""
-    from fastvit_jax.errors import exit_process
-
-    exit_process(main())
-
-
 if __name__ == "__main__":
+    from fastvit_jax.__main__ import entry
+
     entry()

@@ -41,7 +41,8 @@ def save_figure(fig, out_dir: str | Path, stem: str, dpi: int = 150) -> list[Pat
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out its own way (a colour bar) keeps it
+        fig.tight_layout()
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
     for path in paths:
         fig.savefig(path, dpi=dpi)

@@ -40,6 +40,7 @@ def test_readme_library_section_runs_and_agrees_with_the_cli(capsys):
     assert code.count("import") == 1 and len(code.strip().splitlines()) <= 10
     scope: dict = {}
     exec(code, scope)  # noqa: S102 (README's own text)
+    capsys.readouterr()  # what README's own print wrote
     model, tome, lgtm, images = scope["model"], scope["tome"], scope["lgtm"], scope["images"]
     assert lgtm.gflops <= tome.gflops < model.gflops and scope["features"].shape == (4, 192)
     # logits: the same numbers as the forward built by hand, and the CLI's predict --json probabilities

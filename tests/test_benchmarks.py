@@ -165,3 +165,15 @@ def test_reducers_real_on_a_few_shared_images(shared_dir, tmp_path):
         if r["method"] == "tome":
             assert r["union_vs_tome"] == 0 and r["union_vs_tome_lo"] == r["union_vs_tome_hi"] == 0
     assert (out / "top1_vs_gflops.png").exists() and "paired" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_compile_cost_writes_its_rows(tmp_path, capsys):
+    out = tmp_path / "cc.json"
+    assert script("compile_cost").main(["--models", "vit_tiny_patch16_224", "--batch-sizes", "1", "--points",
+                                        "dense,ppt", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["point"] for r in rows] == ["dense", "ppt"] and rows[0]["vs_dense"] == 1.0
+    assert rows[0]["block_shapes"] == 1 and rows[1]["block_shapes"] == 4  # PPT reduces in 3 blocks
+    assert all(r["compile_s"] > 0 and r["ops"] > 100 for r in rows) and "compile_s" in capsys.readouterr().out
+    assert script("compile_cost").main(["--points", "nonsense", "--out", str(out)]) == 2

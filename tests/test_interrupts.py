@@ -76,8 +76,12 @@ def test_sigint_during_calibration_always_exits_130(tmp_path):
     env = dict(os.environ, FASTVIT_CACHE=str(tmp_path / "cache"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"))
     cmd = [sys.executable, "-m", "fastvit_jax", "plan", "--method", "atm", "--calibrate", str(asset_path("images")),
            "--calibration-images", "8", "--target-gflops", "0.7352"]
-    for delay in (2.0, 5.0, 8.0, 12.0):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell's background job and pytest-xdist's workers start children with SIGINT ignored; a
+    # terminal's Ctrl-C reaches a process with the default handler, so the child gets that back.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for delay in (0.5, 1.5, 4.0, 8.0, 12.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=default_sigint)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

@@ -24,9 +24,7 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge import methods
-from fastvit_jax.merge.apply import apply_op, merge_ahead
-from fastvit_jax.merge.metrics import random_metric
+from fastvit_jax.merge import step
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
 from fastvit_jax.models.resnet import resnet_stem
@@ -168,40 +166,15 @@ class Encoder1DBlock(nn.Module):
         y = norm(x)
         # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
         size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
-        merges = op.kind != "none" and op.r > 0
-        feature = methods.rule(op.rule).attention_feature if merges and op.kind == "global" else None
         mha = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
                                            name="MultiHeadDotProductAttention_1")
-        attn, feats = mha(y, size_log, feature=feature)
-        feats["x_pre"], feats["x"] = y, x
-        pick = lambda: (random_metric(jax.random.fold_in(merge_key, self.index), feats["k"].shape)
-                        if self.plan.metric == "random" else feats[self.plan.metric])
-        if merges and op.ahead:  # MCTF's one-step-ahead: merge the block input and its attention map first
-            metric = pick()
-            state, weights, merged_sim = merge_ahead(op, self.plan, state, metric, feats["attention_feature"],
-                                                     feats["weights"])
-            self.sow("intermediates", "merged_similarity", merged_sim)
-            attn, _ = mha(norm(state.x), weights=weights)
-            x = state.x + attn
-            for name, value in (("x_pre", y), ("x_attn", feats["x_attn"]), ("x_post", x)):  # as other blocks sow
-                self.sow("intermediates", name, value)
-            y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_2")(x)
-            return state._replace(x=x + MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y))
-        self.sow("intermediates", "x_pre", y)
-        self.sow("intermediates", "x_attn", feats["x_attn"])
-        x = x + attn
-        self.sow("intermediates", "x_post", x)
-        state = state._replace(x=x)
-        feats["x"] = x  # the tokens as they would merge
-        if self.plan.metric != "random":  # what the block matches (or would match) on: calibrate.py reads it
-            self.sow("intermediates", "metric", feats[self.plan.metric])
-            self.sow("intermediates", "size", state.size)
-        if merges:
-            metric = pick()
-            state, merged_sim = apply_op(op, self.plan, state, metric, self.index,
-                                         feats["attention_feature"], impl=self.runtime.merge_impl)
-            if merged_sim is not None:
-                self.sow("intermediates", "merged_similarity", merged_sim)
+        attn, feats = mha(y, size_log, feature=step.attention_feature(op))
+        inputs = step.BlockInputs(state, attn, {**feats, "x_pre": y},
+                                  reattend=lambda merged, weights: mha(norm(merged.x), weights=weights)[0])
+        state, observed = step.block_step(op, self.plan, inputs, block=self.index, merge_key=merge_key,
+                                          impl=self.runtime.merge_impl)
+        for name, value in observed.items():  # read back by `observe`
+            self.sow("intermediates", name, value)
         x = state.x
         y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_2")(x)
         y = MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y)
@@ -358,6 +331,14 @@ def check_images(images, size: int) -> None:
                            f"(model.preprocess(...) or fastvit_jax.data.Preprocess)")
     if shape[1:3] != (size, size):
         raise FastViTError(f"images are {shape[1]}x{shape[2]}, model expects {size}x{size}")
+
+
+def observe(model: VisionTransformer, params, images) -> tuple[jax.Array, list[dict]]:
+    """(logits, per block {name: array}): the model's output and what each block observed (x_pre,
+    x_attn, x_post, metric, size, merged_similarity: merge.step.block_step). Works under jit."""
+    out, variables = model.apply({"params": params}, images, mutable=["intermediates"])
+    blocks = variables["intermediates"]["Transformer"]
+    return out, [{k: v[0] for k, v in blocks.get(f"encoderblock_{i}", {}).items()} for i in range(model.config.depth)]
 
 
 def init_params(config: ViTConfig, key=None) -> dict:
