@@ -40,16 +40,16 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "atm_real.json"))
     args = p.parse_args(argv)
 
-    from fastvit_jax.bench import time_forwards
-    from fastvit_jax.calibrate import calibrate_to_budget
+    from fastvit_jax.studies.bench import time_forwards
+    from fastvit_jax.search.calibrate import calibrate_to_budget
     from fastvit_jax.data import image_folder, load_arrays
-    from fastvit_jax.demo import bundled_model
-    from fastvit_jax.flops import gflops
-    from fastvit_jax.forward import make_forward
+    from fastvit_jax.studies.demo import bundled_model
+    from fastvit_jax.merge.flops import gflops
+    from fastvit_jax.models.forward import make_forward
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
-    from fastvit_jax.stats import paired_difference
-    from fastvit_jax.tune import correct_per_image
+    from fastvit_jax.util.stats import paired_difference
+    from fastvit_jax.search.tune import correct_per_image
 
     params, config, pre = bundled_model()
     data = {}

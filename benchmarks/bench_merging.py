@@ -9,7 +9,7 @@ Prints a table (images/s, GFLOPs, measured and ideal speedup) and writes JSON wi
 All variants of a model, the peer's included, are compiled first and then timed in round-robin
 rounds (`--runs` of them), so a drift in machine speed hits them all alike.
 When torch and timm import, the same points are timed for the peer -- timm's ViT dense and with
-facebookresearch-style ToMe (fastvit_jax/peers/timm_tome.py; DFE = ToMe with the first blocks skipped;
+facebookresearch-style ToMe (benchmarks/timm_tome.py; DFE = ToMe with the first blocks skipped;
 LGTM has no peer) -- and `vs_peer` = our images/s / peer images/s.
 """
 
@@ -18,19 +18,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
-from fastvit_jax.bench import time_forwards
+from fastvit_jax.cli.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
+from fastvit_jax.studies.bench import time_forwards
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.runtime import MERGE_IMPLS, Runtime, resolve_merge_impl
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import get_entry
-from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.checkpoints.registry import get_entry
+from fastvit_jax.util.report import format_table, machine, write_json
 
 try:
     import timm  # noqa: F401 (the peer needs it, beside torch)
 
-    from fastvit_jax.peers import timm_tome  # needs torch + timm
+    import timm_tome  # needs torch + timm (beside this script)
 except ImportError:
     timm_tome = None
 

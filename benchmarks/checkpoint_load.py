@@ -22,7 +22,7 @@ import numpy as np
 
 WHOLE = """
 import sys, time, numpy as np
-from fastvit_jax import checkpoint  # imported alike, so "above import" compares the reads
+from fastvit_jax.checkpoints import checkpoint  # imported alike, so "above import" compares the reads
 t = time.perf_counter()
 with np.load(sys.argv[1]) as z:  # every member, as fastvit read npz files before
     flat = {k: np.asarray(z[k]) for k in z.files}
@@ -31,13 +31,13 @@ print(time.perf_counter() - t, [int(l.split()[1]) for l in open("/proc/self/stat
 """
 TOWER = """
 import sys, time
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 t = time.perf_counter()
 params, config = checkpoint.load(sys.argv[1])
 print(time.perf_counter() - t, [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
 """
 BASELINE = """
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 print(0.0, [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
 """
 
@@ -45,7 +45,7 @@ print(0.0, [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith
 def write_two_tower(path: Path, dtype: str) -> dict:
     import ml_dtypes
 
-    from fastvit_jax.checkpoint import expected_shapes
+    from fastvit_jax.checkpoints.checkpoint import expected_shapes
     from fastvit_jax.config import variant_config
 
     rng = np.random.default_rng(0)

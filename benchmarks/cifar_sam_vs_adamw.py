@@ -18,15 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from fastvit_jax.arguments import ArgumentParser, add_merge_args, merge_points
+from fastvit_jax.cli.arguments import ArgumentParser, add_merge_args, merge_points
 from fastvit_jax.data import image_folder, load_arrays, spread
 from fastvit_jax.errors import report_errors
-from fastvit_jax.hub import load_model
+from fastvit_jax.checkpoints.hub import load_model
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.report import pyplot, save_figure
-from fastvit_jax.sharpness import lambda_max
-from fastvit_jax.sweep import run_sweep
+from fastvit_jax.util.report import pyplot, save_figure
+from fastvit_jax.studies.sharpness import lambda_max
+from fastvit_jax.studies.sweep import run_sweep
 
 METHODS = ("tome", "dfe", "lgtm")
 
@@ -103,7 +103,7 @@ def main(argv=None):
         params, config, pre = load_model(f"vit_cifar_{name}" if path is None else args.model, path)
         grid = merge_points(args)  # r = 0 is dense: measured once
         points = [grid[0].replace(method="tome", r=0)] + [o for o in grid if o.r > 0]
-        rows = run_sweep(params, config, pre, ds, out / name / "sweep", points, batch_size=args.batch_size,
+        rows = run_sweep(config, params, pre, ds, out / name / "sweep", points, batch_size=args.batch_size,
                          bench_runs=args.bench_runs,
                          title=f"CIFAR-10 ViT ({name})")
         images, labels = load_arrays(spread(ds, args.sharp_images), pre, require_labels=True)

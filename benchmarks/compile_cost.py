@@ -23,14 +23,14 @@ import time
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.arguments import ArgumentParser, positive_int, positive_int_list
+from fastvit_jax.cli.arguments import ArgumentParser, positive_int, positive_int_list
 from fastvit_jax.errors import report_errors
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import get_entry
-from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.checkpoints.registry import get_entry
+from fastvit_jax.util.report import format_table, machine, write_json
 from fastvit_jax.runtime import Runtime
 
 # A typical budget per method (the methods' own schedules where they have one).

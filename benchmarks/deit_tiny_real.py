@@ -17,13 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from fastvit_jax.arguments import ArgumentParser
+from fastvit_jax.cli.arguments import ArgumentParser
 from fastvit_jax.data import image_folder
-from fastvit_jax.demo import bundled_model
+from fastvit_jax.studies.demo import bundled_model
 from fastvit_jax.errors import report_errors
 from fastvit_jax.merge.options import MergeOptions
-from fastvit_jax.report import markdown_table as md_table
-from fastvit_jax.sweep import run_sweep
+from fastvit_jax.util.report import markdown_table as md_table
+from fastvit_jax.studies.sweep import run_sweep
 
 METRICS = ("random", "x_pre", "x_attn", "k", "q", "v")
 
@@ -54,21 +54,21 @@ def main(argv=None):
     ds = image_folder(args.data).limit(args.limit)
     kw = dict(bench_runs=args.bench_runs, title="DeiT-Tiny/16, 1000 ImageNet samples")
     if args.remeasure_speed:
-        from fastvit_jax.sweep import remeasure_speed
+        from fastvit_jax.studies.sweep import remeasure_speed
 
         for d in sorted(p for p in out.iterdir() if (p / "results.jsonl").exists()):
-            remeasure_speed(params, config, d, runs=args.bench_runs, plot=d.name == "sweep", title=kw["title"])
+            remeasure_speed(config, params, d, runs=args.bench_runs, plot=d.name == "sweep", title=kw["title"])
     summary = {}
     grid = [MergeOptions(m, r) for m in ("tome", "dfe", "lgtm") for r in range(0, 17, 2)]
-    summary["sweep"] = run_sweep(params, config, pre, ds, out / "sweep", grid, **kw)
+    summary["sweep"] = run_sweep(config, params, pre, ds, out / "sweep", grid, **kw)
     summary["metrics"] = []
     for m in METRICS:
-        rows = run_sweep(params, config, pre, ds, out / f"metric_{m}",
+        rows = run_sweep(config, params, pre, ds, out / f"metric_{m}",
                          [MergeOptions(method, 8, metric=m) for method in ("tome", "drop")], plot=False, **kw)
         summary["metrics"] += rows
     summary["skip"] = []
     for s in range(4):
-        summary["skip"] += run_sweep(params, config, pre, ds, out / f"skip_{s}",
+        summary["skip"] += run_sweep(config, params, pre, ds, out / f"skip_{s}",
                                      [MergeOptions(method, 10, skip=s) for method in ("dfe", "lgtm")], plot=False, **kw)
     dense = next(r for r in summary["sweep"] if r["r"] == 0)
     for r in summary["skip"]:

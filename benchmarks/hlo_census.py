@@ -25,15 +25,15 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from fastvit_jax.arguments import ArgumentParser
+from fastvit_jax.cli.arguments import ArgumentParser
 from fastvit_jax.errors import report_errors
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import parse_points
 from fastvit_jax.merge.plan import MERGING_KINDS, make_plan
 from fastvit_jax.runtime import MERGE_IMPLS, Runtime, resolve_merge_impl
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import get_entry
-from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.checkpoints.registry import get_entry
+from fastvit_jax.util.report import format_table, machine, write_json
 
 KINDS = ("fusion", "dot", "sort", "scatter", "gather", "dynamic-slice", "custom-call", "while", "other")
 ACCELERATOR_HAZARDS = ("sort", "scatter", "gather", "top_k", "dynamic_slice", "while", "custom_call")

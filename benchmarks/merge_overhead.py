@@ -27,17 +27,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastvit_jax.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
-from fastvit_jax.bench import time_round_robin
+from fastvit_jax.cli.arguments import ArgumentParser, add_merge_args, add_speed_args, merge_points
+from fastvit_jax.studies.bench import time_round_robin
 from fastvit_jax.errors import report_errors
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import free_merging, make_plan
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import get_entry
+from fastvit_jax.checkpoints.registry import get_entry
 from fastvit_jax.runtime import Runtime, resolve_examples_per_step
-from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.util.report import format_table, machine, write_json
 
 
 def tome_bracket(config, target: float) -> tuple[int, int]:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvit_jax import checkpoint
-from fastvit_jax.arguments import ArgumentParser
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.cli.arguments import ArgumentParser
 from fastvit_jax.data import image_folder, load_arrays, spread
-from fastvit_jax.demo import bundled_model
+from fastvit_jax.studies.demo import bundled_model
 from fastvit_jax.errors import report_errors
-from fastvit_jax.hub import load_model
+from fastvit_jax.checkpoints.hub import load_model
 from fastvit_jax.merge.options import DEFAULT_WINDOW, MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.registry import DEFAULT_MODEL, asset_path, get_entry
-from fastvit_jax.report import format_table, write_json
-from fastvit_jax.visualize import final_sources, region_stats, token_map
+from fastvit_jax.checkpoints.registry import DEFAULT_MODEL, asset_path, get_entry
+from fastvit_jax.util.report import format_table, write_json
+from fastvit_jax.studies.visualize import final_sources, region_stats, token_map
 
 
 def matched_lgtm(config, tokens: int, skip: int, window: int):

@@ -90,12 +90,13 @@ def run(layout: str, args, workdir: Path, two_towers, images, class_lines) -> di
     import jax.numpy as jnp
 
     from fastvit_jax import zero_shot
-    from fastvit_jax.checkpoints.tree import flatten
-    from fastvit_jax.forward import make_forward
-    from fastvit_jax.hub import attach_zero_shot, load_model
+    from fastvit_jax.util.tree import flatten
+    from fastvit_jax.models.forward import make_forward
+    from fastvit_jax.checkpoints.hub import load_model
+    from fastvit_jax.zero_shot import attach_zero_shot
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
-    from fastvit_jax.tokenizer import Tokenizer
+    from fastvit_jax.zero_shot.tokenizer import Tokenizer
 
     scan, vocab, pad = (False, 32_000, 1) if layout == "siglip" else (True, 256_000, 0)
     model = two_towers.Model(**model_config(scan, vocab))

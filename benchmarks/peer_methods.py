@@ -134,8 +134,8 @@ def official_mctf(weights: Path, r: int):
 
 
 def ours(options):
-    from fastvit_jax.forward import make_forward
-    from fastvit_jax.hub import load_model
+    from fastvit_jax.models.forward import make_forward
+    from fastvit_jax.checkpoints.hub import load_model
     from fastvit_jax.merge.plan import make_plan
 
     params, config, _ = load_model("deit_tiny_patch16_224")
@@ -161,7 +161,7 @@ def compare(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> dict:
 
 def main(argv=None) -> int:
     from fastvit_jax.data import load_arrays, open_dataset
-    from fastvit_jax.hub import load_model
+    from fastvit_jax.checkpoints.hub import load_model
     from fastvit_jax.merge.options import MergeOptions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -19,21 +19,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fastvit_jax import budget
-from fastvit_jax.arguments import ArgumentParser
-from fastvit_jax.bench import time_forwards
+from fastvit_jax.search import budget
+from fastvit_jax.cli.arguments import ArgumentParser
+from fastvit_jax.studies.bench import time_forwards
 from fastvit_jax.data import image_folder, load_arrays
-from fastvit_jax.demo import bundled_model
+from fastvit_jax.studies.demo import bundled_model
 from fastvit_jax.errors import FastViTError, report_errors
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.report import format_table, markdown_table
-from fastvit_jax.stats import paired_difference, wilson_interval
-from fastvit_jax.sweep import sweep_settings
-from fastvit_jax.plan_file import save_plan
-from fastvit_jax.tune import Results, correct_per_image, describe, tune, tune_summary
+from fastvit_jax.util.report import format_table, markdown_table
+from fastvit_jax.util.stats import paired_difference, wilson_interval
+from fastvit_jax.studies.sweep import sweep_settings
+from fastvit_jax.checkpoints.plan_file import save_plan
+from fastvit_jax.search.tune import Results, correct_per_image, describe, tune, tune_summary
 
 SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
 METHODS = {  # label -> options (r, or the keep ratio, set per budget); the released methods on their own schedules
@@ -80,7 +80,7 @@ def main(argv=None):
     tome_at = {r: gflops(config, make_plan(config, MergeOptions("tome", r))) for r in TUNED_AT}
     budgets = sorted(set([float(b) for b in args.budgets.split(",") if b] + list(tome_at.values())))
     points = {(b, label): o for b in budgets for label, o in at_budget(config, methods, b).items()}
-    results = Results(out / "points", sweep_settings(params, config, pre, union, 32))
+    results = Results(out / "points", sweep_settings(config, params, pre, union, 32))
     todo = list(dict.fromkeys(o for o in points.values() if results.get("union", o) is None))
     for o in tqdm(todo, desc="points", unit="plan"):
         forward = make_forward(config, make_plan(config, o))
@@ -111,7 +111,7 @@ def main(argv=None):
     if not args.no_tune:
         for r in TUNED_AT:
             for cal, held in (("samples", "val1300"), ("val1300", "samples")):
-                res = tune(params, config, pre, sets[cal], target_gflops=tome_at[r], out=out / f"tune_{cal}_r{r}.json",
+                res = tune(config, params, pre, sets[cal], target_gflops=tome_at[r], out=out / f"tune_{cal}_r{r}.json",
                            # tune's tome covers DFE's skips and the decreasing schedule; its space holds the rest
                            methods=sorted({o.method for o in methods.values()} - {"dfe"}), progress=True)
                 best = res["best"]
@@ -175,14 +175,14 @@ def at_budget(config, methods: dict, gflops_budget: float) -> dict:
 
 def cifar(args, out: Path, methods: dict) -> None:
     """Each method at the budgets of ToMe r=13 and r=16 on the bundled CIFAR-10 pair (same images)."""
-    from fastvit_jax.hub import load_model
+    from fastvit_jax.checkpoints.hub import load_model
 
     rows = []
     for name in ("vit_cifar_adamw", "vit_cifar_sam"):
         params, config, pre = load_model(name)
         ds = image_folder(Path(args.shared) / "cifar10" / "test").limit(args.cifar_images)
         images, labels = load_arrays(ds, pre, require_labels=True)
-        results = Results(out / name, sweep_settings(params, config, pre, ds, 32))
+        results = Results(out / name, sweep_settings(config, params, pre, ds, 32))
         for r in TUNED_AT:
             at = gflops(config, make_plan(config, MergeOptions("tome", r)))
             points = at_budget(config, methods, at)

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvit_jax import budget
-from fastvit_jax.bench import time_forwards
+from fastvit_jax.search import budget
+from fastvit_jax.studies.bench import time_forwards
 from fastvit_jax.data import image_folder, load_arrays
-from fastvit_jax.demo import bundled_model
+from fastvit_jax.studies.demo import bundled_model
 from fastvit_jax.errors import report_errors
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.report import format_table, machine, write_json
+from fastvit_jax.util.report import format_table, machine, write_json
 from fastvit_jax.runtime import Runtime
-from fastvit_jax.stats import paired_difference
-from fastvit_jax.tune import correct_per_image
+from fastvit_jax.util.stats import paired_difference
+from fastvit_jax.search.tune import correct_per_image
 
 SETS = {"samples": "imagenet-samples", "val1300": "imagenet-val-1300"}
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import jax
 
-from fastvit_jax.arguments import ArgumentParser
+from fastvit_jax.cli.arguments import ArgumentParser
 from fastvit_jax.data import load_arrays, open_dataset, spread
 from fastvit_jax.errors import report_errors
-from fastvit_jax.hub import load_model
+from fastvit_jax.checkpoints.hub import load_model
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.report import format_table
-from fastvit_jax.sharpness import lambda_max
+from fastvit_jax.util.report import format_table
+from fastvit_jax.studies.sharpness import lambda_max
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastvit_jax.arguments import ArgumentParser
+from fastvit_jax.cli.arguments import ArgumentParser
 from fastvit_jax.errors import report_errors
 
 

@@ -36,13 +36,13 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
 
-    from fastvit_jax.bench import time_forwards
-    from fastvit_jax.flops import text_gflops
+    from fastvit_jax.studies.bench import time_forwards
+    from fastvit_jax.merge.flops import text_gflops
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
     from fastvit_jax.models.text import TextConfig, TextTransformer, init_text_params
     from fastvit_jax.models.vit import init_params
-    from fastvit_jax.registry import REGISTRY
+    from fastvit_jax.checkpoints.registry import REGISTRY
     from fastvit_jax.zero_shot import read_templates
 
     config = REGISTRY["siglip_base_patch16_224"].config

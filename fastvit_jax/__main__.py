@@ -2,6 +2,7 @@
 
 import signal
 import sys
+from fastvit_jax.errors import INTERRUPTED, exit_process
 
 
 def entry() -> None:
@@ -9,7 +10,6 @@ def entry() -> None:
     and exit 130. During the imports (a few seconds) an interrupt is only remembered and honoured
     once they finish: raised there, it can land in a library's callback, where Python prints a
     traceback and carries on."""
-    from fastvit_jax.errors import INTERRUPTED, exit_process
 
     interrupted = []
 

@@ -19,11 +19,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from fastvit_jax.config import ViTConfig
-from fastvit_jax.data import Preprocess
+from fastvit_jax.data import Dataset, Preprocess, _is_image, label_names, load_image, open_dataset
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, as_options, make_plan
 from fastvit_jax.runtime import Runtime
+from fastvit_jax.checkpoints.plan_file import load_plan_options
+from fastvit_jax.search.budget import options_for_target
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.studies.evaluate import check_finite_logits, evaluate, top_predictions
+from fastvit_jax.studies.embed import embed
+from fastvit_jax.studies.bench import compare
+from fastvit_jax.studies.sharpness import measure
+from fastvit_jax.studies.visualize import paint_plans
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.zero_shot import Prompts, attach_zero_shot, read_classes, read_templates
+from fastvit_jax.models.vit import check_images
+from fastvit_jax.checkpoints.registry import ALIASES, DEFAULT_MODEL, REGISTRY, asset_path
+from fastvit_jax.checkpoints.sources import is_remote
+from fastvit_jax.checkpoints.hub import load_model
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,7 +72,6 @@ class Model:
                 raise FastViTError("merge(plan) takes no other options: the plan says everything")
             return dataclasses.replace(self, plan=method)
         if isinstance(method, (str, os.PathLike)) and str(method).endswith(".json"):
-            from fastvit_jax.plan_file import load_plan_options
 
             options = load_plan_options(str(method), self.config)
         else:
@@ -69,7 +82,6 @@ class Model:
             raise FastViTError("a budget (target_gflops / target_speedup) needs a merging method, e.g. merge('tome', "
                                "target_gflops=...)")
         if target_gflops is not None or target_speedup is not None:
-            from fastvit_jax.budget import options_for_target
 
             options = options_for_target(self.config, options, gflops_target=target_gflops,
                                          speedup_target=target_speedup, measured=False, params=self.params)
@@ -89,7 +101,6 @@ class Model:
     @property
     def forward(self):
         """The jit-compiled forward(params, images[, merge_key]) -> logits of this plan and runtime."""
-        from fastvit_jax.forward import make_forward
 
         return make_forward(self.config, self.plan, self.runtime)
 
@@ -105,7 +116,6 @@ class Model:
         one or a list, with this model's preprocessing."""
         from PIL import Image
 
-        from fastvit_jax.data import load_image
 
         items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) or (
             isinstance(images, np.ndarray) and images.ndim == 3) else list(images)
@@ -138,7 +148,6 @@ class Model:
         PIL images, uint8 arrays, or preprocessed float arrays (B, H, W, 3)."""
         import jax
 
-        from fastvit_jax.evaluate import check_finite_logits, top_predictions
 
         logits = np.asarray(self(self._inputs(images)), np.float32)
         check_finite_logits(logits)
@@ -150,14 +159,12 @@ class Model:
     @property
     def labels(self) -> list[str]:
         """The name of every output: the zero-shot classes, else the head's label set (ImageNet's...)."""
-        from fastvit_jax.data import label_names
 
         return list(self.class_names) if self.class_names else label_names(self.config.num_classes)
 
     def embed(self, images, *, tokens: bool = False, batch_size: int = 32) -> dict[str, np.ndarray]:
         """{"features": (B, D)}: the pooled feature before the head (merged: the size-weighted pool).
         tokens=True adds "tokens" (B, N, width), "sizes" (B, N) and "sources" (B, N, patches)."""
-        from fastvit_jax.embed import embed
 
         return embed(self.config, self.params, _checked(self._inputs(images), self.config.image_size), self.plan,
                      tokens=tokens, batch_size=batch_size, runtime=self.runtime)
@@ -165,7 +172,6 @@ class Model:
     def evaluate(self, data=None, *, limit: int | None = None, batch_size: int = 32, progress: bool = True) -> dict:
         """Top-1 / top-5 and images/s on labelled images: an image folder, a packed .npz, tfds:NAME[:SPLIT]
         or a Dataset; None: the bundled images. limit: N images spread evenly over the set."""
-        from fastvit_jax.evaluate import evaluate
 
         ds = _dataset(data).limit(limit)
         res = evaluate(self.forward, self.params, ds, self.preprocessing, batch_size=batch_size, progress=progress,
@@ -175,7 +181,6 @@ class Model:
     def benchmark(self, *, batch_size: int = 32, runs: int = 20) -> dict:
         """This model against its dense self, timed round-robin on this machine: {"dense", "merged",
         "speedup" (measured), "ideal_speedup" (FLOPs ratio), ...}, each with images_per_s and compile_s."""
-        from fastvit_jax.bench import compare
 
         plan = self.plan if self.plan is not None else make_plan(self.config)
         return compare(self.config, self.params, plan, batch_size=batch_size, runs=runs, runtime=self.runtime)
@@ -184,7 +189,6 @@ class Model:
                   solver: str = "power", progress: bool = True) -> dict:
         """lambda_max, the dominant Hessian eigenvalue of the loss at these weights (this plan), on
         num_images labelled images spread over data (None: the bundled images)."""
-        from fastvit_jax.sharpness import measure
 
         return measure(self.config, self.params, self.preprocessing, _dataset(data), self.plan,
                        num_images=num_images, micro_batch=micro_batch, iters=iters, solver=solver, progress=progress,
@@ -193,8 +197,6 @@ class Model:
     def visualize(self, image, out: str | os.PathLike, *, compare_with: "Model | None" = None) -> dict:
         """Paint which patches each final token holds (Figure 7) into out (.png); compare_with: a second
         merged Model painted beside this one. Returns the region statistics per plan."""
-        from fastvit_jax.data import load_image
-        from fastvit_jax.visualize import paint_plans
 
         plans = [self.plan or make_plan(self.config)] + ([compare_with.plan] if compare_with is not None else [])
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
@@ -204,7 +206,6 @@ class Model:
     @property
     def gflops(self) -> float:
         """GFLOPs per image of this plan (multiply-adds x 2, as the paper counts)."""
-        from fastvit_jax.flops import gflops
 
         return gflops(self.config, self.plan)
 
@@ -216,7 +217,6 @@ class Model:
         from the file's text tower, cached. class_names: a list (aliases comma-separated), a file of one
         class a line, or None (ImageNet-1k as CLIP names them); templates: a bundled set ("clip",
         "clip-best", "none"), a file, or a list holding "{}"."""
-        from fastvit_jax.hub import attach_zero_shot
 
         prompts = make_prompts(class_names, templates, all_aliases)
         notes: list[str] = []
@@ -251,7 +251,6 @@ class Model:
 
 def make_prompts(class_names, templates, all_aliases: bool = False):
     """zero_shot.Prompts from lists or files (None: ImageNet-1k's CLIP names)."""
-    from fastvit_jax.zero_shot import Prompts, read_classes, read_templates
 
     if class_names is None or isinstance(class_names, (str, os.PathLike)):
         classes, classes_from = read_classes(class_names)
@@ -271,7 +270,6 @@ def make_prompts(class_names, templates, all_aliases: bool = False):
 
 def _checked(images, size: int):
     """Refuse what is not model input before tracing (one FastViTError naming what was expected)."""
-    from fastvit_jax.models.vit import check_images
 
     if isinstance(images, (list, tuple, str, os.PathLike)):
         raise FastViTError("model(images) takes a preprocessed array (B, H, W, 3); for paths or PIL images use "
@@ -282,8 +280,6 @@ def _checked(images, size: int):
 
 
 def _dataset(data):
-    from fastvit_jax.data import Dataset, open_dataset
-    from fastvit_jax.registry import asset_path
 
     if isinstance(data, Dataset):
         return data
@@ -292,16 +288,12 @@ def _dataset(data):
 
 def bundled_images() -> list[Path]:
     """The 32 ImageNet validation images shipped with the package (one per class shown), sorted."""
-    from fastvit_jax.data import _is_image
-    from fastvit_jax.registry import asset_path
 
     return sorted(p for p in asset_path("images").iterdir() if _is_image(p))
 
 
 def _is_name(source: str) -> bool:
     """A registered model name (ours or Google's), not something on disk or remote."""
-    from fastvit_jax.checkpoints.sources import is_remote
-    from fastvit_jax.registry import ALIASES, REGISTRY
 
     if is_remote(source) or Path(source).exists():
         return False
@@ -319,7 +311,6 @@ def load(source: str | os.PathLike | None = None, *, model: str | None = None, g
     (its preprocessing) when the file does not; gelu / preprocessing / crop_pct override what the
     files say; tower: the image tower of a two-tower file; random_weights: the named architecture,
     randomly initialised. What was assumed is in model.notes."""
-    from fastvit_jax.hub import load_model
 
     name, path = model, None
     if source is not None:
@@ -332,7 +323,6 @@ def load(source: str | os.PathLike | None = None, *, model: str | None = None, g
     notes: list[str] = []
     params, config, pre = load_model(name, path, gelu=gelu, preprocessing=preprocessing, crop_pct=crop_pct,
                                      random_weights=random_weights, notes=notes, tower=tower)
-    from fastvit_jax.registry import DEFAULT_MODEL
 
     label = str(path) if path is not None else name or f"{DEFAULT_MODEL} (bundled)"
     return Model(params, config, pre, None, runtime or Runtime(), label, tuple(notes),

@@ -18,7 +18,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 def google_checkpoint(config, seed=0):
     """Flat {key: array} in the exact Google .npz layout, with realistic scales (random values)."""
-    from fastvit_jax.checkpoint import expected_shapes
+    from fastvit_jax.checkpoints.checkpoint import expected_shapes
 
     rng = np.random.default_rng(seed)
     flat = {}

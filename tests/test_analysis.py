@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import TINY, google_checkpoint
-from fastvit_jax import analysis, checkpoint
+from fastvit_jax.studies import analysis
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import VisionTransformer
-from fastvit_jax.registry import asset_path
+from fastvit_jax.checkpoints.registry import asset_path
 
 
 def test_mean_pairwise_cosine_by_loops():
@@ -27,7 +28,7 @@ def test_block_statistics_match_intermediates():
     params = checkpoint.unflatten(google_checkpoint(TINY))
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     plan = make_plan(TINY, MergeOptions("tome", 5))
-    stats = analysis.block_statistics(TINY, plan, params, images)
+    stats = analysis.block_statistics(TINY, params, images, plan)
     _, inter = VisionTransformer(TINY, plan).apply({"params": params}, images, mutable=["intermediates"])
     blk = inter["intermediates"]["Transformer"]["encoderblock_2"]
     x = np.asarray(blk["x_post"][0])  # (3, n, d) tokens after attention, before merging
@@ -36,7 +37,7 @@ def test_block_statistics_match_intermediates():
     want = np.mean([(u[b] @ u[b].T - np.eye(n)).sum() / (n * (n - 1)) for b in range(3)])
     np.testing.assert_allclose(stats["x_post"][2], want, rtol=1e-4)
     assert all(m is not None and -1 <= m <= 1 for m in stats["merged"])
-    assert analysis.block_statistics(TINY, None, params, images)["merged"] == [None] * TINY.depth
+    assert analysis.block_statistics(TINY, params, images, None)["merged"] == [None] * TINY.depth
 
 
 def test_posemb_similarity():
@@ -75,7 +76,7 @@ def test_block_statistics_of_a_one_step_ahead_plan(tiny_config):
     """MCTF's blocks merge before their attention output; they report the same stages as any block."""
     params = checkpoint.unflatten(google_checkpoint(tiny_config))
     images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-    stats = analysis.block_statistics(tiny_config, make_plan(tiny_config, MergeOptions("mctf", 6, skip=1)), params,
-                                      images)
+    stats = analysis.block_statistics(tiny_config, params, images,
+                                      make_plan(tiny_config, MergeOptions("mctf", 6, skip=1)))
     assert all(np.isfinite(v) for k in analysis.STAGES for v in stats[k])
     assert [m is not None for m in stats["merged"]] == [False, True, True, True]

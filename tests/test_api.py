@@ -14,7 +14,7 @@ import pytest
 import fastvit_jax as fv
 from conftest import TINY, google_checkpoint
 from fastvit_jax.cli import main
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 

@@ -13,10 +13,10 @@ import pytest
 
 import reference
 from conftest import TINY, google_checkpoint
-from fastvit_jax import calibrate
+from fastvit_jax.search import calibrate
 from fastvit_jax.cli import main
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
@@ -67,7 +67,7 @@ def test_thresholds_are_the_papers_formula():
 @pytest.fixture(scope="module")
 def tiny():
     flat = google_checkpoint(TINY, seed=5)
-    from fastvit_jax.checkpoints.tree import unflatten
+    from fastvit_jax.util.tree import unflatten
 
     params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
     images = np.random.default_rng(0).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.registry import REGISTRY
+from fastvit_jax.checkpoints.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_bench_merging_round_robin_table(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_merge_overhead_brackets_and_reports(tmp_path, capsys):
-    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.flops import gflops
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
 

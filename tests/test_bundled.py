@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from checkpoints_convert import timm_vit
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.data import batches, image_folder
-from fastvit_jax.demo import bundled_model
-from fastvit_jax.forward import make_forward
-from fastvit_jax.registry import asset_path
+from fastvit_jax.studies.demo import bundled_model
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.checkpoints.registry import asset_path
 
 
 def test_bundled_round_trips_bit_exactly(tmp_path):
@@ -78,7 +78,7 @@ def test_bundled_cifar_loads_by_name(tmp_path, capsys, name):
 def test_bundled_cifar_accuracy_on_real_test_images(name, correct):
     """Recorded when the models were bundled: correct of 500 test images (spread over the classes)."""
     from fastvit_jax.data import load_arrays, spread
-    from fastvit_jax.hub import load_model
+    from fastvit_jax.checkpoints.hub import load_model
 
     params, config, pre = load_model(name)
     images, labels = load_arrays(spread(image_folder(CIFAR_TEST), 500), pre)

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import google_checkpoint
 from checkpoints_convert import timm_vit
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.forward import make_forward
-from fastvit_jax.registry import REGISTRY
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.checkpoints.registry import REGISTRY
 
 
 def _write(tmp_path, flat, name="c.npz"):
@@ -113,7 +113,7 @@ def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
 
 
 def test_same_file_names_in_different_folders_are_cached_apart():
-    from fastvit_jax.registry import REGISTRY
+    from fastvit_jax.checkpoints.registry import REGISTRY
 
     paths = [checkpoint.cache_path(e.url) for e in REGISTRY.values() if e.url]
     assert len(paths) == len(set(paths))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 
@@ -52,7 +52,7 @@ def test_predict_json(setup, capsys):
 
 def test_predict_matches_library(setup, capsys):
     from fastvit_jax.data import Preprocess, load_image
-    from fastvit_jax.forward import make_forward
+    from fastvit_jax.models.forward import make_forward
     import jax
 
     cfg, ckpt, imgs = setup
@@ -117,7 +117,7 @@ def test_errors_are_one_line(capsys, argv, msg):
 
 def test_download_error_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path))
-    from fastvit_jax import registry
+    from fastvit_jax.checkpoints import registry
 
     entry = registry.REGISTRY["vit_small_patch16_224"]
     monkeypatch.setitem(registry.REGISTRY, "vit_small_patch16_224",
@@ -147,7 +147,7 @@ def test_deit_accuracy_on_shared_samples(shared_dir, capsys, tmp_path):
 @pytest.mark.slow
 def test_sharpness_json(capsys):
     """Bundled model, 4 bundled images: lambda_max reported with the iteration and HVP counts."""
-    from fastvit_jax.registry import asset_path
+    from fastvit_jax.checkpoints.registry import asset_path
 
     code, out, _ = run(capsys, "sharpness", "--data", str(asset_path("images")), "--num-images", "4",
                        "--micro-batch", "2", "--iters", "3", "--json")
@@ -176,9 +176,9 @@ def test_target_speedup_measured_on_sharpness_and_visualize(setup, capsys, tmp_p
     """--target-speedup --speedup-by measured times with the command's params: a result, not a traceback.
     Timing is replaced by the FLOPs ratio here so the search is deterministic (and fast: a real
     measured search times ~8 plans, ~100 s on this CPU); bench's timing itself is tested elsewhere."""
-    from fastvit_jax import bench
-    from fastvit_jax.flops import gflops
-    from fastvit_jax.registry import asset_path
+    from fastvit_jax.studies import bench
+    from fastvit_jax.merge.flops import gflops
+    from fastvit_jax.checkpoints.registry import asset_path
 
     cfg, ckpt, imgs = setup
     timed = []
@@ -213,7 +213,7 @@ def test_files_say_what_they_are(setup, capsys, tmp_path):
     for dst in ("described.npz", "described_orbax"):
         code, out, _ = run(capsys, "convert", str(ckpt), str(tmp_path / dst), "--model", "deit_tiny_patch16_224")
         assert code == 0 and "exact GELU, deit preprocessing" in out and "assumed" not in out
-        from fastvit_jax.hub import load_model
+        from fastvit_jax.checkpoints.hub import load_model
 
         notes = []
         _, config, pre = load_model(path=tmp_path / dst, notes=notes)

@@ -176,7 +176,7 @@ def test_r_without_method_is_refused_and_method_without_r_noted(capsys):
 
 
 def test_tables_format_rates_alike():
-    from fastvit_jax.report import format_table
+    from fastvit_jax.util.report import format_table
 
     text = format_table([{"images_per_s": 8.123456, "compile_s": 0.5, "top1": 0.79}, {"images_per_s": 123.456}],
                         ["images_per_s", "compile_s", "top1"])

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY, google_checkpoint
 from PIL import Image
 
-from fastvit_jax import lock
+from fastvit_jax.util import lock
 from fastvit_jax.cli import main
 from fastvit_jax.errors import FastViTError
 
@@ -36,7 +36,7 @@ def tiny_files(tmp_path):
 
 
 # ---------------------------------------------------------------- one writer per output
-HOLD = ("import sys, time\nfrom fastvit_jax.lock import exclusive\n"
+HOLD = ("import sys, time\nfrom fastvit_jax.util.lock import exclusive\n"
         "with exclusive(sys.argv[1], folder=True):\n    print('held', flush=True)\n    time.sleep(600)\n")
 
 
@@ -67,13 +67,13 @@ def test_a_second_sweep_into_the_same_out_is_refused_and_a_dead_holder_does_not_
 
 
 def test_tune_and_train_hold_their_outputs(tmp_path):
-    from fastvit_jax import train as train_mod
-    from fastvit_jax import tune as tune_mod
+    from fastvit_jax.studies import train as train_mod
+    from fastvit_jax.search import tune as tune_mod
 
     out = tmp_path / "plan.json"
     with lock.exclusive(tmp_path / "plan.json.tune", folder=True), \
             pytest.raises(FastViTError, match=f"plan.json.tune is being written by pid {os.getpid()}"):
-        tune_mod.tune(None, TINY, None, None, target_gflops=1.0, out=out, methods=["tome"])
+        tune_mod.tune(TINY, None, None, None, target_gflops=1.0, out=out, methods=["tome"])
     with lock.exclusive(tmp_path / "w.npz.state", folder=True), \
             pytest.raises(FastViTError, match="w.npz.state is being written by pid"):
         train_mod.train(TINY, None, None, None, train_mod.TrainConfig(), tmp_path / "w.npz")
@@ -116,7 +116,7 @@ def test_nan_weight_is_refused_naming_the_parameter(tiny_files, tmp_path, capsys
 def test_non_finite_logits_stop_the_evaluation(tiny_files):
     """Finite weights whose forward overflows (as bf16 can): no accuracy is reported."""
     from fastvit_jax.data import Preprocess, image_folder
-    from fastvit_jax.evaluate import evaluate
+    from fastvit_jax.studies.evaluate import evaluate
 
     _, data = tiny_files
     overflow = lambda params, images: np.where(np.arange(10) == 3, np.inf, 0.0) * np.ones((len(images), 1))
@@ -159,7 +159,7 @@ os.abort()
 
 
 def test_the_supervisor_turns_a_runtime_abort_into_one_line(capfd):
-    from fastvit_jax import supervise
+    from fastvit_jax.util import supervise
 
     assert supervise.run([], program=[sys.executable, "-c", ABORTS]) == 1
     err = capfd.readouterr().err

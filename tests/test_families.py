@@ -13,16 +13,16 @@ from PIL import Image
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig, variant_config
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import VisionTransformer
-from fastvit_jax.registry import ALIASES, REGISTRY, get_entry
+from fastvit_jax.checkpoints.registry import ALIASES, REGISTRY, get_entry
 
 SMALL = dict(width=32, depth=3, heads=2, mlp_dim=64, num_classes=10)
 FAMILIES = {
@@ -271,7 +271,7 @@ def test_google_names_are_aliases():
 
 @pytest.mark.parametrize("family", ["hybrid", "map", "gap_sincos"])
 def test_gflops_count_the_stem_and_heads_like_xla(family):
-    from fastvit_jax.flops import model_macs, xla_flops
+    from fastvit_jax.merge.flops import model_macs, xla_flops
 
     config = FAMILIES[family].replace(width=192, heads=3, mlp_dim=768)  # MACs dominate as in real models
     params = checkpoint.unflatten(google_checkpoint(config))

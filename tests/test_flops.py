@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fastvit_jax.config import variant_config
-from fastvit_jax.flops import gflops, model_macs, xla_flops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops, model_macs, xla_flops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
@@ -49,7 +49,7 @@ def test_text_tower_gflops_match_xla():
     import jax
     import jax.numpy as jnp
 
-    from fastvit_jax.flops import text_gflops
+    from fastvit_jax.merge.flops import text_gflops
     from fastvit_jax.models.text import TextConfig, TextTransformer, init_text_params
 
     for pool in ("last", "map"):

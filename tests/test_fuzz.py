@@ -21,11 +21,11 @@ from conftest import TINY, google_checkpoint
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.checkpoints import timm as timm_layout
-from fastvit_jax.checkpoints.tree import unflatten
+from fastvit_jax.util.tree import unflatten
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 
 EXAMPLES = int(os.environ.get("FASTVIT_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -116,7 +116,7 @@ def _check(kind, tmp_path, weights: bytes, config: bytes, may_differ: bool):
     event(f"{status}{' (may differ)' if may_differ else ''}")
     if status == "loaded" and not np.isfinite(got).all():
         # finite weights can still overflow (a flipped exponent bit): evaluation stops in one line
-        from fastvit_jax.evaluate import check_finite_logits
+        from fastvit_jax.studies.evaluate import check_finite_logits
 
         assert may_differ
         with pytest.raises(FastViTError, match="NaN/Inf logits"):
@@ -286,7 +286,7 @@ def _plan_text():
 
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
-    from fastvit_jax.plan_file import save_plan
+    from fastvit_jax.checkpoints.plan_file import save_plan
 
     path = Path(tempfile.mkdtemp()) / "p.json"
     save_plan(path, TINY, make_plan(TINY, MergeOptions("tome", 3)))
@@ -304,7 +304,7 @@ def _leaves(tree, prefix=()):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_plan_files(tmp_path, data):
-    from fastvit_jax.plan_file import load_plan_options
+    from fastvit_jax.checkpoints.plan_file import load_plan_options
 
     record = json.loads(_plan_text())
     if data.draw(st.booleans()):
@@ -345,7 +345,7 @@ def _spm_bytes():
 def test_fuzz_tokenizer_and_prompt_files(tmp_path, data):
     """A damaged SentencePiece model, class-name or template file: one line, or it works."""
     from fastvit_jax import zero_shot
-    from fastvit_jax.tokenizer import Tokenizer
+    from fastvit_jax.zero_shot.tokenizer import Tokenizer
 
     path = tmp_path / "t.model"
     path.write_bytes(_mutate_bytes(_spm_bytes(), data)[0])
@@ -404,7 +404,7 @@ def test_npz_bomb_refused_before_it_inflates(tmp_path):
 def test_declared_ceiling_in_every_zip_reader(tmp_path):
     """The ceiling is read from zip headers too (PyTorch's format is a zip): a member whose header
     declares far more than is stored is refused without inflating it."""
-    from fastvit_jax.untrusted import check_zip
+    from fastvit_jax.util.untrusted import check_zip
 
     path = tmp_path / "x.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -414,7 +414,7 @@ def test_declared_ceiling_in_every_zip_reader(tmp_path):
 
 
 def test_json_ceiling(tmp_path):
-    from fastvit_jax.untrusted import MAX_JSON_BYTES, read_json
+    from fastvit_jax.util.untrusted import MAX_JSON_BYTES, read_json
 
     big = tmp_path / "config.json"
     with open(big, "wb") as f:

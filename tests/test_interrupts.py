@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, google_checkpoint
-from fastvit_jax import calibrate
+from fastvit_jax.search import calibrate
 from fastvit_jax.cli import main
-from fastvit_jax.registry import asset_path
+from fastvit_jax.checkpoints.registry import asset_path
 
 
 def _tiny_setup(tmp_path):
@@ -34,7 +34,7 @@ def _tiny_setup(tmp_path):
 
 def test_interrupted_calibration_resumes_to_the_same_plan(tmp_path, capsys, monkeypatch):
     path, data = _tiny_setup(tmp_path)
-    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.flops import gflops
 
     target = f"{0.6 * gflops(TINY, None):.6f}"
     argv = lambda out: [str(a) for a in ["plan", "--checkpoint", path, "--gelu", "tanh", "--preprocessing",
@@ -119,7 +119,7 @@ def test_convert_refuses_an_existing_output_and_unknown_extensions(tmp_path, cap
 
 
 def test_a_killed_save_leaves_no_output(tmp_path, monkeypatch):
-    from fastvit_jax import checkpoint
+    from fastvit_jax.checkpoints import checkpoint
 
     params = {"w": np.ones((4, 4), np.float32)}
     real = np.savez

@@ -18,12 +18,12 @@ from safetensors.numpy import save_file
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.forward import make_forward
-from fastvit_jax.hub import load_model
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.checkpoints.hub import load_model
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 
@@ -182,7 +182,7 @@ def test_siglip_vision_tower_of_a_siglip_model(tmp_path):
     assert (config.pool, config.gelu, pre.interpolation) == ("map", "tanh", "bicubic")
     images = _images()
     want = reference.forward(flat, images, heads=2, pool="map", features=True)
-    from fastvit_jax.embed import embed
+    from fastvit_jax.studies.embed import embed
 
     np.testing.assert_allclose(embed(config, params, images)["features"], want, atol=2e-4, rtol=1e-4)
 
@@ -266,7 +266,7 @@ def test_bfloat16_npz_and_one_tower_of_two(tmp_path):
     params, config = checkpoint.load(tmp_path / "bf16.npz")
     exact = {k: np.asarray(v, np.float32) for k, v in bf16.items()}
     images = _images()
-    from fastvit_jax.embed import embed
+    from fastvit_jax.studies.embed import embed
 
     want = reference.forward(exact, images, heads=2, pool="map", features=True)
     np.testing.assert_allclose(embed(config, params, images)["features"], want, atol=2e-4, rtol=1e-4)

@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
-from fastvit_jax.forward import make_forward
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge import bipartite
 from fastvit_jax.merge.local import local_merge, sort_grid
 from fastvit_jax.merge.options import MergeOptions

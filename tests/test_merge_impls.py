@@ -11,11 +11,11 @@ from jax import export
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge import bipartite, local, metrics, onehot
 from fastvit_jax.merge.apply import global_merge
 from fastvit_jax.merge.options import MergeOptions

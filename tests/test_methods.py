@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, google_checkpoint
-from fastvit_jax import checkpoint, tune
-from fastvit_jax.flops import gflops, model_macs
-from fastvit_jax.forward import make_forward
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.search import tune
+from fastvit_jax.merge.flops import gflops, model_macs
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge import methods, reducers
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan

@@ -7,9 +7,9 @@ import pytest
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.config import variant_config
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.runtime import Runtime
 from fastvit_jax.merge.options import MergeOptions
@@ -103,8 +103,8 @@ def test_bfloat16_top5_agrees_on_real_images():
     """The bundled DeiT-Tiny on its 32 real images, ToMe r=13: bfloat16 keeps float32's top-1 in
     its top-5 on every image, and the same top-1 on nearly all."""
     from fastvit_jax.data import image_folder, load_arrays
-    from fastvit_jax.demo import bundled_model
-    from fastvit_jax.registry import asset_path
+    from fastvit_jax.studies.demo import bundled_model
+    from fastvit_jax.checkpoints.registry import asset_path
 
     params, config, pre = bundled_model()
     images, _ = load_arrays(image_folder(asset_path("images")), pre)
@@ -173,7 +173,7 @@ def test_auto_examples_per_step_fits_the_cache():
 @pytest.mark.parametrize("batch,per_step,sizes", [(32, 17, [16] * 32), (5, 2, [2, 2, 2, 2, 1]), (3, 8, [3] * 3),
                                                   (7, 3, [3] * 6 + [1])])
 def test_in_steps_balances_the_steps(batch, per_step, sizes):
-    from fastvit_jax.forward import in_steps
+    from fastvit_jax.models.forward import in_steps
 
     step_size = lambda x, key: jnp.full((x.shape[0],), x.shape[0])  # each example reports its step's size
     got = in_steps(step_size, jnp.zeros((batch, 2)), jax.random.PRNGKey(0), per_step)

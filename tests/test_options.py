@@ -9,10 +9,11 @@ import pytest
 
 import reference
 from conftest import TINY, google_checkpoint
-from fastvit_jax import arguments, checkpoint
+from fastvit_jax.cli import arguments
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.config import variant_config
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import DEFAULT_WINDOW, MergeOptions, parse_methods, parse_points
 from fastvit_jax.merge.plan import free_merging, make_plan
 

@@ -9,21 +9,21 @@ import textwrap
 import numpy as np
 import pytest
 
-from fastvit_jax import budget
+from fastvit_jax.search import budget
 from fastvit_jax.config import variant_config
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import gflops
+from fastvit_jax.merge.flops import gflops
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     from conftest import google_checkpoint
-    from fastvit_jax import checkpoint
+    from fastvit_jax.checkpoints import checkpoint
     from fastvit_jax.config import ViTConfig
     from fastvit_jax.data import Dataset, Preprocess
-    from fastvit_jax.evaluate import evaluate
-    from fastvit_jax.forward import make_forward
+    from fastvit_jax.studies.evaluate import evaluate
+    from fastvit_jax.models.forward import make_forward
     from fastvit_jax.merge.options import MergeOptions
     from fastvit_jax.merge.plan import make_plan
     from PIL import Image
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
     fwd = make_forward(cfg, plan)
     res = evaluate(fwd, params, ds, Preprocess("inception", 32), batch_size=3, progress=False)
     x = np.stack([Preprocess("inception", 32)(im) for im in imgs])
-    from fastvit_jax import parallel
+    from fastvit_jax.util import parallel
     if len(jax.devices()) > 1:
         mesh = parallel.data_mesh()
         logits = fwd(parallel.replicate(params, mesh), parallel.shard_batch(np.concatenate([x, x[:1]]), mesh))[:11]

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
-from fastvit_jax.forward import make_forward
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.plan import make_plan
 
 GOOGLE = os.environ.get("FASTVIT_GOOGLE_VIT")

@@ -9,16 +9,28 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from conftest import google_checkpoint  # noqa: E402
-from fastvit_jax import checkpoint  # noqa: E402
+from fastvit_jax.checkpoints import checkpoint  # noqa: E402
 from fastvit_jax.config import variant_config  # noqa: E402
-from fastvit_jax.forward import make_forward  # noqa: E402
+from fastvit_jax.models.forward import make_forward  # noqa: E402
 from fastvit_jax.merge.options import MergeOptions  # noqa: E402
 from fastvit_jax.merge.plan import make_plan  # noqa: E402
 
 
+def peer_module():
+    """benchmarks/timm_tome.py: the peer lives beside the benchmarks, outside the shipped package."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "timm_tome.py"
+    spec = importlib.util.spec_from_file_location("timm_tome", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("r", [0, 8, 16])
 def test_tome_matches_timm_peer(r):
-    from fastvit_jax.peers import timm_tome
+    timm_tome = peer_module()
 
     config = variant_config("S/16")
     params = checkpoint.unflatten(google_checkpoint(config, seed=3))
@@ -39,8 +51,8 @@ def test_hybrid_tome_matches_timm_peer(tmp_path, r):
     ResNet root included), with facebookresearch-style ToMe patched in (issue 15)."""
     from timm.models.vision_transformer import _load_weights
 
-    from fastvit_jax.peers import timm_tome
-    from fastvit_jax.registry import get_entry
+    timm_tome = peer_module()
+    from fastvit_jax.checkpoints.registry import get_entry
 
     config = get_entry("vit_tiny_r_s16_p8_224").config
     flat = google_checkpoint(config, seed=4)

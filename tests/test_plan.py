@@ -88,9 +88,9 @@ def test_plan_is_hashable_and_static():
 def test_aligned_plans_round_token_counts_and_budgets_hold():
     """--align K: every global block's output the multiple of K nearest plain r's count (unless the
     half-the-tokens bound stops it); a budget search keeps aligned plans at or under the budget."""
-    from fastvit_jax import budget
+    from fastvit_jax.search import budget
     from fastvit_jax.config import variant_config
-    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.flops import gflops
     from fastvit_jax.merge.bipartite import max_merges
 
     cfg = variant_config("Ti/16")
@@ -115,9 +115,9 @@ def test_fractional_r_with_align_follows_its_line_and_fills_the_budget():
     """With --align K a fractional r is the straight line the aligned counts round to (block i of a
     constant schedule from block 0: the multiple of K nearest N - r (i + 1)); a budget search uses it
     to place an aligned plan just under the budget, where whole r jump by a multiple of K at once."""
-    from fastvit_jax import budget
+    from fastvit_jax.search import budget
     from fastvit_jax.config import variant_config
-    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.flops import gflops
     from fastvit_jax.merge.bipartite import max_merges
 
     cfg = variant_config("Ti/16")

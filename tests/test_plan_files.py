@@ -13,9 +13,9 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.plan_file import load_plan_options, save_plan
-from fastvit_jax.stats import paired_difference, wilson_interval
-from fastvit_jax.tune import candidates
+from fastvit_jax.checkpoints.plan_file import load_plan_options, save_plan
+from fastvit_jax.util.stats import paired_difference, wilson_interval
+from fastvit_jax.search.tune import candidates
 
 CFG = ViTConfig(width=32, depth=4, heads=2, mlp_dim=64, patch=16, image_size=224, num_classes=1000)
 
@@ -128,7 +128,7 @@ def test_plan_flag_errors_are_one_line(setup, capsys, tmp_path, argv, msg):
 
 # ---------------------------------------------------------------- tune
 def test_candidates_meet_the_budget():
-    from fastvit_jax.flops import gflops
+    from fastvit_jax.merge.flops import gflops
 
     target = gflops(CFG, make_plan(CFG, MergeOptions("tome", 20)))
     found, skipped = candidates(CFG, ["tome", "pitome", "tofu", "mctf", "lgtm"], ["k"], target)

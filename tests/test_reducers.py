@@ -8,11 +8,11 @@ import pytest
 
 import reference
 from conftest import google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import model_macs
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import model_macs
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.runtime import Runtime
 from fastvit_jax.merge import reducers
 from fastvit_jax.merge.methods import mctf as mctf_method

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from conftest import TINY
-from fastvit_jax import budget
+from fastvit_jax.search import budget
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import gflops
+from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 
@@ -74,7 +74,7 @@ def test_bad_schedules_are_one_line(kw, msg):
 
 
 def test_schedules_round_trip_through_dicts_and_plan_files(tmp_path):
-    from fastvit_jax.plan_file import load_plan_options, save_plan
+    from fastvit_jax.checkpoints.plan_file import load_plan_options, save_plan
 
     for options in (MergeOptions("pitome", keep=0.9125), MergeOptions("tome", 8, inflect=-0.5),
                     MergeOptions("mctf", r_list=(3, 3, 2))):

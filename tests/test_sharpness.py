@@ -10,7 +10,7 @@ from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.sharpness import classification_loss, lambda_max, lanczos, make_hvp, power_iteration
+from fastvit_jax.studies.sharpness import classification_loss, lambda_max, lanczos, make_hvp, power_iteration
 
 MICRO = ViTConfig(width=8, depth=1, heads=2, mlp_dim=8, patch=8, image_size=16, num_classes=3)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.checkpoints import sources
 from fastvit_jax.cli import main
 from fastvit_jax.errors import FastViTError
@@ -118,7 +118,7 @@ def test_augreg_index_from_the_cached_csv_and_offline(tmp_path, monkeypatch, cap
     rows = json.loads(out)
     assert code == 0 and "the full AugReg index is not here" in err and "index.csv" in err
     assert any(r["file"].startswith("B_16-i21k-300ep") and r["adapt_resolution"] == 384 for r in rows)
-    from fastvit_jax.augreg import INDEX_URL
+    from fastvit_jax.checkpoints.augreg import INDEX_URL
 
     path = sources.cache_path(INDEX_URL)
     path.parent.mkdir(parents=True)

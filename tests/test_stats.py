@@ -1,4 +1,4 @@
-"""Accuracy statistics: paired differences and McNemar's exact test (fastvit_jax/stats.py)."""
+"""Accuracy statistics: paired differences and McNemar's exact test (fastvit_jax/util/stats.py)."""
 
 import numpy as np
 
@@ -7,7 +7,7 @@ def test_mcnemar_exact_against_the_binomial_test():
     """McNemar's exact p-value is the two-sided binomial test of the discordant counts at p = 1/2."""
     from scipy.stats import binomtest
 
-    from fastvit_jax.stats import mcnemar_exact, paired_difference
+    from fastvit_jax.util.stats import mcnemar_exact, paired_difference
 
     for a_only, b_only in [(0, 0), (3, 0), (12, 4), (40, 55), (7, 7), (1, 20)]:
         want = binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0

@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from conftest import google_checkpoint
-from fastvit_jax import sweep
+from fastvit_jax.studies import sweep
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.options import MergeOptions
-from fastvit_jax.plots import pareto_front
+from fastvit_jax.util.plots import pareto_front
 
 
 def test_parse_r():
@@ -178,13 +178,13 @@ def test_committed_benchmark_results_still_match_their_settings(shared_dir):
     from pathlib import Path
 
     from fastvit_jax.data import image_folder
-    from fastvit_jax.demo import bundled_model
-    from fastvit_jax.recorded import check_settings
-    from fastvit_jax.sweep import SWEEP, sweep_settings
+    from fastvit_jax.studies.demo import bundled_model
+    from fastvit_jax.studies.recorded import check_settings
+    from fastvit_jax.studies.sweep import SWEEP, sweep_settings
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "deit_tiny"
     params, config, pre = bundled_model()
-    settings = sweep_settings(params, config, pre, image_folder(shared_dir / "data" / "imagenet-samples"), 32)
+    settings = sweep_settings(config, params, pre, image_folder(shared_dir / "data" / "imagenet-samples"), 32)
     saved = json.loads((root / "sweep" / "settings.json").read_text())
     assert "distilled" not in saved["model"]["config"] and "mean" not in saved["preprocess"]  # an old record
     for folder in sorted(p for p in root.iterdir() if (p / "settings.json").exists()):
@@ -195,14 +195,14 @@ def test_committed_cifar_study_matches_its_settings(shared_dir):
     from pathlib import Path
 
     from fastvit_jax.data import open_dataset
-    from fastvit_jax.hub import load_model
-    from fastvit_jax.recorded import check_settings
-    from fastvit_jax.sweep import SWEEP, sweep_settings
+    from fastvit_jax.checkpoints.hub import load_model
+    from fastvit_jax.studies.recorded import check_settings
+    from fastvit_jax.studies.sweep import SWEEP, sweep_settings
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cifar_sam_vs_adamw"
     ds = open_dataset(str(shared_dir / "data" / "cifar10" / "test"))
     for name in ("adamw", "sam"):
         params, config, pre = load_model(f"vit_cifar_{name}")
         saved = json.loads((root / name / "sweep" / "settings.json").read_text())
-        settings = sweep_settings(params, config, pre, ds.limit(saved["data"]["images"]), saved["batch_size"])
+        settings = sweep_settings(config, params, pre, ds.limit(saved["data"]["images"]), saved["batch_size"])
         check_settings(root / name / "sweep", settings, **SWEEP)

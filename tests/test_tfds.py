@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from fastvit_jax.cli import main
-from fastvit_jax.registry import asset_path
+from fastvit_jax.checkpoints.registry import asset_path
 
 BUILDER = textwrap.dedent('''
     """A tfds builder over an image folder of synset-named files (written by the tests)."""
@@ -79,7 +79,7 @@ def test_labels_are_read_without_decoding(builder_class, tmp_path, monkeypatch):
     from PIL import Image
 
     from fastvit_jax.data import Preprocess, batches, image_folder
-    from fastvit_jax.data_tfds import tfds_dataset
+    from fastvit_jax.data.tfds import tfds_dataset
 
     data_dir = build(builder_class, tmp_path, "array_record")
     opened, real_open = [], Image.open
@@ -107,7 +107,7 @@ def test_tfrecord_without_tensorflow_is_one_line():
         pytest.skip("TensorFlow is installed")
     except ImportError:
         pass
-    from fastvit_jax import data_tfds
+    from fastvit_jax.data import tfds as data_tfds
     from fastvit_jax.errors import FastViTError
 
     with pytest.raises(FastViTError, match="stored as tfrecord, which needs TensorFlow.*pip install tensorflow"):

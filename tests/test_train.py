@@ -8,11 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from fastvit_jax import checkpoint, train as train_mod
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.studies import train as train_mod
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.vit import init_params
-from fastvit_jax.sam import sam
+from fastvit_jax.studies.sam import sam
 
 MICRO = ViTConfig(width=8, depth=1, heads=2, mlp_dim=8, patch=8, image_size=16, num_classes=3)
 
@@ -155,7 +156,7 @@ def test_full_disk_is_one_line_and_keeps_earlier_states(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import sys, jax, numpy as np
-from fastvit_jax import train as t
+from fastvit_jax.studies import train as t
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.models.vit import init_params
 MICRO = ViTConfig(width=8, depth=1, heads=2, mlp_dim=8, patch=8, image_size=16, num_classes=3)
@@ -256,7 +257,7 @@ def test_bfloat16_training_keeps_float32_state_and_follows_float32_gradients(tmp
     params, images, labels = _micro_run()
     x, y = jnp.asarray(images[:8]), jnp.asarray(labels[:8])
     from fastvit_jax.runtime import Runtime
-    from fastvit_jax.sharpness import classification_loss
+    from fastvit_jax.studies.sharpness import classification_loss
 
     g32, g16 = (jax.grad(classification_loss(MICRO, runtime=Runtime(dtype=d)))(params, x, y)
                 for d in ("float32", "bfloat16"))

@@ -5,12 +5,12 @@ import json
 import numpy as np
 
 from conftest import TINY, google_checkpoint
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.cli import main
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.registry import asset_path
-from fastvit_jax.visualize import final_sources, paint, region_stats, token_map
+from fastvit_jax.checkpoints.registry import asset_path
+from fastvit_jax.studies.visualize import final_sources, paint, region_stats, token_map
 
 
 def test_paint_uses_source_regions():

@@ -21,11 +21,12 @@ from conftest import google_checkpoint
 from fastvit_jax import zero_shot
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
-from fastvit_jax.forward import make_forward
-from fastvit_jax.hub import attach_zero_shot, load_model
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.checkpoints.hub import load_model
+from fastvit_jax.zero_shot import attach_zero_shot
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.tokenizer import Tokenizer, ascii_lower, sticky_eos
+from fastvit_jax.zero_shot.tokenizer import Tokenizer, ascii_lower, sticky_eos
 
 IMG = ViTConfig(width=32, depth=3, heads=2, mlp_dim=64, patch=4, image_size=32, pool="map", num_classes=0)
 TXT = dict(width=32, depth=2, heads=2, mlp=64, vocab=48, max_len=8, embed=32)
@@ -232,7 +233,7 @@ def test_bundled_class_names_and_templates():
 # ------------------------------------------------------------------ the text tower
 @pytest.mark.parametrize("scan,pool,embed", [(False, "last", 32), (True, "last", 32), (False, "map", 0)])
 def test_text_tower_matches_numpy(tmp_path, scan, pool, embed):
-    from fastvit_jax.checkpoints.text_tower import read_text_tower
+    from fastvit_jax.zero_shot.text_tower import read_text_tower
     from fastvit_jax.models.text import TextTransformer
 
     txt = text_tower_flat(3, embed=embed, pool=pool)
@@ -246,7 +247,7 @@ def test_text_tower_matches_numpy(tmp_path, scan, pool, embed):
 
 
 def test_old_files_posemb_added_twice_is_folded(tmp_path):
-    from fastvit_jax.checkpoints.text_tower import read_text_tower
+    from fastvit_jax.zero_shot.text_tower import read_text_tower
 
     txt = text_tower_flat(4)
     extra = _normal(np.random.default_rng(9), (1, 8, 32), 0.1)
@@ -293,7 +294,7 @@ def test_merged_image_tower_zero_shot(tmp_path, spm_file, cache):
 
 
 def test_class_embeddings_cached_resumed_and_keyed(tmp_path, spm_file, cache, monkeypatch):
-    from fastvit_jax.checkpoints.text_tower import read_text_tower
+    from fastvit_jax.zero_shot.text_tower import read_text_tower
 
     path, _, txt = two_tower_file(tmp_path / "two.npz")
     tower, tok = read_text_tower(path), Tokenizer(spm_file)
@@ -431,7 +432,7 @@ def test_zero_shot_refusals_are_one_line(tmp_path, spm_file, cache, capsys):
 
 
 def test_siglip_registry_entries_name_their_tokenizers():
-    from fastvit_jax.registry import ALIASES, REGISTRY, TOKENIZERS, entry_for_file
+    from fastvit_jax.checkpoints.registry import ALIASES, REGISTRY, TOKENIZERS, entry_for_file
 
     siglip = {k: e for k, e in REGISTRY.items() if k.startswith("siglip")}
     assert len([k for k in siglip if k.startswith("siglip2_")]) == 15 and len(siglip) == 25
@@ -448,7 +449,7 @@ def test_a_file_with_an_official_name_is_that_entry(tmp_path, spm_file, cache, m
     registry entry whose official file has that name."""
     import dataclasses
 
-    from fastvit_jax import registry
+    from fastvit_jax.checkpoints import registry
 
     path, img, txt = two_tower_file(tmp_path / "tiny_two_tower_34.npz")
     entry = dataclasses.replace(registry.REGISTRY["siglip_base_patch16_224"], name="tiny_two_tower",

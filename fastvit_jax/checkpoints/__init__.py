@@ -20,9 +20,9 @@ import numpy as np
 from fastvit_jax.checkpoints import big_vision, google, timm, transformers
 from fastvit_jax.checkpoints.arrays import Stored, open_file, open_safetensors
 from fastvit_jax.checkpoints.description import Description
-from fastvit_jax.checkpoints.tree import flatten, unflatten
+from fastvit_jax.util.tree import flatten, unflatten
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.untrusted import read_json
+from fastvit_jax.util.untrusted import read_json
 
 LAYOUTS = (transformers, timm, big_vision, google)
 META_KEY = "fastvit_meta"  # what `fastvit convert` writes beside the params: JSON text as uint8

@@ -12,6 +12,7 @@ files as raw 2-byte values ('|V2'), which is how big_vision's bf16 checkpoints l
 from __future__ import annotations
 
 import dataclasses
+import re
 import json
 import math
 import struct
@@ -22,9 +23,9 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
-from fastvit_jax.checkpoints.tree import flatten
+from fastvit_jax.util.tree import flatten
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.untrusted import check_declared, check_zip
+from fastvit_jax.util.untrusted import check_declared, check_zip
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -218,3 +219,14 @@ def open_file(path: Path) -> dict[str, Stored]:
         raise FastViTError(f"{path}: unknown checkpoint format {path.suffix!r}; allowed: "
                            f"{', '.join(READERS)} or an orbax/Hugging Face folder")
     return reader(path)
+
+
+# The published ResNet hybrids store every GroupNorm scale and bias as (1, 1, 1, C); the model's are
+# (C,) (vision_transformer's own loader fixes them the same way: vit_jax/checkpoint.py, `_fix_groupnorm`).
+_GROUPNORM = re.compile(r"(^|/)gn[^/]*/(scale|bias)$")
+
+
+def fix_groupnorm(key: str, stored: Stored) -> Stored:
+    if _GROUPNORM.search(key) and len(stored.shape) == 4 and stored.shape[:3] == (1, 1, 1):
+        return dataclasses.replace(stored, shape=stored.shape[3:], read=lambda: stored.read().reshape(-1))
+    return stored

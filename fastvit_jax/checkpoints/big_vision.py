@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastvit_jax.checkpoints.arrays import Stored, read_float32
+from fastvit_jax.checkpoints.arrays import Stored, fix_groupnorm, read_float32
 from fastvit_jax.checkpoints.description import Description
-from fastvit_jax.checkpoints.tree import flatten, strip_prefix, unflatten
+from fastvit_jax.util.tree import flatten, strip_prefix, unflatten
 from fastvit_jax.errors import FastViTError
 
 NAME = "big_vision"
@@ -107,8 +107,6 @@ def rename(params: dict, source) -> dict:
 
 
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
-    from fastvit_jax.checkpoints.google import fix_groupnorm
-
     flat = select_tower(stored, source, tower)  # hybrids saved by today's flax get these names too
     params = rename(unflatten({k: read_float32(fix_groupnorm(k, v)) for k, v in flat.items()}), source)
     desc = Description(NAME)

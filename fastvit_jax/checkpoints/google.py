@@ -7,30 +7,19 @@ hybrids store every GroupNorm scale and bias as (1, 1, 1, C); the model's are (C
 
 from __future__ import annotations
 
-import dataclasses
-import re
-
-from fastvit_jax.checkpoints.arrays import Stored, read_float32
+from fastvit_jax.checkpoints import big_vision
+from fastvit_jax.checkpoints.arrays import Stored, fix_groupnorm, read_float32
 from fastvit_jax.checkpoints.description import Description
-from fastvit_jax.checkpoints.tree import strip_prefix, unflatten
+from fastvit_jax.util.tree import strip_prefix, unflatten
 
 NAME = "vision_transformer"
-_GROUPNORM = re.compile(r"(^|/)gn[^/]*/(scale|bias)$")
 
 
 def matches(keys) -> bool:
     return any(strip_prefix(k).endswith("embedding/kernel") for k in keys)
 
 
-def fix_groupnorm(key: str, stored: Stored) -> Stored:
-    if _GROUPNORM.search(key) and len(stored.shape) == 4 and stored.shape[:3] == (1, 1, 1):
-        return dataclasses.replace(stored, shape=stored.shape[3:], read=lambda: stored.read().reshape(-1))
-    return stored
-
-
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
-    from fastvit_jax.checkpoints import big_vision
-
     flat = big_vision.select_tower(stored, source, tower)
     params = unflatten({k: read_float32(fix_groupnorm(k, v)) for k, v in flat.items()})
     desc = Description(NAME)

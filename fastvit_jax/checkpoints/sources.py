@@ -19,7 +19,8 @@ from pathlib import Path
 
 from fastvit_jax.checkpoints import WEIGHT_FILES
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.lock import exclusive
+from fastvit_jax.util.cache import cache_dir
+from fastvit_jax.util.lock import exclusive
 
 GCS_HTTPS = "https://storage.googleapis.com/"
 AUGREG = GCS_HTTPS + "vit_models/augreg/"
@@ -29,10 +30,6 @@ _AUGREG_STEM = re.compile(r"^(R\d*_)?[A-Za-z]+_\d+-i(1k|21k)-\d+ep-lr_[\d.]+-aug
                           r"(--[\w.]+-steps_\d+k-lr_[\d.]+-res_\d+)?$")
 # A Hugging Face repo's files worth fetching: its configs and weights (and a sharded model's shards).
 HF_FILES = ("config.json", "preprocessor_config.json", "model-*.safetensors", *WEIGHT_FILES)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTVIT_CACHE", Path.home() / ".cache" / "fastvit_jax"))
 
 
 def cache_path(url: str) -> Path:

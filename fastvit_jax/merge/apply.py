@@ -24,6 +24,18 @@ def global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: in
     return merge_into(state, src, dst, keep), matching.score
 
 
+def global_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | None, *, op, num_prefix: int,
+                  distill_token: bool) -> tuple[TokenState, jax.Array]:
+    """One example, one global BlockOp with a rule/combine other than ToMe's mean: (state, score).
+    The rule comes from the method registry (merge/methods)."""
+    rule = methods.rule(op.rule)
+    if rule.reduce is not None:
+        return rule.reduce(state, metric, attention, op=op, num_prefix=num_prefix, distill_token=distill_token)
+    out_idx, merged, score = rule.slots(metric, op, size=state.size, attention=attention,
+                                                         num_prefix=num_prefix, distill_token=distill_token)
+    return reducers.combine(state, out_idx, merged, op.tokens_out, op.combine, attention), score
+
+
 IMPLS = {  # per example: global merge and drop; local takes the batch
     "gather": {"global": global_merge, "drop": metrics.drop_lowest_norm, "local": local.local_merge},
     "dense": {"global": onehot.global_merge, "drop": onehot.drop_lowest_norm, "local": onehot.local_merge},
@@ -72,7 +84,7 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
     if op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
-        fn = lambda s, m, a: reducers.global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
+        fn = lambda s, m, a: global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
                                                     distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric, attention)
     elif op.kind == "global":

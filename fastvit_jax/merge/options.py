@@ -1,6 +1,6 @@
 """MergeOptions: what the user asks of token merging, as one frozen value.
 
-Parsed once from the command line (`fastvit_jax.arguments`), stored whole in every result row and
+Parsed once from the command line (`fastvit_jax.cli.arguments`), stored whole in every result row and
 JSON output (`to_dict` / `from_dict`), and turned into a static per-block schedule by
 `make_plan(config, options)`. Options say what was asked; the plan says what each block does
 (`skip=None`, `transition=None`, `prop_attn=None` are resolved here or there from the method's record).
@@ -65,6 +65,17 @@ class MergeOptions:
     keep: float | None = None  # keep ratio per merging block (replaces r and inflect)
     threshold: float | None = None  # ppt: token-score variance below which an image pools; None: 7e-5
     size_split: int | None = None  # atm: blocks from this one match by size (small with large); None: 3/4 depth
+    # knobs of methods registered beyond the fields above, as sorted (name, value) pairs; to_dict,
+    # from_dict, replace and attribute access (options.NAME) treat them like fields
+    knobs: tuple = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "knobs":
+            raise AttributeError(name)
+        declared = methods.knobs().get(name)
+        if declared is None:
+            raise AttributeError(f"MergeOptions has no option {name!r}")
+        return dict(self.knobs).get(name, declared.default)
 
     def __post_init__(self):
         for name in ("method", "metric", "reducer"):  # names come from plan files too: any JSON value
@@ -77,27 +88,18 @@ class MergeOptions:
             object.__setattr__(self, "metric", methods.get(self.method).defaults.get("metric", "k"))
         if self.metric not in METRICS:
             raise FastViTError(f"unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}")
-        for name in ("window", "skip", "transition", "prune_blocks", "align", "size_split"):
-            object.__setattr__(self, name, _whole(name, getattr(self, name),
-                                                  allow_none=name in ("skip", "transition", "prune_blocks",
-                                                                      "size_split")))
+        for name in ("skip", "align"):
+            object.__setattr__(self, name, _whole(name, getattr(self, name), allow_none=name == "skip"))
+        self._check_knobs()
         object.__setattr__(self, "r", self._checked_r())
         self._check_schedule()
         if self.method == "none":  # the dense model merges nothing, whatever the schedule says
             for name, value in (("r", 0), ("inflect", 0.0), ("r_list", None), ("keep", None)):
                 object.__setattr__(self, name, value)
-        if self.window < 2:
-            raise FastViTError(f"window must be >= 2, got {self.window}")
         if self.skip is not None and self.skip < 0:
             raise FastViTError(f"skip must be >= 0, got {self.skip}")
-        if self.transition is not None and self.transition < 0:
-            raise FastViTError(f"transition must be >= 0, got {self.transition}")
         if self.align < 0:
             raise FastViTError(f"align must be >= 0 (0: no alignment), got {self.align}")
-        if self.prune_blocks is not None and self.prune_blocks < 0:
-            raise FastViTError(f"prune_blocks must be >= 0, got {self.prune_blocks}")
-        if self.size_split is not None and self.size_split < 0:
-            raise FastViTError(f"size_split must be >= 0, got {self.size_split}")
         if self.reducer is not None:
             if self.reducer not in methods.reducer_names():
                 raise FastViTError(f"unknown reducer {self.reducer!r}; allowed: {', '.join(methods.reducer_names())}")
@@ -108,6 +110,21 @@ class MergeOptions:
                 raise FastViTError(f"method {self.method!r} is itself a reducer; reducer {self.reducer!r} contradicts it")
         default = methods.get(self.method).defaults.get("prop_attn", True)
         object.__setattr__(self, "prop_attn", default if self.prop_attn is None else bool(self.prop_attn))
+
+    def _check_knobs(self) -> None:
+        """Every method's knobs as their declarations say (merge/knobs.py): the fields, and the others."""
+        declared = methods.knobs()
+        for name in FIELDS & set(declared):
+            object.__setattr__(self, name, declared[name].check(getattr(self, name)))
+        extra = dict(self.knobs) if isinstance(self.knobs, (tuple, list, dict)) else None
+        if extra is None or not all(isinstance(k, str) for k in extra):
+            raise FastViTError(f"knobs must be (name, value) pairs, got {self.knobs!r}")
+        unknown = sorted(set(extra) - set(declared) | set(extra) & FIELDS)
+        if unknown:
+            raise FastViTError(f"unknown merge option(s) {', '.join(unknown)}; allowed: "
+                               f"{', '.join(sorted(FIELDS - {'knobs'} | set(declared)))}")
+        checked = {k: declared[k].check(v) for k, v in extra.items()}
+        object.__setattr__(self, "knobs", tuple(sorted((k, v) for k, v in checked.items() if v is not None)))
 
     def _checked_r(self) -> int | float:
         """r is a whole number, except with align > 1 on global blocks: there a fractional r is the
@@ -177,7 +194,11 @@ class MergeOptions:
         return self.keep is not None and self.keep < 1.0 or self.r > 0
 
     def replace(self, **changes) -> "MergeOptions":
-        return dataclasses.replace(self, **changes)
+        fields = {k: v for k, v in changes.items() if k in FIELDS}
+        extra = {k: v for k, v in changes.items() if k not in FIELDS}
+        if extra:
+            fields["knobs"] = tuple({**dict(self.knobs), **extra}.items())
+        return dataclasses.replace(self, **fields)
 
     @property
     def resolved_reducer(self) -> str:
@@ -196,20 +217,26 @@ class MergeOptions:
         schedule = self.schedule.replace("r ", "r=", 1).replace("keep ", "keep=").replace("list ", "r=[") \
             .replace(" inflect ", " inflect=")
         schedule += "]" if self.r_list is not None else ""
-        return f"{self.method}{reducer} {schedule}" + (f" align={self.align}" if self.align > 1 else "")
+        return (f"{self.method}{reducer} {schedule}" + (f" align={self.align}" if self.align > 1 else "")
+                + "".join(f" {k}={v:g}" for k, v in self.knobs))
 
     def to_dict(self) -> dict:
+        """Every field by name, registered methods' other knobs beside them (not nested)."""
         d = dataclasses.asdict(self)
         d["r_list"] = None if self.r_list is None else list(self.r_list)
-        return d
+        del d["knobs"]
+        return {**d, **dict(self.knobs)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MergeOptions":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise FastViTError(f"unknown merge option(s) {', '.join(unknown)}; "
-                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**d)
+        """The inverse of to_dict; a key that is neither a field nor a registered knob is refused."""
+        if not isinstance(d, dict):
+            raise FastViTError(f"merge options must be a JSON object, got {type(d).__name__}")
+        fields = {k: v for k, v in d.items() if k in FIELDS and k != "knobs"}
+        return cls(**fields, knobs=tuple((k, v) for k, v in d.items() if k not in FIELDS))
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(MergeOptions))
 
 
 def parse_r(spec: str) -> list[int]:

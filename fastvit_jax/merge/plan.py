@@ -39,6 +39,10 @@ class BlockOp:
     margin: float = 0.0
     threshold: float = 0.0  # PPT: an image pools when its token-score variance is below this, else prunes
     ahead: bool = False  # MCTF: merge the block input and its attention map before the attention output
+    knobs: tuple = ()  # (name, value) settings of a method registered beyond these fields, for its rule
+
+    def knob(self, name: str, default=None):
+        return dict(self.knobs).get(name, default)
 
     @property
     def num_windows(self) -> int:

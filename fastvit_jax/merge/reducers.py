@@ -76,17 +76,3 @@ def combine(state: TokenState, out_idx: jax.Array, merged: jax.Array, tokens_out
     add = lambda t: jnp.dot(members.astype(jnp.float32), t, precision=_EXACT)
     source = None if state.source is None else add(state.source)
     return TokenState(x.astype(state.x.dtype), size, add(state.pos_sum), source)
-
-
-def global_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | None, *, op, num_prefix: int,
-                  distill_token: bool) -> tuple[TokenState, jax.Array]:
-    """One example, one global BlockOp with a rule/combine other than ToMe's mean: (state, score).
-    The rule comes from the method registry (merge/methods)."""
-    from fastvit_jax.merge import methods
-
-    rule = methods.rule(op.rule)
-    if rule.reduce is not None:
-        return rule.reduce(state, metric, attention, op=op, num_prefix=num_prefix, distill_token=distill_token)
-    out_idx, merged, score = rule.slots(metric, op, size=state.size, attention=attention,
-                                                         num_prefix=num_prefix, distill_token=distill_token)
-    return combine(state, out_idx, merged, op.tokens_out, op.combine, attention), score

@@ -22,6 +22,7 @@ import numpy as np
 
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.vit import MAPHead, MlpBlock, MultiHeadDotProductAttention
+from fastvit_jax.util.tree import flatten
 
 POOLS = ("last", "first", "gap", "max", "map")  # big_vision's pool_type values ("mean" = "gap", "gmp" = "max")
 
@@ -108,7 +109,6 @@ def init_text_params(config: TextConfig, key=None) -> dict:
 
 
 def expected_text_shapes(config: TextConfig) -> dict[str, tuple[int, ...]]:
-    from fastvit_jax.checkpoints.tree import flatten
 
     tokens = jax.ShapeDtypeStruct((1, config.max_len), jnp.int32)
     tree = jax.eval_shape(lambda t: TextTransformer(config).init(jax.random.PRNGKey(0), t), tokens)

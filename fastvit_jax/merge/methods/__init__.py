@@ -5,6 +5,10 @@ A method is data the rest of the code reads: the CLI's choices, MergeOptions' va
 budget search all come from here. Adding a method is one module in this package that defines
 METHOD (and RULE, if it pairs tokens its own way), listed in MODULES, plus its tests.
 
+A method declares its knobs (`Knob`: name, type, bounds, default, help): `fastvit`'s flags, the
+MergeOptions checks, plan files and tune's search space are made from them, so a method registered
+from outside the package (`register`) gets its flags and validation with no other change.
+
 A Rule is how a global block pairs tokens: `slots(metric, op, *, size, attention, num_prefix,
 distill_token)` -> (out_idx, merged, score) on one example, combined by merge/reducers.py (or a
 whole `reduce(state, metric, attention, *, op, num_prefix, distill_token)` -> (state, score) for a
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Callable
+
+from fastvit_jax.merge.knobs import Knob
 
 from fastvit_jax.merge.methods import atm, dfe, drop, lgtm, mctf, none, pitome, ppt, tofu, tome
 
@@ -42,6 +48,7 @@ class Method:
     block: Callable = lambda options, block, depth: {}  # BlockOp fields of its global blocks (rule, combine, ...)
     defaults: dict = dataclasses.field(default_factory=dict)  # MergeOptions defaults it changes
     search: dict = dataclasses.field(default_factory=dict)  # tune: knob -> values tried
+    knobs: tuple = ()  # its own settings (Knob), beyond the schedule every method shares
 
 
 MODULES = (none, tome, dfe, lgtm, drop, pitome, tofu, mctf, ppt, atm)
@@ -50,10 +57,30 @@ RULES: dict[str, Rule] = {}
 
 
 def register(module) -> None:
+    """Add a method (and its rule): `module` has METHOD (Method's fields) and optionally RULE."""
     record = module.METHOD
     REGISTRY[record["name"]] = Method(**record)
     if getattr(module, "RULE", None):
         RULES[module.RULE["name"]] = Rule(**module.RULE)
+
+
+def unregister(name: str, rule: str | None = None) -> None:
+    REGISTRY.pop(name, None)
+    if rule is not None:
+        RULES.pop(rule, None)
+
+
+def knobs() -> dict[str, Knob]:
+    """Every registered method's knobs by name (a knob several methods share is declared once)."""
+    out: dict[str, Knob] = {}
+    for method in REGISTRY.values():
+        for knob in method.knobs:
+            out.setdefault(knob.name, knob)
+    return out
+
+
+def owners(name: str) -> list[str]:
+    return [m.name for m in REGISTRY.values() if any(k.name == name for k in m.knobs)]
 
 
 for _module in MODULES:

@@ -20,6 +20,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+from fastvit_jax.merge import onehot, reducers
+from fastvit_jax.merge.bipartite import normalise
+from fastvit_jax.merge.knobs import Knob
 
 DEFAULT_THRESHOLDS = (0.9, 0.03, 0.5)  # alpha, beta, theta_min (ours; the paper tunes them per model)
 
@@ -40,8 +43,6 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
 def size_distinctive_pairs(metric: jax.Array, size: jax.Array):
     """One example's patch tokens: (is_a (m,), partner one-hot (m, m), error of that pair (m,), its cosine (m,));
     rows of B tokens are empty (error +inf, cosine -2)."""
-    from fastvit_jax.merge import onehot
-    from fastvit_jax.merge.bipartite import normalise
 
     m = metric.shape[0]
     rank = onehot.lexicographic_rank(size, jnp.zeros_like(size))  # ascending size, ties by position
@@ -58,7 +59,6 @@ def size_distinctive_pairs(metric: jax.Array, size: jax.Array):
 
 def atm_slots(metric: jax.Array, size: jax.Array, r: int, *, num_prefix: int):
     """(out_idx, merged, score) of a size-distinctive block on one example (module docstring)."""
-    from fastvit_jax.merge import onehot, reducers
 
     n = metric.shape[0]
     is_a, partner, error, cos = size_distinctive_pairs(metric[num_prefix:], size[num_prefix:].astype(jnp.float32))
@@ -80,7 +80,8 @@ def block(options, block: int, depth: int) -> dict:
     return {"rule": "atm"} if block >= size_split(options, depth) else {}
 
 
-METHOD = {"name": "atm", "summary": "ATM: ToMe matching, then size-distinctive matching in the last blocks "
+METHOD = {"knobs": (Knob("size_split", int, "blocks from L on match small tokens with large ones by merging error (default 3/4 of the depth)", low=0, metavar="L"),),
+          "name": "atm", "summary": "ATM: ToMe matching, then size-distinctive matching in the last blocks "
                                     "(calibrate thresholds into --r-list with `fastvit plan --calibrate`)",
           "reducer": True, "block": block, "search": {"size_split": [None, 6]}}
 RULE = {"name": "atm", "slots": slots, "match_macs": match_macs}

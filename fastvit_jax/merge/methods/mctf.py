@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.merge.methods import tome  # ToMe's A x B similarity cost
+from fastvit_jax.merge import onehot
+from fastvit_jax.merge.bipartite import normalise
 
 MCTF_TAUS = (1.0, 20.0, 40.0)  # (similarity, informativeness, size): MCTF's DeiT evaluation defaults
 _EXACT = jax.lax.Precision.HIGHEST
@@ -26,8 +28,6 @@ def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int,
     """MCTF's bidirectional multi-criteria matching on one example (see the module docstring).
 
     attention: (N,) mean attention each token received (over heads and queries)."""
-    from fastvit_jax.merge import onehot
-    from fastvit_jax.merge.bipartite import normalise
 
     tau_sim, tau_info, tau_size = taus
     f = normalise(metric.astype(jnp.float32))

@@ -15,6 +15,8 @@ Output [prefix, protected (energy order), B groups (energy order)].
 
 import jax
 import jax.numpy as jnp
+from fastvit_jax.merge import onehot, reducers
+from fastvit_jax.merge.bipartite import normalise
 
 SCALE = 100.0  # the release's 1 / 0.01 inside the ELU
 
@@ -32,8 +34,6 @@ def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One example: (out_idx, merged, score) as in the module docstring; score: a merged A token's
     cosine with its B, else -2."""
-    from fastvit_jax.merge import onehot, reducers
-    from fastvit_jax.merge.bipartite import normalise
 
     n = metric.shape[0]
     m = n - num_prefix

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.merge.methods import tome  # ToMe's A x B similarity cost
+from fastvit_jax.merge import onehot
+from fastvit_jax.merge.knobs import Knob
 
 THRESHOLD = 7e-5  # the README's off-the-shelf DeiT variance threshold
 
@@ -40,7 +42,6 @@ def significance(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 def reduce(state, metric, scores, *, op, num_prefix: int, distill_token: bool):
     """One example: pool (ToMe) or prune (lowest scores) r tokens, as the score variance says."""
-    from fastvit_jax.merge import onehot
 
     n = metric.shape[0]
     pooled, score = onehot.global_merge(state, metric, r=op.r, num_prefix=num_prefix, distill_token=distill_token)
@@ -56,6 +57,7 @@ def block(options, block: int, depth: int) -> dict:
             else THRESHOLD}
 
 
-METHOD = {"name": "ppt", "summary": "PPT: per image, pool (ToMe) or prune by token scores at depth/4, /2, 3/4",
+METHOD = {"knobs": (Knob("threshold", float, "an image pools (ToMe) when its token-score variance is below VAR, else prunes (default 7e-5, the release's DeiT setting)", metavar="VAR"),),
+          "name": "ppt", "summary": "PPT: per image, pool (ToMe) or prune by token scores at depth/4, /2, 3/4",
           "reducer": True, "block": block, "blocks": blocks, "search": {"threshold": [7e-5, 0.0]}}
 RULE = {"name": "ppt", "slots": None, "reduce": reduce, "match_macs": tome.match_macs, "attention_feature": significance}

@@ -4,6 +4,7 @@ The gather and dense implementations are merge/bipartite.py and merge/onehot.py;
 the other rules' combines (merge/reducers.py)."""
 
 import math
+from fastvit_jax.merge import reducers
 
 
 def match_macs(n: int, num_prefix: int, dim: int) -> int:
@@ -12,7 +13,6 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
 
 
 def slots(metric, op, *, size, attention, num_prefix, distill_token):
-    from fastvit_jax.merge import reducers
 
     return reducers.tome_slots(metric, op.r, num_prefix=num_prefix, distill_token=distill_token)
 

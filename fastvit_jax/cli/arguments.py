@@ -9,11 +9,17 @@ import math
 import sys
 from pathlib import Path
 
-from fastvit_jax.data import FAMILIES
+from fastvit_jax.data import FAMILIES, label_names, open_dataset
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.runtime import ATTENTIONS, DTYPES, MERGE_IMPLS
-from fastvit_jax.merge.options import (DEFAULT_WINDOW, METHODS, METRICS, REDUCERS, MergeOptions, parse_methods,
-                                       parse_r)
+from fastvit_jax.runtime import ATTENTIONS, DTYPES, MERGE_IMPLS, Runtime
+from fastvit_jax.merge import methods as method_registry
+from fastvit_jax.merge.options import METRICS, MergeOptions, parse_methods, parse_r
+from fastvit_jax.zero_shot import TEMPLATE_SETS, Prompts, read_classes, read_templates
+from fastvit_jax.api import load
+from fastvit_jax.checkpoints.registry import get_entry
+from fastvit_jax.checkpoints.plan_file import load_plan_options
+from fastvit_jax.search import budget
+from fastvit_jax.studies.train import TrainConfig
 
 
 
@@ -110,7 +116,6 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
 
 
 def add_zero_shot_args(p: argparse.ArgumentParser) -> None:
-    from fastvit_jax.zero_shot import TEMPLATE_SETS
 
     g = p.add_argument_group("zero-shot (two-tower files: SigLIP, SigLIP 2)")
     g.add_argument("--zero-shot", action="store_true",
@@ -134,7 +139,6 @@ def load_model(args, need_weights: bool = True, need_head: bool = True):
     """The Model of --checkpoint/--model and the overrides (fastvit_jax.load), with its zero-shot head
     when --zero-shot is given; its notes printed. need_head: refuse an image tower without a
     classifier (its features come from `fastvit embed`)."""
-    from fastvit_jax.api import load
 
     model = load(args.checkpoint, model=args.model, gelu=args.gelu, preprocessing=args.preprocessing,
                  crop_pct=args.crop_pct, random_weights=not need_weights, tower=getattr(args, "tower", None),
@@ -168,13 +172,11 @@ def new_command() -> None:
 
 
 def runtime_of(args):
-    from fastvit_jax.runtime import Runtime
 
     return Runtime.from_args(args)
 
 
 def zero_shot_hint(args) -> str:
-    from fastvit_jax.registry import get_entry
 
     entry = get_entry(args.model) if args.model else None
     if entry is not None and entry.tokenizer:
@@ -190,7 +192,6 @@ def zero_shot_prompts(args):
 
 @functools.lru_cache(maxsize=4)
 def _prompts(class_names, templates, all_aliases):
-    from fastvit_jax.zero_shot import Prompts, read_classes, read_templates
 
     classes, classes_from = read_classes(class_names)
     temps, templates_from = read_templates(templates)
@@ -206,7 +207,6 @@ def zero_shot_summary(args) -> dict:
 
 def class_names(args, config) -> list[str]:
     """The names of the model's outputs: the zero-shot classes, or the label set of its head."""
-    from fastvit_jax.data import label_names
 
     return zero_shot_prompts(args).names if getattr(args, "zero_shot", False) else label_names(config.num_classes)
 
@@ -227,7 +227,6 @@ def add_data_args(p: argparse.ArgumentParser, help: str = "image folder, packed 
 
 
 def open_data(args):
-    from fastvit_jax.data import open_dataset
 
     tfds_kw = {"data_dir": args.data_dir, "manual_dir": args.manual_dir} if args.data.startswith("tfds:") else {}
     return open_dataset(args.data, **tfds_kw)
@@ -267,23 +266,20 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                        help="take the merge options from a plan file (`fastvit plan/tune --out`) instead of the flags")
     if several:
         g.add_argument("--methods", "--method", dest="methods", default=methods,
-                       help=f"comma-separated methods from {', '.join(METHODS)}")
+                       help=f"comma-separated methods from {', '.join(method_registry.REGISTRY)}")
         g.add_argument("--r", "--r-values", dest="r", default=r,
                        help="tokens merged per block: START:STOP[:STEP] (inclusive) or a comma list")
     else:
-        g.add_argument("--method", choices=METHODS, help="merging method (default none: the dense model)")
+        g.add_argument("--method", choices=list(method_registry.REGISTRY), help="merging method (default none: the dense model)")
         g.add_argument("--r", type=r_value, default=0,
                        help="tokens merged per block (per layer for local: spread over windows); fractional with "
                             "--align: the line aligned counts follow")
     g.add_argument("--skip", type=int, help="blocks without merging at the start (default depth//6 for dfe/lgtm, else 0)")
-    g.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="initial LGTM window size")
-    g.add_argument("--transition", type=int, help="number of local LGTM blocks (default: computed as in Algorithm 1)")
     g.add_argument("--metric", choices=METRICS, help="similarity feature (default: the method's: k; mctf: x, the tokens themselves)")
     g.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
-    g.add_argument("--reducer", choices=REDUCERS,
+    g.add_argument("--reducer", choices=method_registry.reducer_names(),
                    help="what the global blocks of tome/dfe/lgtm do (default: ToMe's merge; pitome/tofu/mctf are "
                         "also methods of their own)")
-    g.add_argument("--prune-blocks", type=int, help="tofu: blocks that prune before MLERP merging starts (default depth//4)")
     g.add_argument("--keep", type=ratio, metavar="RATIO",
                    help="keep-ratio schedule instead of r: each merging block keeps ceil(T x RATIO) of its T tokens "
                         "(PiToMe's release: 0.9125)")
@@ -291,16 +287,13 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                    help="ToMe's (r, inflect) schedule: r per block falls (X < 0) or rises (X > 0) around r; in [-1, 1]")
     g.add_argument("--r-list", type=int_list, metavar="R0,R1,...",
                    help="an explicit r for each block from block 0, instead of r (missing blocks merge nothing)")
-    g.add_argument("--threshold", type=float, metavar="VAR",
-                   help="ppt: an image pools (ToMe) when its token-score variance is below VAR, else prunes "
-                        "(default 7e-5, the release's DeiT setting)")
-    g.add_argument("--size-split", type=int, metavar="L",
-                   help="atm: blocks from L on match small tokens with large ones by merging error (default 3/4 "
-                        "of the depth)")
     g.add_argument("--align", type=int, default=0, metavar="K",
                    help="round every global block's token count to the nearest multiple of K (GEMM tiles; fewer "
                         "distinct shapes across plans); budgets still hold (--target-* may pick a fractional r "
                         "to fill them); 0 = exact r")
+    for knob in method_registry.knobs().values():  # each method's own settings, from its record
+        g.add_argument(knob.flag, dest=knob.name, type=knob.type, metavar=knob.metavar,
+                       help=f"{', '.join(method_registry.owners(knob.name))}: {knob.help}")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")
         g.add_argument("--target-speedup", type=positive_float,
@@ -312,10 +305,11 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
 
 def point_options(args, method: str, r: int) -> MergeOptions:
     """The merge flags' options for one method and r (no budget search, no notes)."""
-    return MergeOptions(method=method, r=r, skip=args.skip, window=args.window, transition=args.transition,
-                        metric=args.metric, prop_attn=False if args.no_prop_attn else None, reducer=args.reducer,
-                        prune_blocks=args.prune_blocks, align=args.align, inflect=args.inflect,
-                        r_list=args.r_list, keep=args.keep, threshold=args.threshold, size_split=args.size_split)
+    given = {k: getattr(args, k, None) for k in method_registry.knobs()}  # a method's own flags, when given
+    return MergeOptions.from_dict({"method": method, "r": r, "skip": args.skip, "metric": args.metric,
+                                   "prop_attn": False if args.no_prop_attn else None, "reducer": args.reducer,
+                                   "align": args.align, "inflect": args.inflect, "r_list": args.r_list,
+                                   "keep": args.keep, **{k: v for k, v in given.items() if v is not None}})
 
 
 def merge_options(args, config=None, params=None, method: str | None = None) -> MergeOptions:
@@ -326,19 +320,17 @@ def merge_options(args, config=None, params=None, method: str | None = None) -> 
             raise FastViTError("--plan gives the merge options; leave out --method/--r/--target-*")
         if config is None:
             raise FastViTError("--plan needs the model to check the plan against")
-        from fastvit_jax.plan_file import load_plan_options
 
         options = load_plan_options(args.plan, config)
         return options if method is None else point_options(args, method, options.r)  # visualize --compare: the plan's r
     if method is None and args.method is None and (args.r or has_target(args)):
         raise FastViTError(f"{'--r ' + str(args.r) if args.r else '--target-*'} needs a merging --method "
-                           f"({', '.join(m for m in METHODS if m != 'none')})")
+                           f"({', '.join(m for m in method_registry.REGISTRY if m != 'none')})")
     options = point_options(args, method or args.method or "none", args.r)
     if config is None or not has_target(args):
         if options.method != "none" and not options.merges:
             note(f"--method {options.method} with r = 0 is the dense model (pass --r N or --target-gflops X)")
         return options
-    from fastvit_jax import budget
 
     return budget.options_for_target(config, options, gflops_target=args.target_gflops, params=params,
                                      speedup_target=args.target_speedup, measured=args.speedup_by == "measured")
@@ -352,7 +344,6 @@ def merge_points(args, config=None) -> list[MergeOptions]:
     """The grid of `add_merge_args(several=True)`: every method at every r, in that order; or the
     options of the --plan files (checked against config)."""
     if getattr(args, "plan", None):
-        from fastvit_jax.plan_file import load_plan_options
 
         return list(dict.fromkeys(load_plan_options(f, config) for f in args.plan))
     # a keep ratio or an explicit list replaces the r grid: one point per method
@@ -390,7 +381,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args):
-    from fastvit_jax.train import TrainConfig
 
     return TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, rho=args.rho,
                        steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, ckpt_every=args.ckpt_every,
@@ -401,7 +391,6 @@ def model_meta(args) -> dict | None:
     """What `fastvit convert --model NAME` writes into the file: the entry's GELU and preprocessing."""
     if not getattr(args, "model", None):
         return None
-    from fastvit_jax.registry import get_entry
 
     e = get_entry(args.model)
     return {"family": e.name, "gelu": e.config.gelu, "preprocessing": e.preprocessing, "crop_pct": e.crop_pct}

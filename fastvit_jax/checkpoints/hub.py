@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.checkpoints import Description, sources
 from fastvit_jax.checkpoints.description import PREPROCESS_FIELDS
 from fastvit_jax.data import Preprocess
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.registry import DEFAULT_MODEL, asset_path, entry_for_file, get_entry
+from fastvit_jax.checkpoints.registry import DEFAULT_MODEL, asset_path, entry_for_file, get_entry
+from fastvit_jax.models.vit import init_params
 
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
@@ -33,7 +34,6 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     if official:
         path = _official_file(entry)
     if path is None:  # random weights of a named architecture
-        from fastvit_jax.models.vit import init_params
 
         config = config.replace(gelu=gelu) if gelu else config
         return init_params(config), config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
@@ -60,41 +60,6 @@ def checkpoint_file(name: str | None, path: str | Path | None) -> Path:
     if path is None:
         return _official_file(get_entry(name or DEFAULT_MODEL))
     return sources.resolve(path)
-
-
-def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None, text_pad=None, notes=None,
-                     progress=True, stats=None):
-    """(params, config, pre) of the image tower with a zero-shot head built from the file's text tower
-    (zero_shot.py). The tokenizer and the padding come from the arguments, else from the registry entry
-    (by name, or the entry whose official file has this file's name)."""
-    from fastvit_jax import zero_shot
-    from fastvit_jax.checkpoints.text_tower import read_text_tower
-    from fastvit_jax.tokenizer import Tokenizer
-
-    local = checkpoint_file(name, path)
-    entry = get_entry(name) if name else entry_for_file(local)
-    tower = read_text_tower(local)
-    spec = tokenizer or (entry.tokenizer if entry is not None else None)
-    if spec is None:
-        raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
-                           f"SentencePiece model ({zero_shot.TOKENIZER_HINT})")
-    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"))
-    if text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
-        text_pad = entry.text_pad if entry.text_pad is not None else tok.pad_id
-    elif text_pad is None:
-        text_pad = 1 if tower.config.vocab_size in zero_shot.T5_VOCABULARIES else tok.pad_id
-        if notes is not None:
-            notes.append(f"{path or name}: padding texts with id {text_pad} ("
-                         + ("SigLIP 1's T5 vocabularies pad with 1" if text_pad == 1 else "the tokenizer's pad")
-                         + "); pass --text-pad to change it")
-    if not 0 <= text_pad < tower.config.vocab_size:
-        raise FastViTError(f"--text-pad {text_pad}: not a token id of the text tower (0 to {tower.config.vocab_size - 1})"
-                           + ("; the tokenizer defines no pad id" if text_pad == -1 else ""))
-    embeddings = zero_shot.class_embeddings(tower, tok, prompts, pad=text_pad, source=zero_shot.file_identity(local),
-                                            cache=sources.cache_dir() / "zero_shot", progress=progress, stats=stats)
-    head = zero_shot.head_params(embeddings, tower.log_temperature, tower.bias)
-    params, config = zero_shot.attach(params, config, head, str(path or name))
-    return params, config, pre
 
 
 def _note_assumptions(path, desc: Description, gelu, preprocessing, notes: list) -> None:

@@ -6,14 +6,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax.bench import time_forwards
+from fastvit_jax.studies.bench import time_forwards
 from fastvit_jax.data import batches, image_folder, label_names
-from fastvit_jax.evaluate import top_predictions
-from fastvit_jax.forward import make_forward
-from fastvit_jax.hub import load_model
+from fastvit_jax.studies.evaluate import top_predictions
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.checkpoints.hub import load_model
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.registry import DEFAULT_MODEL, asset_path
+from fastvit_jax.checkpoints.registry import DEFAULT_MODEL, asset_path
 
 
 def bundled_model():

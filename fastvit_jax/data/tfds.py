@@ -13,7 +13,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from fastvit_jax.dataset import Dataset, EncodedImage
+from fastvit_jax.data.dataset import Dataset, EncodedImage
 from fastvit_jax.errors import FastViTError
 
 

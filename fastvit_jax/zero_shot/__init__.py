@@ -26,8 +26,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from fastvit_jax.checkpoints import sources
+from fastvit_jax.checkpoints.hub import checkpoint_file
+from fastvit_jax.checkpoints.registry import asset_path, entry_for_file, get_entry
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.models.text import TextTransformer
+from fastvit_jax.util.lock import exclusive
+from fastvit_jax.zero_shot.text_tower import read_text_tower
+from fastvit_jax.zero_shot.tokenizer import Tokenizer
 
 TEMPLATE_SETS = {  # name -> bundled file (big_vision's prompt_engineering_constants), None: the name alone
     "clip": "templates_clip.txt",  # the CLIP paper's ImageNet templates (big_vision's default)
@@ -100,8 +108,7 @@ def _lines(path: Path, what: str) -> list[str]:
 def read_classes(path: str | Path | None) -> tuple[tuple[str, ...], str]:
     """(class lines, where from): a file of one class a line, or the bundled ImageNet-1k names."""
     if path is None:
-        from fastvit_jax.registry import asset_path
-
+    
         return tuple(_lines(asset_path(IMAGENET_CLASSES), "class names")), "imagenet"
     lines = _lines(Path(path), "class names")
     for number, line in enumerate(lines, 1):
@@ -113,7 +120,6 @@ def read_classes(path: str | Path | None) -> tuple[tuple[str, ...], str]:
 
 def read_templates(spec: str | None) -> tuple[tuple[str, ...], str]:
     """(templates, where from): a bundled set by name (TEMPLATE_SETS) or a file of one template a line."""
-    from fastvit_jax.registry import asset_path
 
     spec = spec or "clip"
     if spec in TEMPLATE_SETS:
@@ -174,10 +180,7 @@ def class_embeddings(tower, tokenizer, prompts: Prompts, *, pad: int, source: di
     """
     import jax
     import jax.numpy as jnp
-    from tqdm import tqdm
 
-    from fastvit_jax.lock import exclusive
-    from fastvit_jax.models.text import TextTransformer
 
     texts, labels = prompts.texts()
     num_classes, dim, cfg = len(prompts.classes), tower.config.out_dim, tower.config
@@ -245,3 +248,34 @@ def attach(params: dict, config, head: dict, source: str):
         raise FastViTError(f"{source}: the text embeddings have {head['kernel'].shape[0]} dimensions, the image "
                            f"tower's features {dim}: the towers do not pair")
     return {**params, "head": head}, config.replace(num_classes=head["kernel"].shape[1], l2_normalize=True)
+
+
+def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None, text_pad=None, notes=None,
+                     progress=True, stats=None):
+    """(params, config, pre) of the image tower with a zero-shot head built from the file's text tower
+    (zero_shot.py). The tokenizer and the padding come from the arguments, else from the registry entry
+    (by name, or the entry whose official file has this file's name)."""
+    local = checkpoint_file(name, path)
+    entry = get_entry(name) if name else entry_for_file(local)
+    tower = read_text_tower(local)
+    spec = tokenizer or (entry.tokenizer if entry is not None else None)
+    if spec is None:
+        raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
+                           f"SentencePiece model ({TOKENIZER_HINT})")
+    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"))
+    if text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
+        text_pad = entry.text_pad if entry.text_pad is not None else tok.pad_id
+    elif text_pad is None:
+        text_pad = 1 if tower.config.vocab_size in T5_VOCABULARIES else tok.pad_id
+        if notes is not None:
+            notes.append(f"{path or name}: padding texts with id {text_pad} ("
+                         + ("SigLIP 1's T5 vocabularies pad with 1" if text_pad == 1 else "the tokenizer's pad")
+                         + "); pass --text-pad to change it")
+    if not 0 <= text_pad < tower.config.vocab_size:
+        raise FastViTError(f"--text-pad {text_pad}: not a token id of the text tower (0 to {tower.config.vocab_size - 1})"
+                           + ("; the tokenizer defines no pad id" if text_pad == -1 else ""))
+    embeddings = class_embeddings(tower, tok, prompts, pad=text_pad, source=file_identity(local),
+                                            cache=sources.cache_dir() / "zero_shot", progress=progress, stats=stats)
+    head = head_params(embeddings, tower.log_temperature, tower.bias)
+    params, config = attach(params, config, head, str(path or name))
+    return params, config, pre

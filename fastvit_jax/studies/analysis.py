@@ -17,7 +17,7 @@ import numpy as np
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.models.vit import VisionTransformer, observe, posemb_sincos_2d
-from fastvit_jax.report import pyplot, save_figure, write_json
+from fastvit_jax.util.report import pyplot, save_figure, write_json
 from fastvit_jax.runtime import Runtime
 
 STAGES = ("x_pre", "x_attn", "x_post")  # attention input (after LayerNorm_0), inside (before out), after residual
@@ -31,7 +31,7 @@ def mean_pairwise_cosine(h: jax.Array) -> jax.Array:
     return (jnp.sum(s * s, axis=-1) - n) / (n * (n - 1))
 
 
-def block_statistics(config: ViTConfig, plan: MergePlan | None, params, images, runtime: Runtime = Runtime()) -> dict:
+def block_statistics(config: ViTConfig, params, images, plan: MergePlan | None = None, runtime: Runtime = Runtime()) -> dict:
     """Per block: mean pairwise cosine of x_pre, x_attn, x_post (mean over images) and the mean
     cosine of merged pairs (None for blocks that do not merge)."""
     model = VisionTransformer(config, plan, runtime)
@@ -105,8 +105,8 @@ def run_analysis(config: ViTConfig, params, images, plans: list[MergePlan], out_
     """Figures 2-4 for `images`: writes analysis.json, analysis.csv and the plots (PNG + SVG) to out_dir.
     Returns the JSON payload and one row per block (dense stages, then each plan's merged similarity)."""
     out = Path(out_dir)
-    dense = block_statistics(config, None, params, images, runtime)
-    merged = {f"{p.method} r={p.r}": block_statistics(config, p, params, images, runtime)["merged"] for p in plans}
+    dense = block_statistics(config, params, images, None, runtime)
+    merged = {f"{p.method} r={p.r}": block_statistics(config, params, images, p, runtime)["merged"] for p in plans}
     posemb = posemb_similarity(params, config)
     result = {"token_similarity": {k: dense[k] for k in STAGES}, "merged_similarity": merged,
               "posemb_similarity": {f"{i},{j}": m.tolist() for (i, j), m in posemb.items()}, "images": len(images),

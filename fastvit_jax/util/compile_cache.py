@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jax
 
-from fastvit_jax.checkpoints.sources import cache_dir
+from fastvit_jax.util.cache import cache_dir
 
 ENV = "FASTVIT_COMPILE_CACHE"
 MIN_COMPILE_SECONDS = 0.2  # smaller programs compile faster than they load

@@ -16,10 +16,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from fastvit_jax import compile_cache
+from fastvit_jax.util import compile_cache
 from fastvit_jax.config import ViTConfig
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.runtime import Runtime
 

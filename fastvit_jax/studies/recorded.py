@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.untrusted import read_json
+from fastvit_jax.util.untrusted import read_json
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.data import Preprocess
 
 
 def fingerprint(*parts) -> str:
@@ -30,8 +32,6 @@ def _dotted(d: dict, prefix: str = "") -> dict:
 def _field_defaults() -> dict:
     """Settings written before a field existed compare equal to its default: the dataclasses whose
     fields are recorded whole, by where they sit in a record."""
-    from fastvit_jax.config import ViTConfig
-    from fastvit_jax.data import Preprocess
 
     out = {}
     for where, cls in (("model.config.", ViTConfig), ("preprocess.", Preprocess)):

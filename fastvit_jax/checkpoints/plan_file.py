@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.untrusted import read_json
-from fastvit_jax.flops import gflops
+from fastvit_jax.util.untrusted import read_json
+from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 

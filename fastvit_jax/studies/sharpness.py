@@ -23,6 +23,7 @@ from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.models.vit import VisionTransformer
 from fastvit_jax.runtime import Runtime
+from fastvit_jax.data import check_labels, load_arrays, open_dataset, spread
 
 
 def classification_loss(config: ViTConfig, plan: MergePlan | None = None, runtime: Runtime = Runtime()) -> Callable:
@@ -166,7 +167,6 @@ def measure(config: ViTConfig, params, preprocess, data, plan: MergePlan | None 
     """lambda_max on `num_images` labelled images spread over `data` (a Dataset or an --data string)."""
     import time
 
-    from fastvit_jax.data import check_labels, load_arrays, open_dataset, spread
 
     ds = open_dataset(data) if isinstance(data, str) else data
     if len(ds) < num_images:

@@ -18,7 +18,8 @@ import numpy as np
 from fastvit_jax import checkpoints
 from fastvit_jax.checkpoints.arrays import read_float32
 from fastvit_jax.checkpoints.big_vision import unstack_blocks
-from fastvit_jax.checkpoints.tree import strip_prefix, unflatten
+from fastvit_jax.checkpoints.checkpoint import check_finite, shape_mismatch
+from fastvit_jax.util.tree import strip_prefix, unflatten
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.text import TextConfig, expected_text_shapes, infer_text_config
 
@@ -69,7 +70,6 @@ def read_text_tower(path: str | Path, pool: str | None = None) -> TextTower:
 
 def check_text_params(params: dict, config: TextConfig, source: str) -> None:
     """Every key the text tower needs, with its shape, and nothing else; all finite floats."""
-    from fastvit_jax.checkpoint import check_finite, shape_mismatch
 
     found = shape_mismatch(params, expected_text_shapes(config))
     if found is not None:

@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import checkpoint
-from fastvit_jax.bench import time_forward
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.studies.bench import time_forward
 from fastvit_jax.data import Dataset, batches, check_labels
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.lock import exclusive
-from fastvit_jax.evaluate import evaluate
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.util.lock import exclusive
+from fastvit_jax.studies.evaluate import evaluate
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions, parse_r  # noqa: F401  (parse_r: the --r syntax)
 from fastvit_jax.merge.plan import MergePlan, make_plan
-from fastvit_jax.plots import plot_sweep
-from fastvit_jax.recorded import check_settings, fingerprint
+from fastvit_jax.util.plots import plot_sweep
+from fastvit_jax.studies.recorded import check_settings, fingerprint
 from fastvit_jax.runtime import Runtime
 
 CSV_COLUMNS = [
@@ -97,7 +97,7 @@ def same_numbers(plan: MergePlan) -> tuple:
     return (plan.ops,) if plan.is_dense else (plan.ops, plan.metric, plan.prop_attn)
 
 
-def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, runtime: Runtime = Runtime()) -> dict:
+def sweep_settings(config, params, preprocess, ds: Dataset, batch_size: int, runtime: Runtime = Runtime()) -> dict:
     """Everything besides the merge options that changes a sweep's numbers: the weights, the images
     (which files, with which labels), their preprocessing, the batch size images/s is timed at, the
     dtype, and how merging and attention run (their images/s)."""
@@ -119,7 +119,7 @@ def sweep_settings(params, config, preprocess, ds: Dataset, batch_size: int, run
 SWEEP = {"what": "a sweep measured", "advice": "use another --out for these settings"}
 
 
-def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
+def run_sweep(config, params, preprocess, ds: Dataset, out_dir: str | Path, points: list[MergeOptions], *,
               batch_size: int = 32, bench_runs: int = 5, progress: bool = True, plot: bool = True,
               title: str = "", runtime: Runtime = Runtime(), stats: dict | None = None) -> list[dict]:
     """Evaluate and time each MergeOptions point; points already in out_dir (same options, same
@@ -130,16 +130,16 @@ def run_sweep(params, config, preprocess, ds: Dataset, out_dir: str | Path, poin
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(out_dir, folder=True, remove=True):
-        return _sweep(params, config, preprocess, ds, out_dir, points, batch_size=batch_size,
+        return _sweep(config, params, preprocess, ds, out_dir, points, batch_size=batch_size,
                       bench_runs=bench_runs, progress=progress, plot=plot, title=title, runtime=runtime,
                       stats={} if stats is None else stats)
 
 
-def _sweep(params, config, preprocess, ds, out_dir: Path, points, *, batch_size, bench_runs, progress, plot, title,
+def _sweep(config, params, preprocess, ds, out_dir: Path, points, *, batch_size, bench_runs, progress, plot, title,
            runtime, stats) -> list[dict]:
     check_labels([label for _, label in ds.items], config.num_classes, ds.name)
     done = read_done(out_dir / "results.jsonl")
-    check_settings(out_dir, sweep_settings(params, config, preprocess, ds, batch_size, runtime),
+    check_settings(out_dir, sweep_settings(config, params, preprocess, ds, batch_size, runtime),
                    results_without_record=bool(done), **SWEEP)
     _rewrite(out_dir, done)  # drops a corrupt tail so appends stay valid
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
@@ -168,18 +168,18 @@ def _sweep(params, config, preprocess, ds, out_dir: Path, points, *, batch_size,
     return first + [row for row in rows if not any(row is f for f in first)]
 
 
-def remeasure_speed(params, config, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
+def remeasure_speed(config, params, out_dir: str | Path, *, batch_size: int = 32, runs: int = 5,
                     progress: bool = True, plot: bool = True, title: str = "",
                     runtime: Runtime = Runtime()) -> list[dict]:
     """Re-time images/s of every recorded point (e.g. after a sweep shared the machine) and rewrite
     results.jsonl/.csv and the plots; accuracy columns are kept. Plans come from the stored options."""
     out_dir = Path(out_dir)
     with exclusive(out_dir, folder=True, remove=True):
-        return _remeasure(params, config, out_dir, batch_size=batch_size, runs=runs, progress=progress, plot=plot,
+        return _remeasure(config, params, out_dir, batch_size=batch_size, runs=runs, progress=progress, plot=plot,
                           title=title, runtime=runtime)
 
 
-def _remeasure(params, config, out_dir: Path, *, batch_size, runs, progress, plot, title, runtime) -> list[dict]:
+def _remeasure(config, params, out_dir: Path, *, batch_size, runs, progress, plot, title, runtime) -> list[dict]:
     rows = read_done(out_dir / "results.jsonl")
     check_settings(out_dir, {"model": {"config": dataclasses.asdict(config)}}, only_given=True,
                    results_without_record=bool(rows), **SWEEP)

@@ -29,13 +29,15 @@ import numpy as np
 from tqdm import tqdm
 
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import gflops
+from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.bipartite import best_partners, max_merges
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.recorded import fingerprint
+from fastvit_jax.studies.recorded import fingerprint
 from fastvit_jax.runtime import Runtime
+from fastvit_jax.models.vit import VisionTransformer, observe
+from fastvit_jax.util.tree import flatten
 
 CALIBRATED = ("atm", "tome", "dfe")
 
@@ -61,7 +63,6 @@ def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_pre
 @functools.lru_cache(maxsize=32)
 def _count_runner(config, plan, theta: tuple[float, ...], split: int, runtime: Runtime):
     """A compiled forward returning (depth, B) pair counts above each block's threshold."""
-    from fastvit_jax.models.vit import VisionTransformer, observe
 
     model = VisionTransformer(config, plan, runtime)
 
@@ -135,7 +136,6 @@ class Journal:
 
 def journal_file(config, params, images: np.ndarray, options: MergeOptions, settings: dict, folder: Path) -> Path:
     """Where a budget search's journal lives: named by a hash of every setting that shapes its result."""
-    from fastvit_jax.checkpoints.tree import flatten
 
     flat = flatten(params)
     weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))

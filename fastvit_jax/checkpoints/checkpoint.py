@@ -19,9 +19,10 @@ import numpy as np
 from fastvit_jax import checkpoints
 from fastvit_jax.checkpoints import META_KEY, Description, meta_array, sources
 from fastvit_jax.checkpoints.sources import cache_dir, cache_path, download  # noqa: F401 (public here too)
-from fastvit_jax.checkpoints.tree import flatten, unflatten  # noqa: F401 (public here too)
+from fastvit_jax.util.tree import flatten, unflatten  # noqa: F401 (public here too)
 from fastvit_jax.config import ViTConfig, stem_stride
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.models.vit import VisionTransformer
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -157,7 +158,6 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix: int
 
 # ---------------------------------------------------------------- verification
 def expected_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
-    from fastvit_jax.models.vit import VisionTransformer
 
     images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
     tree = jax.eval_shape(lambda x: VisionTransformer(config).init(jax.random.PRNGKey(0), x), images)

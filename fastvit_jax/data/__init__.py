@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fastvit_jax.dataset import Dataset, EncodedImage, spread  # noqa: F401 (public here too)
+from fastvit_jax.data.dataset import Dataset, EncodedImage, spread  # noqa: F401 (public here too)
 from fastvit_jax.errors import FastViTError
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -258,7 +258,7 @@ def packed_dataset(path: str | Path) -> Dataset:
 def open_dataset(spec: str, **kw) -> Dataset:
     """An image folder or file, a packed .npz, or tfds:NAME[:SPLIT] (kw: data_dir, manual_dir for tfds)."""
     if spec.startswith("tfds:"):
-        from fastvit_jax.data_tfds import tfds_dataset
+        from fastvit_jax.data.tfds import tfds_dataset
 
         return tfds_dataset(spec, **kw)
     if spec.endswith(".npz") and Path(spec).is_file():

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fastvit_jax import supervise
+from fastvit_jax.util import supervise
 
 _initialized = False
 _distributed = False  # this process joined a multi-process run

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.data import Dataset, batches, check_labels
+from fastvit_jax.util import parallel
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -40,7 +41,6 @@ def _stream(ds: Dataset, preprocess, batch_size: int, failed: list, mesh):
     """Batches to run: with several processes, each decodes only its share of every global batch."""
     if mesh is None or jax.process_count() == 1:
         return batches(ds, preprocess, batch_size, failed=failed)
-    from fastvit_jax import parallel
 
     chunks, local = parallel.process_chunks(ds.items, batch_size)
     return batches(ds, preprocess, local, failed=failed, chunks=chunks)
@@ -48,7 +48,6 @@ def _stream(ds: Dataset, preprocess, batch_size: int, failed: list, mesh):
 
 def _run_batch(forward, params, b, mesh) -> tuple[np.ndarray, np.ndarray]:
     """(logits, labels) of a batch's real images (the whole global batch with several processes)."""
-    from fastvit_jax import parallel
 
     if mesh is None:
         return np.asarray(jax.block_until_ready(forward(params, b.images)))[: b.count], b.labels[: b.count]
@@ -70,7 +69,6 @@ def evaluate(forward, params, ds: Dataset, preprocess, *, batch_size: int = 32, 
     `cached`: already preprocessed batches to use instead of reading ds (sweeps reuse them).
     num_classes: refuse labels >= it before evaluating.
     """
-    from fastvit_jax import parallel
 
     if num_classes is not None:  # labels the head cannot predict would score 0 without a word
         check_labels([label for _, label in ds.items], num_classes, ds.name)

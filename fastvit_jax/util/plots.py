@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from fastvit_jax.report import pyplot, save_figure
+from fastvit_jax.util.report import pyplot, save_figure
 
 
 def pareto_front(points: list[tuple[float, float]], lower_x_better: bool) -> list[int]:

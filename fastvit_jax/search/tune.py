@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import budget
+from fastvit_jax.search import budget
 from fastvit_jax.data import Dataset, load_arrays
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.lock import exclusive
-from fastvit_jax.evaluate import topk_correct
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.util.lock import exclusive
+from fastvit_jax.studies.evaluate import topk_correct
+from fastvit_jax.merge.flops import gflops
+from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge import methods
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.recorded import check_settings
+from fastvit_jax.studies.recorded import check_settings
 from fastvit_jax.runtime import Runtime
-from fastvit_jax.stats import paired_difference, wilson_interval
-from fastvit_jax.sweep import read_done, sweep_settings
+from fastvit_jax.util.stats import paired_difference, wilson_interval
+from fastvit_jax.studies.sweep import read_done, same_numbers, sweep_settings
 
 def search_space() -> dict:
     """method -> knob -> values tried, from each method's record; every combination is one candidate
@@ -55,7 +55,7 @@ def candidates(config, methods: list[str], metrics: list[str], target_gflops: fl
         space = spaces[method]
         for values in itertools.product(*space.values()):
             for metric in metrics:
-                base = MergeOptions(method, **dict(zip(space, values)), metric=metric)
+                base = MergeOptions.from_dict({"method": method, **dict(zip(space, values)), "metric": metric})
                 try:
                     found.append(budget.options_for_gflops(config, base, target_gflops))
                 except FastViTError as e:
@@ -66,7 +66,6 @@ def candidates(config, methods: list[str], metrics: list[str], target_gflops: fl
 def distinct_plans(config, options: list[MergeOptions]) -> list[MergeOptions]:
     """The first options of each distinct plan: knobs that change nothing (ToFu's prune blocks inside
     the skipped blocks, say) would score the same model twice."""
-    from fastvit_jax.sweep import same_numbers
 
     seen = {}
     for o in options:
@@ -77,8 +76,8 @@ def distinct_plans(config, options: list[MergeOptions]) -> list[MergeOptions]:
 def describe(options: MergeOptions) -> str:
     """The label plus every knob that differs from the defaults."""
     defaults = MergeOptions(options.method)  # the method's own defaults (PiToMe: no prop. attention, MCTF: x)
-    knobs = [f"{k}={v}" for k, v in options.to_dict().items()  # the label already shows the schedule
-             if k not in ("method", "r", "inflect", "keep", "r_list", "align") and v != getattr(defaults, k)]
+    shown = {"method", "r", "inflect", "keep", "r_list", "align", *dict(options.knobs)}  # in the label already
+    knobs = [f"{k}={v}" for k, v in options.to_dict().items() if k not in shown and v != getattr(defaults, k)]
     return " ".join([options.label] + knobs)
 
 
@@ -115,18 +114,18 @@ class Results:
                                 "correct": "".join("1" if c else "0" for c in correct)}) + "\n")
 
 
-def tune(params, config, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
+def tune(config, params, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
          metrics: list[str | None] = (None,), subset: int = 250, finalists: int = 4, batch_size: int = 32,
          runtime: Runtime = Runtime(), progress: bool = True) -> dict:
     """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}.
     Scores go to OUT.tune/, which one tune writes at a time."""
     with exclusive(Path(str(out) + ".tune"), folder=True, remove=True):
-        return _tune(params, config, preprocess, ds, target_gflops=target_gflops, out=out, methods=methods,
+        return _tune(config, params, preprocess, ds, target_gflops=target_gflops, out=out, methods=methods,
                      metrics=metrics, subset=subset, finalists=finalists, batch_size=batch_size, runtime=runtime,
                      progress=progress)
 
 
-def _tune(params, config, preprocess, ds, *, target_gflops, out, methods, metrics, subset, finalists, batch_size,
+def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metrics, subset, finalists, batch_size,
           runtime, progress) -> dict:
     images, labels = load_arrays(ds, preprocess, require_labels=True)
     if len(images) < 2:
@@ -135,7 +134,7 @@ def _tune(params, config, preprocess, ds, *, target_gflops, out, methods, metric
     if not found:
         raise FastViTError(f"no candidate meets {target_gflops:.3f} GFLOPs: {skipped[0] if skipped else ''}")
     folder = Path(str(out) + ".tune")
-    settings = sweep_settings(params, config, preprocess, ds, batch_size, runtime)
+    settings = sweep_settings(config, params, preprocess, ds, batch_size, runtime)
     settings["subset"] = min(subset, len(images))
     results = Results(folder, settings)
     pick = np.unique(np.linspace(0, len(images) - 1, settings["subset"]).round().astype(int))

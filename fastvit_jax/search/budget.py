@@ -11,9 +11,12 @@ from typing import Callable
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.flops import gflops
+from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
+from fastvit_jax.merge.methods import MERGING
+from fastvit_jax.studies.bench import time_forward
+from fastvit_jax.models.vit import init_params
 
 
 KEEP_STEP = 1e-4  # keep ratios are placed on this grid (plan files and rows stay readable)
@@ -42,7 +45,6 @@ def smallest_r(config: ViTConfig, options: MergeOptions, meets: Callable[[MergeP
                r_max: int | None = None) -> MergeOptions:
     """Binary search over r for the first plan with meets(plan) True (cost falls as r grows); with a
     keep-ratio schedule, over the keep ratio instead."""
-    from fastvit_jax.merge.methods import MERGING
 
     if options.method == "none":
         raise FastViTError(f"--target-gflops/--target-speedup need a merging --method ({', '.join(MERGING)})")
@@ -100,10 +102,8 @@ def options_for_speedup(config: ViTConfig, options: MergeOptions, target: float,
     dense = gflops(config)
     if not measured:
         return smallest_r(config, options, lambda p: dense / gflops(config, p) >= target)
-    from fastvit_jax.bench import time_forward
 
     if params is None:
-        from fastvit_jax.models.vit import init_params
 
         params = init_params(config)
     base = time_forward(config, params, None, batch_size=batch_size, runs=runs)["images_per_s"]

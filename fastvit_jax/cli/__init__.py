@@ -14,30 +14,34 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax import __version__, arguments, compile_cache, supervise
-from fastvit_jax.analysis import run_analysis
-from fastvit_jax.bench import compare
-from fastvit_jax.checkpoint import convert, describe
-from fastvit_jax.data import image_folder, load_arrays, load_image, pack_dataset, spread
-from fastvit_jax.demo import run_demo
-from fastvit_jax.embed import embed_files
+from fastvit_jax import __version__
+from fastvit_jax.cli import arguments
+from fastvit_jax.util import compile_cache, parallel, supervise
+from fastvit_jax.studies.analysis import run_analysis
+from fastvit_jax.studies.bench import compare
+from fastvit_jax.checkpoints.checkpoint import convert, describe
+from fastvit_jax.data import image_folder, load_arrays, load_image, open_dataset, pack_dataset, spread
+from fastvit_jax.studies.demo import run_demo
+from fastvit_jax.studies.embed import embed_files
 from fastvit_jax.errors import FastViTError, report_errors
 from fastvit_jax.merge import methods
-from fastvit_jax.evaluate import evaluate, predict
-from fastvit_jax.flops import gflops
-from fastvit_jax.forward import make_forward
+from fastvit_jax.studies.evaluate import evaluate, predict
+from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.options import MergeOptions, parse_points
 from fastvit_jax.merge.plan import CLAMPED_NOTE, make_plan
-from fastvit_jax.parallel import maybe_initialize_distributed
-from fastvit_jax.plan_file import save_plan
-from fastvit_jax.registry import model_rows
-from fastvit_jax.report import format_table
-from fastvit_jax.runtime import Runtime
-from fastvit_jax.sharpness import measure
-from fastvit_jax.sweep import remeasure_speed, run_sweep
-from fastvit_jax.train import train
-from fastvit_jax.tune import SEARCH_SPACE, tune, tune_summary
-from fastvit_jax.visualize import paint_plans
+from fastvit_jax.util.parallel import maybe_initialize_distributed
+from fastvit_jax.checkpoints.plan_file import save_plan
+from fastvit_jax.checkpoints.registry import model_rows
+from fastvit_jax.util.report import format_table
+from fastvit_jax.studies.sharpness import measure
+from fastvit_jax.studies.sweep import remeasure_speed, run_sweep
+from fastvit_jax.studies.train import train
+from fastvit_jax.search.tune import SEARCH_SPACE, tune, tune_summary
+from fastvit_jax.studies.visualize import paint_plans
+from fastvit_jax.checkpoints.augreg import COLUMNS, index
+from fastvit_jax.search import calibrate
+from fastvit_jax.merge.methods import atm
+from fastvit_jax.checkpoints.sources import cache_dir
 
 COMMANDS: list = []  # (name, help, fn, argument adders), in `fastvit --help` order
 
@@ -87,7 +91,6 @@ def note_clamped(plans: list) -> None:
                                                    "loads as --checkpoint FILE"))
 def cmd_models(args):
     if args.augreg:
-        from fastvit_jax.augreg import COLUMNS, index
 
         notes: list[str] = []
         rows = index(notes=notes)
@@ -207,10 +210,10 @@ def cmd_sweep(args):
     kw = dict(batch_size=args.batch_size, progress=not args.json, title=f"{model_name(args)} on {args.data}",
               runtime=model.runtime)
     if args.remeasure_speed:
-        rows = remeasure_speed(params, config, args.out, runs=args.bench_runs, **kw)
+        rows = remeasure_speed(config, params, args.out, runs=args.bench_runs, **kw)
     else:
         stats: dict = {}
-        rows = run_sweep(params, config, model.preprocessing, arguments.open_data(args).limit(args.limit), args.out,
+        rows = run_sweep(config, params, model.preprocessing, arguments.open_data(args).limit(args.limit), args.out,
                          arguments.merge_points(args, config), bench_runs=args.bench_runs, stats=stats, **kw)
         if stats.get("reused"):
             arguments.note(f"{args.out}: {stats['reused']} of {len(rows)} points read back from an earlier run "
@@ -352,8 +355,6 @@ def emit_plan(args, config, plan, extra: dict | None = None):
 
 def calibrated_plan(args):
     """`plan --calibrate DATA`: ATM's thresholds measured on images into a static r per block."""
-    from fastvit_jax import calibrate
-    from fastvit_jax.merge.methods import atm
 
     calibrate.check_method(args.method)  # before the model loads
     if args.r or args.r_list or args.keep or args.inflect or args.target_speedup or args.plan:
@@ -367,13 +368,11 @@ def calibrated_plan(args):
         raise FastViTError(f"--thresholds {args.thresholds!r}: expected ALPHA,BETA,MIN (three finite numbers)") from None
     model = arguments.load_model(args)
     params, config = model.params, model.config
-    from fastvit_jax.data import open_dataset
 
     images, _ = load_arrays(spread(open_dataset(args.calibrate), args.calibration_images), model.preprocessing)
     options = arguments.point_options(args, args.method, 0)
     kw = dict(quantile=args.quantile, runtime=model.runtime)
     if args.target_gflops is not None:
-        from fastvit_jax.checkpoints.sources import cache_dir
 
         stats: dict = {}
         options, alpha = calibrate.calibrate_to_budget(config, params, images, options, args.target_gflops,
@@ -405,24 +404,25 @@ def cmd_tune(args):
     if (args.target_gflops is None) == (args.target_speedup is None):
         raise FastViTError("fastvit tune needs one budget: --target-gflops X or --target-speedup X")
     model = arguments.load_model(args)
-    params, config, pre = model.params, model.config, model.preprocessing
     target = args.target_gflops or model.gflops / args.target_speedup
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or [None]
     for m in metrics:
         MergeOptions(metric=m)  # one line naming the allowed metrics
-    res = tune(params, config, pre, arguments.open_data(args).limit(args.limit), target_gflops=target, out=args.out,
-               methods=[m.strip() for m in args.methods.split(",") if m.strip()], metrics=metrics,
-               subset=args.subset, finalists=args.finalists, batch_size=args.batch_size,
+    res = tune(model.config, model.params, model.preprocessing, arguments.open_data(args).limit(args.limit),
+               target_gflops=target, out=args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+               metrics=metrics, subset=args.subset, finalists=args.finalists, batch_size=args.batch_size,
                runtime=model.runtime, progress=not args.json)
-    best = make_plan(config, res["best"])
-    out = save_plan(args.out, config, best, model_name=model_name(args), command=command_line(args),
-                    extra={"tune": tune_summary(res)})
+    out = save_plan(args.out, model.config, make_plan(model.config, res["best"]), model_name=model_name(args),
+                    command=command_line(args), extra={"tune": tune_summary(res)})
+    emit(args, {**tune_summary(res), "best": res["best"].to_dict(), "out": str(out)}, tune_table(res, target, out))
+
+
+def tune_table(res: dict, target: float, out) -> str:
     rows = [{**r, "top1_95": f"[{r['top1_lo']:.3f}, {r['top1_hi']:.3f}]",
              "vs_tome_95": f"{r['vs_tome']:+.3f} [{r['vs_tome_lo']:+.3f}, {r['vs_tome_hi']:+.3f}]"} for r in res["rows"]]
-    emit(args, {**tune_summary(res), "best": res["best"].to_dict(), "out": str(out)},
-         format_table(rows, ["plan", "gflops", "subset_top1", "top1", "top1_95", "vs_tome_95", "p_mcnemar"])
-         + f"\n{res['candidates']} candidates at <= {target:.3f} GFLOPs on {res['subset']} images, the best "
-           f"{len(rows)} on all {res['images']}; best: {rows[0]['plan']}\nwrote {out} (use it as --plan {out})")
+    return (format_table(rows, ["plan", "gflops", "subset_top1", "top1", "top1_95", "vs_tome_95", "p_mcnemar"])
+            + f"\n{res['candidates']} candidates at <= {target:.3f} GFLOPs on {res['subset']} images, the best "
+              f"{len(rows)} on all {res['images']}; best: {rows[0]['plan']}\nwrote {out} (use it as --plan {out})")
 
 
 def model_name(args) -> str:
@@ -459,7 +459,6 @@ def run_command(args):
     try:
         return args.fn(args)
     except Exception as e:
-        from fastvit_jax import parallel
 
         if parallel.lost_peer(e):
             parallel.exit_lost_peer(e)
@@ -491,9 +490,3 @@ def main(argv: list[str] | None = None) -> int:
         return report_errors(lambda: run_command(args), "fastvit")
     finally:
         warnings.formatwarning = plain
-
-
-if __name__ == "__main__":
-    from fastvit_jax.__main__ import entry
-
-    entry()

@@ -13,6 +13,7 @@ import math
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan, make_plan
+from fastvit_jax.merge import methods
 
 
 def metric_dim(config: ViTConfig, metric: str) -> int:
@@ -23,7 +24,6 @@ def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k"
     d, m = config.width, config.mlp_dim
     match = 0
     if op is not None and op.kind == "global" and op.r:  # the method's rule says what its matching costs
-        from fastvit_jax.merge import methods
 
         match = methods.rule(op.rule).match_macs(n, config.num_prefix, metric_dim(config, metric))
     elif op is not None and op.kind == "local" and op.r:

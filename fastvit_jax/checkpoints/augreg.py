@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastvit_jax.checkpoints import sources
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.checkpoints.registry import REGISTRY
 
 INDEX_URL = sources.AUGREG + "index.csv"
 COLUMNS = ("name", "ds", "adapt_ds", "adapt_resolution", "adapt_final_test", "file")
@@ -38,7 +39,6 @@ def _rows_from_csv(path: Path) -> list[dict]:
 
 
 def _rows_from_registry() -> list[dict]:
-    from fastvit_jax.registry import REGISTRY
 
     rows = []
     for e in REGISTRY.values():

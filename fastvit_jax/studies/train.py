@@ -20,15 +20,15 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from fastvit_jax import checkpoint
+from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.data import check_labels
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.lock import exclusive
-from fastvit_jax.recorded import check_settings, fingerprint
+from fastvit_jax.util.lock import exclusive
+from fastvit_jax.studies.recorded import check_settings, fingerprint
 from fastvit_jax.runtime import Runtime
-from fastvit_jax.sam import sam
-from fastvit_jax.sharpness import classification_loss
+from fastvit_jax.studies.sam import sam
+from fastvit_jax.studies.sharpness import classification_loss
 
 
 @dataclasses.dataclass(frozen=True)
