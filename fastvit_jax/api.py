@@ -321,9 +321,10 @@ def load(source: str | os.PathLike | None = None, *, model: str | None = None, g
         else:
             name = str(source)
     notes: list[str] = []
+    labels: list[str] = []
     params, config, pre = load_model(name, path, gelu=gelu, preprocessing=preprocessing, crop_pct=crop_pct,
-                                     random_weights=random_weights, notes=notes, tower=tower)
+                                     random_weights=random_weights, notes=notes, tower=tower, labels=labels)
 
     label = str(path) if path is not None else name or f"{DEFAULT_MODEL} (bundled)"
-    return Model(params, config, pre, None, runtime or Runtime(), label, tuple(notes),
+    return Model(params, config, pre, None, runtime or Runtime(), label, tuple(notes), tuple(labels) or None,
                  origin=(name, str(path) if path is not None else None))

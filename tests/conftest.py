@@ -39,6 +39,20 @@ def google_checkpoint(config, seed=0):
     return flat
 
 
+SYNSETS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331")
+
+
+def labelled_images(folder, count: int = 6, size=(120, 150), seed: int = 0):
+    """`count` random images named by ImageNet synset (labels 0, 1, 2, ...) in folder; returns it."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{SYNSETS[i % 6]}_{i}.png")
+    return folder
+
+
 def _tiny():
     from fastvit_jax.config import ViTConfig
 

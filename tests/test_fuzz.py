@@ -390,7 +390,7 @@ def test_npz_bomb_refused_before_it_inflates(tmp_path):
             for _ in range(12):
                 f.write(zeros)
     assert bomb.stat().st_size < 4 << 20
-    probe = ("import resource, sys\nfrom fastvit_jax import checkpoint\nfrom fastvit_jax.errors import FastViTError\n"
+    probe = ("import resource, sys\nfrom fastvit_jax.checkpoints import checkpoint\nfrom fastvit_jax.errors import FastViTError\n"
              "try:\n    checkpoint.load(sys.argv[1]); print('loaded')\nexcept FastViTError as e:\n    print(e)\n"
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     runs = {name: subprocess.run([sys.executable, "-c", probe, str(tmp_path / name)], capture_output=True, text=True,

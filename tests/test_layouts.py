@@ -371,3 +371,26 @@ def test_wrong_types_and_shapes_in_a_folder_are_one_line(tmp_path, capsys):
 
     with pytest.raises(FastViTError, match="preprocessing mean must be 3 numbers, got 'abc'"):
         Preprocess(mean="abc")
+
+
+def test_transformers_class_names_and_processor_config(tmp_path, capsys):
+    """id2label names the outputs (predict prints them); transformers 5's processor_config.json (the
+    image processor nested inside) is read like preprocessor_config.json; placeholders are not names."""
+    import fastvit_jax as fv
+    from fastvit_jax.cli import main
+
+    flat = google_checkpoint(CFG, seed=3)
+    pre = {**HF_PRE, "image_mean": [0.4, 0.5, 0.6], "resample": 3}
+    folder = _folder(tmp_path / "hf5", {"model.safetensors": hf_vit(flat, 3)}, pre=None)
+    (folder / "processor_config.json").write_text(json.dumps({"image_processor": pre, "processor_class": "x"}))
+    model = fv.load(folder)
+    assert model.labels == [f"class{i}" for i in range(10)] and not model.notes
+    assert (model.preprocessing.mean, model.preprocessing.interpolation) == ((0.4, 0.5, 0.6), "bicubic")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(image), "--checkpoint", str(folder), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top5"][0]
+    assert top["label"] == f"class{top['index']}"
+    placeholders = {**HF_CONFIG, "id2label": {str(i): f"LABEL_{i}" for i in range(10)}}
+    assert fv.load(_folder(tmp_path / "plain", {"model.safetensors": hf_vit(flat, 3)}, config=placeholders)
+                   ).class_names is None

@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import google_checkpoint
+from conftest import google_checkpoint, labelled_images
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge import methods
@@ -53,12 +52,7 @@ def keepnorm():
 def setup(tmp_path):
     ckpt = tmp_path / "m.npz"
     np.savez(ckpt, **google_checkpoint(CFG, seed=2))
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    rng = np.random.default_rng(0)
-    for i, syn in enumerate(["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331"]):
-        Image.fromarray(rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)).save(imgs / f"{syn}_{i}.png")
-    return ckpt, imgs
+    return ckpt, labelled_images(tmp_path / "imgs")
 
 
 def run(capsys, *argv):

@@ -38,6 +38,7 @@ class Folder:
     path: Path
     config: dict | None = None
     preprocessor: dict | None = None
+    preprocessor_file: str = "preprocessor_config.json"  # where `preprocessor` was read
 
 
 def _json(path: Path) -> dict | None:
@@ -68,7 +69,20 @@ def locate(path: str | Path) -> tuple[Path, Folder | None]:
         weights, folder = path, path.parent if (path.is_file() and (path.parent / "config.json").exists()) else None
     if folder is None:
         return weights, None
-    return weights, Folder(folder, _json(folder / "config.json"), _json(folder / "preprocessor_config.json"))
+    return weights, Folder(folder, _json(folder / "config.json"), *_preprocessor(folder))
+
+
+def _preprocessor(folder: Path) -> tuple[dict | None, str]:
+    """The image processor's settings: preprocessor_config.json, else (transformers 5's processor
+    save) the image_processor inside processor_config.json."""
+    pre = _json(folder / "preprocessor_config.json")
+    if pre is not None:
+        return pre, "preprocessor_config.json"
+    processor = _json(folder / "processor_config.json")
+    nested = processor.get("image_processor") if processor else None
+    if isinstance(nested, dict):
+        return nested, "processor_config.json image_processor"
+    return None, "preprocessor_config.json"
 
 
 def list_arrays(weights: Path) -> dict[str, Stored]:

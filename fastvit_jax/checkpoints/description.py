@@ -24,6 +24,7 @@ class Description:
     image_size: int | None = None  # the resolution the file states (sincos2d files cannot show it)
     model_family: str | None = None  # what fastvit_meta calls the model ("deit", "google", ...)
     sources: dict = dataclasses.field(default_factory=dict)  # field -> where its value came from
+    labels: tuple | None = None  # the outputs' class names, where the files state them (id2label)
 
     def state(self, field: str, value, source: str) -> None:
         """Record a value the file states (source: which file or key said it)."""

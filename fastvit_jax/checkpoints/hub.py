@@ -15,7 +15,7 @@ from fastvit_jax.models.vit import init_params
 
 def load_model(name: str | None = None, path: str | Path | None = None, *, gelu: str | None = None,
                preprocessing: str | None = None, crop_pct: float | None = None, random_weights: bool = False,
-               notes: list | None = None, tower: str | None = None):
+               notes: list | None = None, tower: str | None = None, labels: list | None = None):
     """(params, config, Preprocess).
 
     name only: the bundled weights, else the official file (downloaded into the cache once).
@@ -24,6 +24,7 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
     files, or what `fastvit convert` wrote), else from `name`'s entry, else the layout's default,
     and a note names what was assumed. Explicit gelu / preprocessing / crop_pct win over all.
     neither: the bundled DeiT-Tiny. random_weights: the named architecture, randomly initialised.
+    labels: filled with the outputs' class names where the files state them (transformers' id2label).
     """
     if name is None and path is None:
         name = DEFAULT_MODEL
@@ -39,6 +40,8 @@ def load_model(name: str | None = None, path: str | Path | None = None, *, gelu:
         return init_params(config), config, Preprocess(preprocessing or entry.preprocessing, config.image_size,
                                                        crop_pct or entry.crop_pct)
     params, config, desc = checkpoint.load(path, config, with_meta=True, tower=tower, notes=notes)
+    if labels is not None and desc.labels and len(desc.labels) == config.num_classes:
+        labels.extend(desc.labels)
     if gelu:
         config = config.replace(gelu=gelu)
     if entry is not None and (official or not any(desc.stated(k) for k in PREPROCESS_FIELDS)):

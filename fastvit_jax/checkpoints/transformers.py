@@ -177,7 +177,8 @@ def model_config(folder_config: dict | None, source, siglip: bool) -> dict:
     return config
 
 
-def describe(config: dict, pre: dict | None, siglip: bool, source) -> Description:
+def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = "preprocessor_config.json"
+             ) -> Description:
     desc = Description(NAME)
     act = config.get("hidden_act", "gelu_pytorch_tanh" if siglip else "gelu")
     if act not in GELUS:
@@ -189,7 +190,6 @@ def describe(config: dict, pre: dict | None, siglip: bool, source) -> Descriptio
                "config.json layer_norm_eps" if eps is not None else "transformers' default layer_norm_eps")
     if "image_size" in config:
         desc.state("image_size", int(config["image_size"]), "config.json image_size")
-    where = "preprocessor_config.json"
     if pre is None:
         defaults = "SiglipImageProcessor" if siglip else "ViTImageProcessor"
         why = f"no {where} in the folder: {defaults}'s defaults, a square resize"
@@ -220,6 +220,18 @@ def describe(config: dict, pre: dict | None, siglip: bool, source) -> Descriptio
     return desc
 
 
+def class_labels(config: dict, num_classes: int) -> tuple[str, ...] | None:
+    """A fine-tuned folder's own class names (config.json id2label), unless transformers' placeholders."""
+    id2label = (config or {}).get("id2label")
+    if not isinstance(id2label, dict) or not num_classes or len(id2label) != num_classes:
+        return None
+    try:
+        names = tuple(str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(num_classes))
+    except KeyError:
+        return None
+    return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
+
+
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
     sd = torch_layout({k: read_float32(v) for k, v in stored.items()
                        if not _torch_name(k).startswith("text_model.")})  # a SiglipModel's text half stays on disk
@@ -227,7 +239,9 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     folder_config = folder.config if folder else None
     config = model_config(folder_config, source, siglip)
     params = siglip_tree(sd, config, source) if siglip else vit_tree(sd, config, source)
-    desc = describe(config, folder.preprocessor if folder else None, siglip, source)
+    desc = describe(config, folder.preprocessor if folder else None, siglip, source,
+                    folder.preprocessor_file if folder else "preprocessor_config.json")
+    desc.labels = class_labels(folder_config, int(params["head"]["bias"].shape[0]) if "head" in params else 0)
     desc.model_family = f"transformers:{folder_config.get('model_type', '?')}"
     width = params["embedding"]["kernel"].shape[-1]
     if int(config.get("hidden_size", width)) != width:

@@ -292,7 +292,7 @@ def add_merge_args(p: argparse.ArgumentParser, *, several: bool = False, methods
                         "distinct shapes across plans); budgets still hold (--target-* may pick a fractional r "
                         "to fill them); 0 = exact r")
     for knob in method_registry.knobs().values():  # each method's own settings, from its record
-        g.add_argument(knob.flag, dest=knob.name, type=knob.type, metavar=knob.metavar,
+        g.add_argument(knob.flag, dest=knob.name, type=knob.type, metavar=knob.metavar, default=knob.default,
                        help=f"{', '.join(method_registry.owners(knob.name))}: {knob.help}")
     if targets and not several:
         g.add_argument("--target-gflops", type=positive_float, help="pick the smallest r whose plan has at most X GFLOPs")

@@ -15,7 +15,7 @@ from fastvit_jax.merge.flops import gflops
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.methods import MERGING
-from fastvit_jax.studies.bench import time_forward
+from fastvit_jax.studies import bench  # bench.time_forward looked up per call (tests replace it)
 from fastvit_jax.models.vit import init_params
 
 
@@ -106,10 +106,10 @@ def options_for_speedup(config: ViTConfig, options: MergeOptions, target: float,
     if params is None:
 
         params = init_params(config)
-    base = time_forward(config, params, None, batch_size=batch_size, runs=runs)["images_per_s"]
+    base = bench.time_forward(config, params, None, batch_size=batch_size, runs=runs)["images_per_s"]
 
     def meets(plan):
-        return time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"] >= target * base
+        return bench.time_forward(config, params, plan, batch_size=batch_size, runs=runs)["images_per_s"] >= target * base
 
     return smallest_r(config, options, meets)
 

@@ -4,7 +4,7 @@ then global merging. The plan's local blocks: merge/plan.py local_block; kernels
 
 from fastvit_jax.merge.knobs import Knob
 
-METHOD = {"knobs": (Knob("window", int, "initial LGTM window size (default 7)", default=None, low=2),
+METHOD = {"knobs": (Knob("window", int, "initial LGTM window size", default=7, low=2),
                     Knob("transition", int, "number of local LGTM blocks (default: computed as in Algorithm 1)", low=0)),
           "name": "lgtm", "summary": "DFE + Local-Global Token Merging: windows first, then global merging",
           "default_skip": lambda depth: depth // 6, "local_windows": True,
