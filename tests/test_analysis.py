@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, google_checkpoint
 from fastvit_jax.studies import analysis
 from fastvit_jax.checkpoints import checkpoint
-from fastvit_jax.cli import main
+from fastvit_jax.cli import build_parser, main
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import VisionTransformer
@@ -69,6 +69,12 @@ def test_analyze_cli(tmp_path, capsys):
     assert code == 0 and len(res["token_similarity"]["x_pre"]) == 12 and "tome r=8" in res["merged_similarity"]
     for f in ("analysis.json", "analysis.csv", "token_similarity.png", "merged_similarity.svg", "posemb_similarity.png"):
         assert (tmp_path / f).exists()
+    code = main(["analyze", "--data", str(asset_path("images")), "--num-images", "2", "--r-values", "8", "--out",
+                 str(tmp_path / "text")])
+    out = capsys.readouterr().out
+    assert code == 0 and "x_pre = the attention input" in out and "x_post = after the attention residual" in out
+    help_text = build_parser()._subparsers._group_actions[0].choices["analyze"].format_help()
+    assert "images analysed, spread over --data" in help_text and "folder for analysis.json" in help_text
 
 
 

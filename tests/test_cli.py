@@ -97,7 +97,10 @@ def test_bench_random_weights(capsys):
     res = json.loads(out)
     assert code == 0 and {"dense", "merged", "speedup", "ideal_speedup"} <= set(res)
     assert {"images_per_s", "gflops", "compile_s"} <= set(res["merged"])
-    assert res["ideal_speedup"] > 1.2
+    assert res["ideal_speedup"] > 1.2 and res["weights"] == "random"
+    code, out, _ = run(capsys, "bench", "--model", "vit_tiny_patch16_224", "--method", "tome", "--r", "8",
+                       "--batch-size", "2", "--runs", "1")
+    assert code == 0 and "weights: random" in out
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -166,6 +169,7 @@ def test_clamping_reported_in_json_table_and_once_on_stderr(setup, capsys):
                               "metric": "k", "prop_attn": True, "reducer": None, "prune_blocks": None, "align": 0,
                               "inflect": 0.0, "r_list": None, "keep": None, "threshold": None, "size_split": None}
     assert err.count("fastvit: note: tome r=90: some blocks merge fewer than r tokens") == 1
+    assert "(used: tome r=90: r per block [90, 53])" in err  # what r each block used
     code, out, _ = run(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(imgs), "--method", "tome",
                        "--r", "90", "--no-progress")
     assert out.splitlines()[0].split()[-1] == "clamped" and out.splitlines()[1].split()[-1] == "True"

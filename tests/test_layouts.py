@@ -394,3 +394,11 @@ def test_transformers_class_names_and_processor_config(tmp_path, capsys):
     placeholders = {**HF_CONFIG, "id2label": {str(i): f"LABEL_{i}" for i in range(10)}}
     assert fv.load(_folder(tmp_path / "plain", {"model.safetensors": hf_vit(flat, 3)}, config=placeholders)
                    ).class_names is None
+
+
+def test_a_note_gives_each_reason_once(tmp_path):
+    flat = google_checkpoint(CFG, seed=3)
+    notes = []
+    load_model(path=_folder(tmp_path / "nopre", {"model.safetensors": hf_vit(flat, 3)}, pre=None), notes=notes)
+    assert len(notes) == 1 and notes[0].count("no preprocessor_config.json in the folder") == 1, notes
+    assert "ViTImageProcessor's defaults, a square resize" in notes[0]

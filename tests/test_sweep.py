@@ -68,6 +68,15 @@ def test_sweep_resume(tiny_setup, tmp_path, capsys, monkeypatch):
     assert evaluated == ["tome r=8", "lgtm r=8"]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and len((out / "results.csv").read_text().splitlines()) == 7
+    assert not (out / ".fastvit.lock").exists()  # the lock goes with the run
+    # rows come in the order asked, and a rerun says what it read back
+    capsys.readouterr()
+    code = main(["sweep", "--checkpoint", str(ckpt), "--data", str(imgs), "--methods", "lgtm,tome", "--r", "8,0",
+                 "--out", str(out), "--bench-runs", "1", "--batch-size", "2", "--json", *DESCRIBED])
+    captured = capsys.readouterr()
+    assert code == 0 and "4 of 4 points read back from an earlier run" in captured.err
+    assert [(r["method"], r["r"]) for r in json.loads(captured.out)][:4] == [("lgtm", 8), ("lgtm", 0), ("tome", 8),
+                                                                             ("tome", 0)]
 
 
 @pytest.mark.slow

@@ -44,6 +44,10 @@ def test_visualize_cli_384(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and (tmp_path / "v.png").stat().st_size > 1000
     assert res["regions"]["tome"]["tokens"] == 576 - 40 and set(res["regions"]) == {"tome", "lgtm"}
+    code = main(["visualize", str(img), "--checkpoint", str(tmp_path / "m.npz"), "--method", "lgtm", "--r", "20",
+                 "--window", "8", "--compare", "--out", str(tmp_path / "w.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "connected_share = share of those" in out and "not the same cost" in out
 
 
 def test_region_stats_by_hand():

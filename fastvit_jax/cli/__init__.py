@@ -216,8 +216,8 @@ def cmd_sweep(args):
         rows = run_sweep(config, params, model.preprocessing, arguments.open_data(args).limit(args.limit), args.out,
                          arguments.merge_points(args, config), bench_runs=args.bench_runs, stats=stats, **kw)
         if stats.get("reused"):
-            arguments.note(f"{args.out}: {stats['reused']} of {len(rows)} points read back from an earlier run "
-                           f"(same settings); {len(rows) - stats['reused']} measured now")
+            arguments.note(f"{args.out}: {stats['reused']} of {stats['asked']} points read back from an earlier run "
+                           f"(same settings); {stats['asked'] - stats['reused']} measured now")
     clamped = [make_plan(config, MergeOptions.from_dict(r["options"])) for r in rows if r.get("clamped")]
     note_clamped(clamped)
     text = format_table(rows, ["method", "schedule", "top1", "top5", "gflops", "images_per_s", "clamped"]) + \

@@ -145,7 +145,7 @@ def _sweep(config, params, preprocess, ds, out_dir: Path, points, *, batch_size,
     finished = {row_options(row, out_dir / "results.jsonl"): row for row in done}
     asked = list(dict.fromkeys(points))
     todo = [o for o in asked if o not in finished]
-    stats["reused"] = len(asked) - len(todo)
+    stats.update(asked=len(asked), reused=len(asked) - len(todo))
     measured = {same_numbers(make_plan(config, o)): row for o, row in finished.items()}
     rows = list(done)
     fits = len(ds) * config.image_size ** 2 * 3 * 4 <= CACHE_BYTES
