@@ -6,6 +6,9 @@ import sys
 from typing import Callable
 
 
+INTERRUPTED = 130  # the exit status after Ctrl-C (128 + SIGINT)
+
+
 class FastViTError(Exception):
     """Bad input: a file, key, shape or option the user supplied. The message is the whole story."""
 
@@ -23,15 +26,13 @@ def report_errors(fn: Callable[[], int | None], prog: str) -> int:
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the way out
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:  # the reader left (`fastvit models | head`): stop quietly, as a C tool would
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141
 
-
-INTERRUPTED = 130
 
 
 def exit_process(code: int) -> None:

@@ -142,7 +142,7 @@ def load_model(args, need_weights: bool = True, need_head: bool = True):
 
     model = load(args.checkpoint, model=args.model, gelu=args.gelu, preprocessing=args.preprocessing,
                  crop_pct=args.crop_pct, random_weights=not need_weights, tower=getattr(args, "tower", None),
-                 runtime=runtime_of(args))
+                 runtime=Runtime.from_args(args))
     if getattr(args, "zero_shot", False):
         p = zero_shot_prompts(args)
         model = model.zero_shot(p.classes, p.templates, all_aliases=p.all_aliases, tokenizer=args.tokenizer,
@@ -169,11 +169,6 @@ def note(text: str) -> None:
 def new_command() -> None:
     _said.clear()
     _prompts.cache_clear()
-
-
-def runtime_of(args):
-
-    return Runtime.from_args(args)
 
 
 def zero_shot_hint(args) -> str:

@@ -34,10 +34,9 @@ from fastvit_jax.merge.bipartite import best_partners, max_merges
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
-from fastvit_jax.studies.recorded import fingerprint
+from fastvit_jax.studies.recorded import fingerprint, weights_fingerprint
 from fastvit_jax.runtime import Runtime
 from fastvit_jax.models.vit import VisionTransformer, observe
-from fastvit_jax.util.tree import flatten
 
 CALIBRATED = ("atm", "tome", "dfe")
 
@@ -137,9 +136,7 @@ class Journal:
 def journal_file(config, params, images: np.ndarray, options: MergeOptions, settings: dict, folder: Path) -> Path:
     """Where a budget search's journal lives: named by a hash of every setting that shapes its result."""
 
-    flat = flatten(params)
-    weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
-    key = fingerprint(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str), weights,
+    key = fingerprint(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str), weights_fingerprint(params),
                       np.ascontiguousarray(images).tobytes(), json.dumps(options.to_dict(), sort_keys=True),
                       json.dumps(settings, sort_keys=True, default=str))
     return folder / f"{key}.jsonl"

@@ -8,7 +8,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.util.tree import flatten
 from fastvit_jax.util.untrusted import read_json
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.data import Preprocess
@@ -20,6 +23,12 @@ def fingerprint(*parts) -> str:
     for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return h.hexdigest()
+
+
+def weights_fingerprint(params) -> str:
+    """A short hash of a parameter tree: every leaf's key and bytes (sweeps, tunes, calibrations)."""
+    flat = flatten(params)
+    return fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
 
 
 def _dotted(d: dict, prefix: str = "") -> dict:

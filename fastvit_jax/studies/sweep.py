@@ -16,10 +16,8 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.studies.bench import time_forward
 from fastvit_jax.data import Dataset, batches, check_labels
 from fastvit_jax.errors import FastViTError
@@ -30,7 +28,7 @@ from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions, parse_r  # noqa: F401  (parse_r: the --r syntax)
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.util.plots import plot_sweep
-from fastvit_jax.studies.recorded import check_settings, fingerprint
+from fastvit_jax.studies.recorded import check_settings, fingerprint, weights_fingerprint
 from fastvit_jax.runtime import Runtime
 
 CSV_COLUMNS = [
@@ -102,8 +100,7 @@ def sweep_settings(config, params, preprocess, ds: Dataset, batch_size: int, run
     (which files, with which labels), their preprocessing, the batch size images/s is timed at, the
     dtype, and how merging and attention run (their images/s)."""
     rt = runtime.resolved(config)
-    flat = checkpoint.flatten(params)
-    weights = fingerprint(*(x for k in sorted(flat) for x in (k, np.ascontiguousarray(flat[k]).tobytes())))
+    weights = weights_fingerprint(params)
     # Files by their last two path parts (class folder, file name), so the same set read from another
     # place or machine is still the same; decoded-on-the-fly sets (tfds, packed) by position.
     items = fingerprint(*(f"{i if callable(src) else '/'.join(Path(src).parts[-2:])}:{label}"
