@@ -27,6 +27,7 @@ from fastvit_jax.cli.arguments import ArgumentParser, positive_int, positive_int
 from fastvit_jax.errors import report_errors
 from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.merge.buckets import token_slots
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.checkpoints.registry import get_entry
@@ -51,7 +52,7 @@ def op_counts(stablehlo: str) -> collections.Counter:
     return collections.Counter(f"{m.group(2)}" for m in _OP.finditer(stablehlo))
 
 
-def measure(config, params, options: MergeOptions, batch: int, runtime: Runtime) -> dict:
+def measure(config, params, options: MergeOptions, batch: int, runtime: Runtime, runs: int = 0) -> dict:
     plan = make_plan(config, options)
     forward = make_forward.__wrapped__(config, plan, runtime)  # a fresh jit: nothing cached in memory
     images = jnp.zeros((batch, config.image_size, config.image_size, 3), jnp.float32)
@@ -64,10 +65,16 @@ def measure(config, params, options: MergeOptions, batch: int, runtime: Runtime)
     t3 = time.perf_counter()
     ops = op_counts(lowered.as_text())
     optimized = compiled.as_text() or ""
+    times = []
+    for _ in range(runs + 1 if runs else 0):  # the first call warms up
+        s = time.perf_counter()
+        jax.block_until_ready(compiled(params, images))
+        times.append(time.perf_counter() - s)
     return {"trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "ops": sum(ops.values()),
             "ops_by_kind": dict(ops.most_common(8)),
             "hlo_instructions": sum(1 for line in optimized.splitlines() if " = " in line),
-            "block_shapes": len({op.tokens_in for op in plan.ops}), "label": options.label}
+            "block_shapes": len(set(token_slots(plan, runtime.token_buckets)[:-1])), "label": options.label,
+            "run_s": statistics.median(times[1:]) if runs else None}
 
 
 def main(argv=None) -> int:
@@ -77,6 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--points", default=",".join(POINTS), help=f"comma-separated, from: {', '.join(POINTS)}")
     p.add_argument("--repeats", type=positive_int, default=1, help="round-robin repeats (median)")
     p.add_argument("--examples-per-step", default="auto", help="runtime examples_per_step (auto, none, N)")
+    p.add_argument("--token-buckets", default="none",
+                   help="comma-separated runtime token_buckets to compare, each a row per point (none, N)")
+    p.add_argument("--runs", type=int, default=0, help="also time this many calls of each compiled forward (median)")
     p.add_argument("--out", default="benchmarks/results/compile_cost_cpu.json")
     args = p.parse_args(argv)
 
@@ -96,7 +106,9 @@ def main(argv=None) -> int:
 
             raise FastViTError(f"unknown point {unknown[0]!r}; allowed: {', '.join(POINTS)}")
         steps = None if args.examples_per_step == "none" else args.examples_per_step
-        runtime = Runtime(examples_per_step=int(steps) if steps not in (None, "auto") else steps)
+        plain = Runtime(examples_per_step=int(steps) if steps not in (None, "auto") else steps)
+        settings = [plain.replace(token_buckets=b.strip()) for b in args.token_buckets.split(",")]
+        runtime = plain
         rows = []
         for name in args.models.split(","):
             config = get_entry(name).config
@@ -105,9 +117,11 @@ def main(argv=None) -> int:
                 samples = collections.defaultdict(list)
                 for _ in range(args.repeats):
                     for point in points:
-                        samples[point].append(measure(config, params, POINTS[point], batch, runtime))
-                        print(f"  {name} b={batch} {point}: {samples[point][-1]['compile_s']:.1f} s compile",
-                              file=sys.stderr, flush=True)
+                        for rt in settings if point != "dense" else settings[:1]:
+                            key = point + (f" buckets={rt.token_buckets}" if rt.token_buckets else "")
+                            samples[key].append(measure(config, params, POINTS[point], batch, rt, args.runs))
+                            print(f"  {name} b={batch} {key}: {samples[key][-1]['compile_s']:.1f} s compile",
+                                  file=sys.stderr, flush=True)
                 med = {pt: {k: (statistics.median(s[k] for s in ss) if isinstance(ss[0][k], float) else ss[0][k])
                             for k in ss[0]} for pt, ss in samples.items()}
                 dense = med.get("dense")
@@ -115,9 +129,10 @@ def main(argv=None) -> int:
                     first = m["trace_s"] + m["lower_s"] + m["compile_s"]
                     base = dense["trace_s"] + dense["lower_s"] + dense["compile_s"] if dense else None
                     rows.append({"model": name, "batch": batch, "point": pt, **m, "first_s": first,
-                                 "vs_dense": first / base if base else None})
+                                 "vs_dense": first / base if base else None,
+                                 "run_vs_dense": m["run_s"] / dense["run_s"] if dense and m["run_s"] else None})
         print(format_table(rows, ["model", "batch", "point", "trace_s", "lower_s", "compile_s", "first_s",
-                                  "vs_dense", "ops", "hlo_instructions", "block_shapes"]))
+                                  "vs_dense", "run_s", "run_vs_dense", "ops", "hlo_instructions", "block_shapes"]))
         kinds = {f"{r['model']} b={r['batch']} {r['point']}": r["ops_by_kind"] for r in rows}
         for label, by_kind in kinds.items():
             print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in by_kind.items()))

@@ -12,6 +12,7 @@ import dataclasses
 
 from fastvit_jax.errors import FastViTError
 
+GELUS = ("tanh", "exact", "quick")  # flax's tanh approximation | erf (timm, DeiT) | x sigmoid(1.702 x) (OpenAI CLIP)
 POOLS = ("tok", "gap", "map")  # class token | mean over tokens | attention-pooling probe (MAPHead)
 POSEMBS = ("learn", "sincos2d")  # learned parameter | big_vision's fixed 2D sin-cos
 
@@ -52,12 +53,24 @@ class ViTConfig:
     # The head reads the L2-normalised feature: a two-tower zero-shot classifier (zero_shot.py), whose
     # head kernel is the class embeddings x exp(t) and whose bias is SigLIP's b.
     l2_normalize: bool = False
+    # Families beyond Google's files (timm and transformers layouts), each a piece the model reads:
+    # LayerScale, a learned per-channel scale on each branch's output (DeiT III, DINOv2);
+    # register tokens after the class token (DINOv2 with registers): attend like any token, are never
+    # merged and never pooled; a LayerNorm before the blocks (CLIP); no patch-embedding bias (CLIP);
+    # position embeddings on the patch tokens only (timm's no_embed_class: DeiT III, DINOv2 + registers).
+    layerscale: bool = False
+    registers: int = 0
+    pre_norm: bool = False
+    patch_bias: bool = True
+    posemb_prefix: bool = True
 
     def __post_init__(self):
         if self.width % self.heads:
             raise FastViTError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.gelu not in ("tanh", "exact"):
-            raise FastViTError(f"gelu must be 'tanh' or 'exact', got {self.gelu!r}")
+        if self.gelu not in GELUS:
+            raise FastViTError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
+        if self.registers < 0 or (self.registers and self.pool != "tok"):
+            raise FastViTError(f"register tokens ({self.registers}) need a class token (pool 'tok') and a count >= 0")
         if self.pool not in POOLS:
             raise FastViTError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.posemb not in POSEMBS:
@@ -106,6 +119,11 @@ class ViTConfig:
         return (1 + self.distilled) if self.pool == "tok" else 0
 
     @property
+    def num_embedded(self) -> int:
+        """Tokens entering the blocks: prefix, registers and patches."""
+        return self.num_prefix + self.registers + self.num_patches
+
+    @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
@@ -133,8 +151,10 @@ class ViTConfig:
         """A short description: 'ViT', 'ResNet hybrid'; with the head when it is not the class token."""
         family = "ResNet hybrid" if self.resnet is not None else "ViT"
         head = {"tok": ", distilled" if self.distilled else "", "gap": ", GAP head", "map": ", MAP head"}[self.pool]
+        extras = [f"{self.registers} registers" if self.registers else "", "LayerScale" if self.layerscale else "",
+                  "pre-norm" if self.pre_norm else "", "QuickGELU" if self.gelu == "quick" else ""]
         return (family + head + (", sincos2d posemb" if self.posemb == "sincos2d" else "")
-                + (", zero-shot head" if self.l2_normalize else ""))
+                + (", zero-shot head" if self.l2_normalize else "") + "".join(f", {e}" for e in extras if e))
 
     def replace(self, **kw) -> "ViTConfig":
         return dataclasses.replace(self, **kw)

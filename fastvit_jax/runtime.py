@@ -9,6 +9,9 @@ and tune. A MergePlan says what each block does; a Runtime says how the program 
                      one-hot matmuls: no sort, scatter or gather); auto = dense on TPU, else gather
   attention          "auto" | "einsum" (matmuls + softmax as written) | "fused"
                      (jax.nn.dot_product_attention: cuDNN's fused kernel on GPUs for bf16/fp16)
+  token_buckets      None (every block at its exact token count) | N: ToMe-style blocks run in at
+                     most N shared token counts per stretch, padded slots masked (merge/buckets.py):
+                     fewer distinct block shapes to compile, some FLOPs spent on padding
 
 `resolved(config)` turns every "auto" into what it means on this backend; rows and settings
 record the resolved value.
@@ -41,18 +44,21 @@ class Runtime:
     examples_per_step: int | str | None = "auto"
     merge_impl: str = "auto"
     attention: str = "auto"
+    token_buckets: int | None = None
 
     def __post_init__(self):
         for name, allowed in (("dtype", DTYPES), ("merge_impl", MERGE_IMPLS), ("attention", ATTENTIONS)):
             if getattr(self, name) not in allowed:
                 raise FastViTError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         object.__setattr__(self, "examples_per_step", _check_steps(self.examples_per_step))
+        object.__setattr__(self, "token_buckets", _check_buckets(self.token_buckets))
 
     @classmethod
     def from_args(cls, args) -> "Runtime":
         return cls(dtype=getattr(args, "dtype", "float32"),
                    examples_per_step=getattr(args, "examples_per_step", "auto"),
-                   merge_impl=getattr(args, "merge_impl", "auto"), attention=getattr(args, "attention", "auto"))
+                   merge_impl=getattr(args, "merge_impl", "auto"), attention=getattr(args, "attention", "auto"),
+                   token_buckets=getattr(args, "token_buckets", None))
 
     def replace(self, **kw) -> "Runtime":
         return dataclasses.replace(self, **kw)
@@ -62,10 +68,13 @@ class Runtime:
         backend = backend or jax.default_backend()
         steps = auto_examples_per_step(config, backend) if self.examples_per_step == "auto" else self.examples_per_step
         return Runtime(self.dtype, steps, resolve_merge_impl(self.merge_impl, backend),
-                       resolve_attention(self.attention, self.dtype, backend))
+                       resolve_attention(self.attention, self.dtype, backend), self.token_buckets)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["token_buckets"] is None:  # records written before buckets existed stay equal
+            del out["token_buckets"]
+        return out
 
 
 def _check_steps(value):
@@ -82,12 +91,24 @@ def _check_steps(value):
     return n
 
 
+def _check_buckets(value):
+    if value in (None, "none", 0, "0"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 1:
+        raise FastViTError(f"token buckets must be 'none' or a positive integer, got {value!r}")
+    return n
+
+
 def auto_examples_per_step(config, backend: str | None = None) -> int | None:
     """None (whole batch) off CPU; on CPU the examples whose MLP activation fits CPU_STEP_BYTES.
     Sized in float32 whatever the dtype: XLA:CPU computes bfloat16 in float32 (BENCHMARKS.md section 2)."""
     if (backend or jax.default_backend()) != "cpu":
         return None
-    hidden_bytes = config.num_tokens * config.mlp_dim * 4
+    hidden_bytes = config.num_embedded * config.mlp_dim * 4
     return max(1, CPU_STEP_BYTES // hidden_bytes)
 
 

@@ -530,3 +530,63 @@ def zero_shot_logits(img_features, class_text_embeddings, t, b):
     zi = img_features / (np.linalg.norm(img_features, axis=-1, keepdims=True) + 1e-8)
     zt = class_text_embeddings / (np.linalg.norm(class_text_embeddings, axis=-1, keepdims=True) + 1e-8)
     return zi @ zt.T * math.exp(t) + b
+
+
+def timm_forward(sd, images, *, heads, gelu_kind="exact", eps=1e-6, r=0, pool_features=False):
+    """A timm ViT state dict (PyTorch layouts, fused qkv) run as timm's VisionTransformer runs it, in
+    timm's token order [cls, registers, patches], with LayerScale (ls1/ls2 gamma), register tokens
+    (reg_token), a pre-blocks LayerNorm (norm_pre), no patch bias, position embeddings on every token
+    or (no_embed_class: as many as patches) on the patches only. r > 0: ToMe (k metric, proportional
+    attention) on the class and patch tokens of every block; registers are never merged.
+    Returns the head's logits, or (pool_features) the class token after the final norm."""
+    f = {k: np.asarray(v, np.float64) for k, v in sd.items()}
+    act = {"exact": lambda z: gelu(z, True), "tanh": lambda z: gelu(z, False),
+           "quick": lambda z: z / (1 + np.exp(-1.702 * z))}[gelu_kind]
+    ln = lambda z, name: _layer_norm(z, f[name + ".weight"], f[name + ".bias"], eps)
+    w = f["patch_embed.proj.weight"]  # (D, C, p, p)
+    p, width = w.shape[-1], w.shape[0]
+    regs = f["reg_token"][0] if "reg_token" in f else np.zeros((0, width))
+    out = []
+    for img in np.asarray(images, np.float64):
+        gh, gw = img.shape[0] // p, img.shape[1] // p
+        patches = np.array([np.einsum("hwc,dchw->d", img[i * p:(i + 1) * p, j * p:(j + 1) * p], w)
+                            for i in range(gh) for j in range(gw)])
+        patches = patches + f.get("patch_embed.proj.bias", 0.0)
+        pe = f["pos_embed"][0]
+        if len(pe) == gh * gw:  # no_embed_class: the patches only
+            x = np.concatenate([f["cls_token"][0], regs, patches + pe])
+        else:  # every token
+            x = np.concatenate([f["cls_token"][0], regs, patches]) + pe
+        if "norm_pre.weight" in f:
+            x = ln(x, "norm_pre")
+        size = np.ones(len(x))
+        pos = np.zeros((len(x), 2))
+        nreg = len(regs)
+        depth = len({k.split(".")[1] for k in f if k.startswith("blocks.")})
+        for b in range(depth):
+            pre = f"blocks.{b}."
+            y = ln(x, pre + "norm1")
+            qkv = y @ f[pre + "attn.qkv.weight"].T + f[pre + "attn.qkv.bias"]
+            q, k, v = (qkv[:, i * width:(i + 1) * width].reshape(len(x), heads, -1) for i in range(3))
+            attn = np.zeros_like(q)
+            for h in range(heads):
+                logits = q[:, h] @ k[:, h].T / math.sqrt(q.shape[-1]) + (np.log(size)[None] if r else 0)
+                attn[:, h] = softmax(logits) @ v[:, h]
+            a = attn.reshape(len(x), width) @ f[pre + "attn.proj.weight"].T + f[pre + "attn.proj.bias"]
+            x = x + a * f.get(pre + "ls1.gamma", 1.0)
+            if r:  # merge the class token and patches; the registers stay where they are
+                keep = [0] + list(range(1 + nreg, len(x)))
+                groups, _ = bipartite_groups(k.mean(1)[keep], r, protect_first=True)
+                mx, ms, mp = combine(groups, x[keep], size[keep], pos[keep])
+                x = np.concatenate([mx[:1], x[1:1 + nreg], mx[1:]])
+                size = np.concatenate([ms[:1], size[1:1 + nreg], ms[1:]])
+                pos = np.concatenate([mp[:1], pos[1:1 + nreg], mp[1:]])
+            y = ln(x, pre + "norm2")
+            m = act(y @ f[pre + "mlp.fc1.weight"].T + f[pre + "mlp.fc1.bias"]) @ f[pre + "mlp.fc2.weight"].T
+            x = x + (m + f[pre + "mlp.fc2.bias"]) * f.get(pre + "ls2.gamma", 1.0)
+        feat = ln(x, "norm")[0]
+        if pool_features or "head.weight" not in f:
+            out.append(feat)
+        else:
+            out.append(feat @ f["head.weight"].T + f.get("head.bias", 0.0))
+    return np.array(out)

@@ -189,3 +189,34 @@ def test_tune_errors_are_one_line(setup, capsys, tmp_path, extra, msg):
     code, _, err = run(capsys, "tune", "--checkpoint", ckpt, "--data", imgs, "--out", tmp_path / "p.json", *extra)
     errors = [line for line in err.splitlines() if not line.startswith("fastvit: note:")]  # the npz is unnamed
     assert code == 2 and len(errors) == 1 and errors[0].startswith("fastvit: error: ") and msg in errors[0]
+
+
+@pytest.mark.slow
+def test_tune_compiling_ahead_gives_the_sequential_results_and_resumes(setup, capsys, tmp_path, monkeypatch):
+    """Plans compiled in a worker thread while another is scored (util/ahead.py): the same results
+    file as compiling each in turn; killed mid-search (compiles in flight), a rerun finishes it."""
+    import fastvit_jax.search.tune as tune_mod
+
+    ckpt, imgs = setup
+    argv = lambda out: ["tune", "--checkpoint", ckpt, "--data", imgs, "--target-speedup", "1.5", "--methods",
+                        "tome,pitome", "--subset", "3", "--finalists", "2", "--batch-size", "4", "--out", out, "--json"]
+    monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "0")
+    code, seq, _ = run(capsys, *argv(tmp_path / "seq.json"))
+    assert code == 0
+    monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "2")
+    scored, real = [], tune_mod.correct_per_image
+
+    def interrupted(*a, **kw):
+        scored.append(1)
+        if len(scored) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tune_mod, "correct_per_image", interrupted)
+    code, _, _ = run(capsys, *argv(tmp_path / "ahead.json"))
+    assert code == 130
+    monkeypatch.setattr(tune_mod, "correct_per_image", real)
+    code, ahead, _ = run(capsys, *argv(tmp_path / "ahead.json"))
+    assert code == 0 and json.loads(ahead)["rows"] == json.loads(seq)["rows"]
+    lines = lambda name: sorted((tmp_path / f"{name}.json.tune" / "results.jsonl").read_text().splitlines())
+    assert lines("ahead") == lines("seq")

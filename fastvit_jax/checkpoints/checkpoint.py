@@ -125,16 +125,21 @@ def infer_config(params: dict, gelu: str = "tanh", image_size: int | None = None
     if np.ndim(kernel) != 4 or np.ndim(q) != 3 or np.ndim(mlp) != 2:
         raise FastViTError(f"embedding/kernel {tuple(np.shape(kernel))}, query/kernel {tuple(np.shape(q))} or "
                            f"Dense_0/kernel {tuple(np.shape(mlp))} is not a ViT's (4, 3 and 2 dimensions)")
+    registers = int(np.shape(params["reg"])[1]) if "reg" in params else 0
     cfg = dict(width=int(kernel.shape[-1]), depth=len(blocks), heads=int(q.shape[1]), mlp_dim=int(mlp.shape[1]),
                patch=int(kernel.shape[0]), num_classes=0 if head is None else int(head.shape[1]),
                pre_logits=None if pre is None else int(pre.shape[1]), gelu=gelu, resnet=resnet,
-               resnet_width=resnet_width, pool=pool, ln_eps=float(ln_eps), distilled=distilled)
+               resnet_width=resnet_width, pool=pool, ln_eps=float(ln_eps), distilled=distilled,
+               registers=registers, layerscale="ls1" in block0, pre_norm="pre_norm" in params["Transformer"],
+               patch_bias="bias" in params["embedding"])
     if posemb is None:
         return ViTConfig(**cfg, image_size=image_size or DEFAULT_SINCOS_SIZE, posemb="sincos2d")
     prefix = (1 + distilled) if pool == "tok" else 0
     if np.ndim(posemb) != 3 or not hasattr(posemb, "shape"):
         raise FastViTError(f"pos_embedding has shape {tuple(np.shape(posemb))}, expected (1, tokens, width)")
     tokens = int(posemb.shape[1]) - prefix
+    if prefix and math.isqrt(tokens + prefix) ** 2 == tokens + prefix:  # a square count: patches only
+        tokens, cfg["posemb_prefix"] = tokens + prefix, False
     side = math.isqrt(max(tokens, 0))
     if side * side != tokens:
         raise FastViTError(f"pos_embedding has {tokens} patch tokens, not a square grid "

@@ -59,18 +59,24 @@ def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, sour
         raise FastViTError(f"{source}: width {width} is not divisible by {heads} heads")
     mlp = take("blocks.0.mlp.fc1.weight", (None, width)).shape[0] if depth else 0
     p = {
-        "embedding": {"kernel": take("patch_embed.proj.weight", (width, None, None, None)).transpose(2, 3, 1, 0),
-                      "bias": take("patch_embed.proj.bias", (width,))},
+        "embedding": {"kernel": take("patch_embed.proj.weight", (width, None, None, None)).transpose(2, 3, 1, 0)},
         "cls": take("cls_token"),
         "Transformer": {"posembed_input": {"pos_embedding": take("pos_embed", (1, None, width))},
                         "encoder_norm": {"scale": take("norm.weight", (width,)), "bias": take("norm.bias", (width,))}},
     }
+    if "patch_embed.proj.bias" in sd:  # CLIP's patch embedding has none
+        p["embedding"]["bias"] = take("patch_embed.proj.bias", (width,))
+    if "norm_pre.weight" in sd:  # CLIP's LayerNorm before the blocks
+        p["Transformer"]["pre_norm"] = {"scale": take("norm_pre.weight", (width,)), "bias": take("norm_pre.bias", (width,))}
+    if "reg_token" in sd:  # DINOv2 with registers
+        p["reg"] = take("reg_token", (1, None, width))
     if "dist_token" in sd:
         p["dist"] = take("dist_token", (1, 1, width))
     for head in ("head", "head_dist"):
         if f"{head}.weight" in sd:
             kernel = take(f"{head}.weight", (None, width)).T
-            p[head] = {"kernel": kernel, "bias": take(f"{head}.bias", (kernel.shape[1],))}
+            bias = take(f"{head}.bias", (kernel.shape[1],)) if f"{head}.bias" in sd else np.zeros(kernel.shape[1], np.float32)
+            p[head] = {"kernel": kernel, "bias": bias}
     for i in range(depth):
         b = f"blocks.{i}."
         qkv_w = take(b + "attn.qkv.weight", (3 * width, width)).reshape(3, width, width)  # (3, out, in)
@@ -86,6 +92,9 @@ def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, sour
             "MlpBlock_3": {"Dense_0": {"kernel": take(b + "mlp.fc1.weight", (mlp, width)).T, "bias": take(b + "mlp.fc1.bias", (mlp,))},
                            "Dense_1": {"kernel": take(b + "mlp.fc2.weight", (width, mlp)).T, "bias": take(b + "mlp.fc2.bias", (width,))}},
         }
+        for ls in ("ls1", "ls2"):  # LayerScale (DeiT III, DINOv2)
+            if b + ls + ".gamma" in sd:
+                p["Transformer"][f"encoderblock_{i}"][ls] = {"scale": take(b + ls + ".gamma", (width,))}
     unused = sorted(set(sd) - used)
     if unused:
         raise FastViTError(f"{source}: {len(unused)} key(s) this ViT does not have, e.g. {unused[0]} "
@@ -93,10 +102,16 @@ def convert_state_dict(sd: dict[str, np.ndarray], heads: int | None = None, sour
     return p
 
 
-def describe(folder_config: dict | None, source) -> Description:
+def describe(folder_config: dict | None, source, clip: bool = False) -> Description:
+    """clip: the state dict has CLIP's pre-blocks LayerNorm (timm builds CLIP towers with nn.LayerNorm,
+    eps 1e-5; OpenAI's weights with QuickGELU, which only the model's name or model_args can say)."""
     desc = Description(NAME)
-    desc.state("gelu", "exact", "timm's ViT (nn.GELU)")
-    desc.state("ln_eps", 1e-6, "timm's ViT (LayerNorm eps 1e-6)")
+    args = (folder_config or {}).get("model_args") or {}
+    quick = "quickgelu" in str((folder_config or {}).get("architecture", "")) or args.get("act_layer") == "quick_gelu"
+    desc.state("gelu", "quick" if quick else "exact",
+               "config.json names QuickGELU" if quick else "timm's ViT (nn.GELU)")
+    desc.state("ln_eps", 1e-5 if clip else 1e-6,
+               "timm's CLIP tower (nn.LayerNorm, eps 1e-5)" if clip else "timm's ViT (LayerNorm eps 1e-6)")
     cfg = (folder_config or {}).get("pretrained_cfg")
     where = "config.json pretrained_cfg"
     if cfg:
@@ -130,7 +145,7 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     heads = ((config or {}).get("model_args") or {}).get("num_heads")
     sd = {k: read_float32(v) for k, v in stored.items()}
     params = convert_state_dict(sd, heads, source)
-    desc = describe(config, source)
+    desc = describe(config, source, clip="pre_norm" in params["Transformer"])
     classes = (config or {}).get("num_classes")
     head = params.get("head", {}).get("kernel")
     if classes is not None and int(classes) != (0 if head is None else head.shape[1]):
@@ -146,9 +161,14 @@ def to_state_dict(params: dict) -> dict[str, np.ndarray]:
     sd = {
         "cls_token": params["cls"], "pos_embed": t["posembed_input"]["pos_embedding"],
         "patch_embed.proj.weight": params["embedding"]["kernel"].transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": params["embedding"]["bias"],
         "norm.weight": t["encoder_norm"]["scale"], "norm.bias": t["encoder_norm"]["bias"],
     }
+    if "bias" in params["embedding"]:
+        sd["patch_embed.proj.bias"] = params["embedding"]["bias"]
+    if "pre_norm" in t:
+        sd["norm_pre.weight"], sd["norm_pre.bias"] = t["pre_norm"]["scale"], t["pre_norm"]["bias"]
+    if "reg" in params:
+        sd["reg_token"] = params["reg"]
     if "dist" in params:
         sd["dist_token"] = params["dist"]
     for head in ("head", "head_dist"):
@@ -168,5 +188,8 @@ def to_state_dict(params: dict) -> dict[str, np.ndarray]:
         for src, dst in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
             sd[b + f"mlp.{dst}.weight"] = blk["MlpBlock_3"][src]["kernel"].T
             sd[b + f"mlp.{dst}.bias"] = blk["MlpBlock_3"][src]["bias"]
+        for ls in ("ls1", "ls2"):
+            if ls in blk:
+                sd[b + ls + ".gamma"] = blk[ls]["scale"]
         i += 1
     return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sd.items()}

@@ -243,6 +243,11 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-cache", metavar="DIR|off",
                    help="persistent compilation cache (default $FASTVIT_COMPILE_CACHE, else $FASTVIT_CACHE/xla): "
                         "a rerun reads compiled plans back instead of compiling them; off disables it")
+    p.add_argument("--token-buckets", metavar="none|N",
+                   help="run ToMe-style blocks at N or fewer shared token counts, padded slots masked: the same "
+                        "merges and logits (within rounding), fewer block programs to compile, FLOPs spent on "
+                        "padding. Default: none (every block at its exact count); tune: 2 (its plans are scored, "
+                        "never timed)")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto",
                    help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "
                         "fused kernel on GPUs for bfloat16); auto = fused on GPU for bfloat16, else einsum")

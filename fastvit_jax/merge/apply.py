@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite, local, methods, metrics, onehot, reducers
+from fastvit_jax.merge import bipartite, buckets, local, methods, metrics, onehot, reducers
 from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.runtime import resolve_merge_impl
 from fastvit_jax.merge.state import TokenState, merge_into
@@ -66,13 +66,15 @@ def merge_ahead(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Arr
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,
-             attention: jax.Array | None = None, impl: str = "auto") -> tuple[TokenState, jax.Array | None]:
+             attention: jax.Array | None = None, impl: str = "auto", padded: bool = False
+             ) -> tuple[TokenState, jax.Array | None]:
     """Apply op to a batched state (B, N, ...) with metric (B, N, C); attention (B, N): the mean
     attention each token received (MCTF's informativeness; None where no op needs it).
 
     Returns the new state and the mean cosine similarity of merged pairs per example (None when
     nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
-    dense local merge needs to know whether tokens are still in grid order).
+    dense local merge needs to know whether tokens are still in grid order). padded: the tokens sit in
+    padded slots (merge/buckets.py; ToMe-style ops only) and the slot count is kept.
     """
     if op.kind == "none" or op.r == 0:
         return state, None
@@ -87,6 +89,10 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
         fn = lambda s, m, a: global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
                                                     distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric, attention)
+    elif op.kind == "global" and padded:
+        fn = lambda s, m: buckets.padded_global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
+                                                      distill_token=plan.distill_token)
+        new, scores = jax.vmap(fn)(state, metric)
     elif op.kind == "global":
         fn = lambda s, m: fns["global"](s, m, r=op.r, num_prefix=plan.num_prefix, distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric)

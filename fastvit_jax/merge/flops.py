@@ -21,8 +21,10 @@ def metric_dim(config: ViTConfig, metric: str) -> int:
 
 
 def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k") -> dict[str, int]:
+    """n, n_out: the merged tokens in and out; register tokens attend and pass the MLP beside them."""
     d, m = config.width, config.mlp_dim
     match = 0
+    registers = getattr(config, "registers", 0)
     if op is not None and op.kind == "global" and op.r:  # the method's rule says what its matching costs
 
         match = methods.rule(op.rule).match_macs(n, config.num_prefix, metric_dim(config, metric))
@@ -34,6 +36,7 @@ def block_macs(config: ViTConfig, n: int, n_out: int, op=None, metric: str = "k"
         # values and the projection on the n' merged ones
         return {"qkv": 2 * n * d * d + n_out * d * d, "attn": n * n * d + n_out * n_out * d, "proj": n_out * d * d,
                 "match": match, "mlp": 2 * n_out * d * m, "norm": n * d + 2 * n_out * d}
+    n, n_out = n + registers, n_out + registers  # matching above saw the merged tokens only
     return {
         "qkv": 3 * n * d * d,
         "attn": 2 * n * n * d,

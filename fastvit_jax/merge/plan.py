@@ -177,6 +177,9 @@ def make_plan(config, options: MergeOptions | None = None, *, track_source: bool
         ops.append(op)
         clamped |= short
         n = op.tokens_out
+    if getattr(config, "registers", 0) and any(op.ahead and op.r for op in ops):
+        raise FastViTError(f"{options.method}'s one-step-ahead merging does not take register tokens "
+                           f"(the model has {config.registers}); choose another method")
     return MergePlan(tuple(ops), options, skip=skip, transition=sum(op.kind == "local" for op in ops),
                      num_prefix=prefix, distill_token=getattr(config, "distilled", False), track_source=track_source,
                      patch_grid=patch_grid, clamped=clamped)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
-from fastvit_jax.merge import methods
+from fastvit_jax.merge import buckets, methods
 from fastvit_jax.merge.apply import apply_op, merge_ahead
 from fastvit_jax.merge.metrics import random_metric
 from fastvit_jax.merge.plan import BlockOp, MergePlan
@@ -37,14 +38,32 @@ def attention_feature(op: BlockOp) -> Callable | None:
     return methods.rule(op.rule).attention_feature if merges(op) and op.kind == "global" else None
 
 
+def key_bias(plan: MergePlan, block: int, state: TokenState, padded: bool) -> jax.Array | None:
+    """What the block's attention adds to its logits per key (B, N): log(size) under proportional
+    attention once something merged (log 0 = -inf masks padded slots too), else the padding mask
+    where slots are padded (merge/buckets.py), else nothing (dense blocks stay bit-exact)."""
+    if plan.prop_attn and plan.merged_before(block):
+        return jnp.log(state.size)
+    return buckets.attention_mask(state) if padded else None
+
+
 def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int, merge_key,
-               impl: str = "auto") -> tuple[TokenState, dict]:
+               impl: str = "auto", bucketed: bool = False) -> tuple[TokenState, dict]:
     """The tokens after the attention residual and this block's merge (the MLP follows), and what the
-    block observed: x_pre, x_attn, x_post, the merge feature ("metric") and sizes, merged_similarity."""
+    block observed: x_pre, x_attn, x_post, the merge feature ("metric") and sizes, merged_similarity.
+    bucketed: the tokens sit in padded slots (merge/buckets.py); the merge keeps the slot count, and
+    what is observed is cut to the real tokens."""
     feats, state = dict(inputs.features), inputs.state
     feats["x"] = state.x
-    pick = lambda: (random_metric(jax.random.fold_in(merge_key, block), feats["k"].shape)
-                    if plan.metric == "random" else feats[plan.metric])
+    real = op.tokens_in
+
+    def pick():
+        if plan.metric != "random":
+            return feats[plan.metric]
+        shape = feats["k"].shape  # drawn for the real tokens, as the exact model draws them
+        drawn = random_metric(jax.random.fold_in(merge_key, block), shape[:1] + (real,) + shape[2:])
+        return jnp.pad(drawn, ((0, 0), (0, shape[1] - real), (0, 0)))
+
     observed = {"x_pre": feats["x_pre"], "x_attn": feats["x_attn"]}
     if merges(op) and op.ahead:  # one step ahead: the block input and its attention map merge first
         state, weights, observed["merged_similarity"] = merge_ahead(op, plan, state, pick(),
@@ -57,7 +76,10 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
     if plan.metric != "random":  # what the block matches (or would match) on
         observed.update(metric=feats[plan.metric], size=state.size)
     if merges(op):
-        state, merged_sim = apply_op(op, plan, state, pick(), block, feats["attention_feature"], impl=impl)
+        state, merged_sim = apply_op(op, plan, state, pick(), block, feats["attention_feature"], impl=impl,
+                                     padded=bucketed)
         if merged_sim is not None:
             observed["merged_similarity"] = merged_sim
+    if bucketed:
+        observed = {k: v if k == "merged_similarity" else v[:, :real] for k, v in observed.items()}
     return state, observed

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge import step
+from fastvit_jax.merge import buckets, step
 from fastvit_jax.merge.plan import MergePlan, make_plan
 from fastvit_jax.merge.state import TokenState, initial_state
 from fastvit_jax.models.resnet import resnet_stem
@@ -143,8 +143,23 @@ class MlpBlock(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
-        y = nn.gelu(y, approximate=self.gelu == "tanh")
+        y = y * jax.nn.sigmoid(1.702 * y) if self.gelu == "quick" else nn.gelu(y, approximate=self.gelu == "tanh")
         return nn.Dense(width, dtype=self.dtype, name="Dense_1")(y)
+
+
+class LayerScale(nn.Module):
+    """A branch's output times a learned per-channel scale (DeiT III, DINOv2: timm's ls1/ls2 gamma)."""
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.constant(1e-5), (x.shape[-1],))
+        return x * scale.astype(x.dtype)
+
+
+def with_registers(t, registers):
+    """Tokens (B, N, ...) and the register tokens' (B, R, ...) as one sequence for attention and MLP:
+    registers last (attention does not depend on the order), so the merged tokens keep their places."""
+    return t if registers is None else jnp.concatenate([t, registers], axis=1)
 
 
 class Encoder1DBlock(nn.Module):
@@ -152,33 +167,46 @@ class Encoder1DBlock(nn.Module):
     plan: MergePlan
     index: int
     runtime: Runtime = Runtime()  # resolved: no "auto" left
+    slots: int = 0  # token slots entering the block (merge/buckets.py); more than the plan's count: padded
 
     @property
     def dtype(self):
         return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
-    def __call__(self, state: TokenState, merge_key):
+    def __call__(self, state: TokenState, merge_key, registers=None):
+        """(state, registers) after the block; registers (B, R, D) or None: they attend and pass the
+        MLP with the tokens but stay out of the state, so no merge ever sees them."""
         cfg, op = self.config, self.plan.ops[self.index]
-        x = state.x
+        n = state.x.shape[1]
+        scale = (lambda name: LayerScale(name=name)) if cfg.layerscale else (lambda name: lambda t: t)
+        ls1, ls2 = scale("ls1"), scale("ls2")
         # float32 out: the projections cast it to dtype, the merge feature reads it as it is
         norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="LayerNorm_0")
-        y = norm(x)
-        # log(size) is exactly 0 until something merged; skipping it then keeps dense runs bit-exact.
-        size_log = jnp.log(state.size) if self.plan.prop_attn and self.plan.merged_before(self.index) else None
+        y = norm(with_registers(state.x, registers))
+        bucketed = bool(self.runtime.token_buckets) and buckets.bucketable(op)
+        size_log = step.key_bias(self.plan, self.index, state, padded=self.slots > op.tokens_in)
+        if size_log is not None and registers is not None:  # a register stands for itself: log 1 = 0
+            size_log = with_registers(size_log, jnp.zeros(registers.shape[:2], size_log.dtype))
         mha = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
                                            name="MultiHeadDotProductAttention_1")
         attn, feats = mha(y, size_log, feature=step.attention_feature(op))
+        attn = ls1(attn)
+        if registers is not None:
+            registers = registers + attn[:, n:]
+            attn, y = attn[:, :n], y[:, :n]
+            feats = {k: v if v is None or k == "weights" else v[:, :n] for k, v in feats.items()}
         inputs = step.BlockInputs(state, attn, {**feats, "x_pre": y},
-                                  reattend=lambda merged, weights: mha(norm(merged.x), weights=weights)[0])
+                                  reattend=lambda merged, weights: ls1(mha(norm(merged.x), weights=weights)[0]))
         state, observed = step.block_step(op, self.plan, inputs, block=self.index, merge_key=merge_key,
-                                          impl=self.runtime.merge_impl)
+                                          impl=self.runtime.merge_impl, bucketed=bucketed)
         for name, value in observed.items():  # read back by `observe`
             self.sow("intermediates", name, value)
-        x = state.x
+        x = with_registers(state.x, registers)
         y = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=self.dtype, name="LayerNorm_2")(x)
-        y = MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y)
-        return state._replace(x=x + y)
+        x = x + ls2(MlpBlock(cfg.mlp_dim, cfg.gelu, self.dtype, name="MlpBlock_3")(y))
+        n = state.x.shape[1]
+        return state._replace(x=x[:, :n]), (None if registers is None else x[:, n:])
 
 
 class AddPositionEmbs(nn.Module):
@@ -240,16 +268,25 @@ class Encoder(nn.Module):
     runtime: Runtime = Runtime()
 
     @nn.compact
-    def __call__(self, x, merge_key):
+    def __call__(self, x, merge_key, registers=None):
+        """x: (B, prefix + patches, D) embedded tokens; registers: (B, R, D) or None."""
         cfg = self.config
-        if cfg.posemb == "learn":
+        if cfg.posemb == "learn" and cfg.posemb_prefix:
             x = AddPositionEmbs(name="posembed_input")(x)
+        elif cfg.posemb == "learn":  # on the patch tokens only (timm's no_embed_class)
+            x = jnp.concatenate([x[:, :cfg.num_prefix], AddPositionEmbs(name="posembed_input")(x[:, cfg.num_prefix:])], 1)
         else:  # fixed, on the patch tokens only (big_vision adds it before the class token)
             pe = posemb_sincos_2d(cfg.grid, cfg.width)
             x = x + jnp.pad(pe, ((0, 0), (cfg.num_prefix, 0), (0, 0))).astype(x.dtype)
+        if cfg.pre_norm:  # over every token, registers included (CLIP's ln_pre, timm's norm_pre)
+            pre = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="pre_norm")
+            x, registers = pre(x), None if registers is None else pre(registers)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
+        slots = buckets.token_slots(self.plan, self.runtime.token_buckets)
         for i in range(cfg.depth):
-            state = Encoder1DBlock(cfg, self.plan, i, self.runtime, name=f"encoderblock_{i}")(state, merge_key)
+            state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i], name=f"encoderblock_{i}")(
+                state, merge_key, registers)
+            state = buckets.cut(state, slots[i + 1])
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
 
@@ -289,7 +326,7 @@ class VisionTransformer(nn.Module):
         if cfg.resnet is not None:
             x = resnet_stem(x, cfg.resnet, cfg.resnet_width, self.dtype)
         x = nn.Conv(cfg.width, (cfg.patch, cfg.patch), strides=(cfg.patch, cfg.patch), padding="VALID",
-                    dtype=self.dtype, name="embedding")(x)
+                    use_bias=cfg.patch_bias, dtype=self.dtype, name="embedding")(x)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         if cfg.pool == "tok":
@@ -297,10 +334,14 @@ class VisionTransformer(nn.Module):
             if cfg.distilled:
                 prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c)))
             x = jnp.concatenate([jnp.tile(p.astype(x.dtype), (b, 1, 1)) for p in prefix] + [x], axis=1)
+        registers = None
+        if cfg.registers:
+            registers = jnp.tile(self.param("reg", nn.initializers.zeros, (1, cfg.registers, c)), (b, 1, 1))
+            registers = registers.astype(jnp.float32)
         # The residual stream, and so every merge's weighted mean, stays float32 whatever the dtype:
         # only the branches (attention, MLP) compute in it (BENCHMARKS.md section 13).
         x = x.astype(jnp.float32)
-        state = Encoder(cfg, plan, runtime, name="Transformer")(x, merge_key)
+        state = Encoder(cfg, plan, runtime, name="Transformer")(x, merge_key, registers)
         x = pool_tokens(cfg, plan, state, self.dtype)
         if cfg.pre_logits:
             x = jnp.tanh(nn.Dense(cfg.pre_logits, dtype=self.dtype, name="pre_logits")(x))

@@ -16,12 +16,14 @@ import itertools
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from fastvit_jax.search import budget
 from fastvit_jax.data import Dataset, load_arrays
 from fastvit_jax.errors import FastViTError
+from fastvit_jax.util.ahead import CompileAhead
 from fastvit_jax.util.lock import exclusive
 from fastvit_jax.studies.evaluate import topk_correct
 from fastvit_jax.merge.flops import gflops
@@ -41,6 +43,9 @@ def search_space() -> dict:
 
 
 SEARCH_SPACE = search_space()  # the built-in methods' (the CLI's default --methods)
+# The CLI's default runtime.token_buckets for tune: candidates are scored, never timed, and most of an
+# unpadded candidate's time is compiling its twelve block shapes (BENCHMARKS.md section 18).
+TUNE_TOKEN_BUCKETS = 2
 REFERENCE = MergeOptions("tome", skip=0)  # the paired differences are against ToMe at the same budget
 
 
@@ -116,17 +121,18 @@ class Results:
 
 def tune(config, params, preprocess, ds: Dataset, *, target_gflops: float, out: str | Path, methods: list[str],
          metrics: list[str | None] = (None,), subset: int = 250, finalists: int = 4, batch_size: int = 32,
-         runtime: Runtime = Runtime(), progress: bool = True) -> dict:
+         runtime: Runtime = Runtime(), progress: bool = True, compile_ahead: int | None = None) -> dict:
     """Search, score and rank; returns {"best": options, "rows": [...], "skipped": [...], ...}.
-    Scores go to OUT.tune/, which one tune writes at a time."""
+    Scores go to OUT.tune/, which one tune writes at a time. compile_ahead: plans compiled in a
+    worker thread while one is evaluated (util/ahead.py; default $FASTVIT_COMPILE_AHEAD or 1)."""
     with exclusive(Path(str(out) + ".tune"), folder=True, remove=True):
         return _tune(config, params, preprocess, ds, target_gflops=target_gflops, out=out, methods=methods,
                      metrics=metrics, subset=subset, finalists=finalists, batch_size=batch_size, runtime=runtime,
-                     progress=progress)
+                     progress=progress, compile_ahead=compile_ahead)
 
 
 def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metrics, subset, finalists, batch_size,
-          runtime, progress) -> dict:
+          runtime, progress, compile_ahead) -> dict:
     images, labels = load_arrays(ds, preprocess, require_labels=True)
     if len(images) < 2:
         raise FastViTError(f"{ds.name}: tune needs at least 2 labelled images, found {len(images)}")
@@ -139,16 +145,28 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
     results = Results(folder, settings)
     pick = np.unique(np.linspace(0, len(images) - 1, settings["subset"]).round().astype(int))
 
-    def score(stage: str, options: MergeOptions, bar) -> np.ndarray:
+    example = jax.ShapeDtypeStruct((batch_size,) + images.shape[1:], images.dtype)
+    build = lambda o: make_forward(config, make_plan(config, o), runtime).lower(params, example).compile()
+
+    def score(stage: str, options: MergeOptions, bar, ahead: CompileAhead) -> np.ndarray:
         got = results.get(stage, options)
         if got is None:
-            bar.set_postfix_str(describe(options))
-            forward = make_forward(config, make_plan(config, options), runtime)
+            bar.set_postfix_str(f"compiling {describe(options)}")
+            forward = ahead.get(options)
+            bar.set_postfix_str(f"evaluating {describe(options)}"
+                                + (f" (compiling {ahead.in_flight()} ahead)" if ahead.in_flight() else ""))
             idx = pick if stage == "subset" else slice(None)
             got = correct_per_image(forward, params, images[idx], labels[idx], batch_size)
             results.put(stage, options, got)
         bar.update(1)
         return got
+
+    def score_all(stage: str, todo: list[MergeOptions], desc: str) -> dict:
+        """Each plan's scores; the next plans compile (compile_ahead of them) while one is evaluated."""
+        missing = [o for o in todo if results.get(stage, o) is None]
+        with tqdm(total=len(todo), desc=desc, unit="plan", disable=not progress) as bar, \
+                CompileAhead(build, missing, compile_ahead) as ahead:
+            return {o: score(stage, o, bar, ahead) for o in todo}
 
     # ToMe is scored with the candidates even when --metrics leaves out its metric: every row
     # reports the subset score and the paired difference against it
@@ -159,12 +177,10 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
                            f"meet: {e}") from None
     scored = list(dict.fromkeys(found + [reference]))
     cost = {o: gflops(config, make_plan(config, o)) for o in scored}
-    with tqdm(total=len(scored), desc="tune: subset", unit="plan", disable=not progress) as bar:
-        first = {o: score("subset", o, bar) for o in scored}
+    first = score_all("subset", scored, "tune: subset")
     ranked = sorted(found, key=lambda o: (-first[o].mean(), cost[o]))
     final_set = list(dict.fromkeys(ranked[:finalists] + [reference]))
-    with tqdm(total=len(final_set), desc="tune: all images", unit="plan", disable=not progress) as bar:
-        full = {o: score("full", o, bar) for o in final_set}
+    full = score_all("full", final_set, "tune: all images")
     order = sorted(final_set, key=lambda o: (-full[o].mean(), cost[o]))
     rows = []
     for o in order:

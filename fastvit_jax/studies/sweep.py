@@ -110,7 +110,8 @@ def sweep_settings(config, params, preprocess, ds: Dataset, batch_size: int, run
             "preprocess": dataclasses.asdict(preprocess), "batch_size": batch_size,
             **({"dtype": rt.dtype} if rt.dtype != "float32" else {}),  # float32 sweeps predate the key,
             **({"merge_impl": rt.merge_impl} if rt.merge_impl != "gather" else {}),  # gather ones this key
-            **({"attention": rt.attention} if rt.attention != "einsum" else {})}  # and einsum ones this
+            **({"attention": rt.attention} if rt.attention != "einsum" else {}),  # and einsum ones this
+            **({"token_buckets": rt.token_buckets} if rt.token_buckets else {})}
 
 
 SWEEP = {"what": "a sweep measured", "advice": "use another --out for these settings"}

@@ -1,0 +1,111 @@
+"""Token-count buckets: ToMe-style blocks that share one padded token count, so they share one program.
+
+XLA compiles each distinct block shape anew (identical dense blocks compile once), and every block
+of a merged plan enters with its own token count: compile time grows with the number of merging
+blocks (BENCHMARKS.md section 18). With `Runtime(token_buckets=N)` a stretch of consecutive
+ToMe-style blocks runs at N or fewer physical token counts ("slots"): real tokens first, in the
+exact order the unpadded model has them, then padded slots of size 0. A padded slot is masked out
+of attention (its key gets -inf: log(0) under proportional attention), never matched or merged, and
+cut off before pooling. A merging block inside a bucket keeps its slot count: the r tokens it merges
+away become padding. Blocks with the same slots and the same r are then the same program, and the
+merge itself reads the real count from the sizes (data, not a constant), so XLA compiles it once.
+
+Same merges, same order, same logits within float rounding as the exact model; the price is the
+FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). Other rules
+(PiToMe, MCTF, PPT, ATM's size-distinctive blocks, local windows, drop) run at their exact counts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fastvit_jax.merge import bipartite
+from fastvit_jax.merge.plan import BlockOp, MergePlan
+from fastvit_jax.merge.state import TokenState, merge_into
+
+
+def bucketable(op: BlockOp) -> bool:
+    """Whether a block can run on padded slots: it keeps every token, or merges as ToMe does."""
+    if op.kind == "none" or op.r == 0:
+        return True
+    return op.kind == "global" and (op.rule, op.combine) == ("tome", "mean") and not op.ahead and not op.knobs
+
+
+def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:
+    """Physical token count entering each block, and after the last (depth + 1 values).
+
+    None: the exact counts. N: each maximal stretch of bucketable blocks is cut into at most N
+    segments, each run at the count entering its first block, the cut that pads the fewest slots."""
+    counts = [op.tokens_in for op in plan.ops]
+    slots = list(counts)
+    if buckets:
+        i = 0
+        while i < len(counts):
+            j = i
+            while j < len(counts) and bucketable(plan.ops[j]):
+                j += 1
+            for start, end in fewest_padded(counts[i:j], buckets):
+                slots[i + start:i + end] = [counts[i + start]] * (end - start)
+            i = max(j, i + 1)
+    return tuple(slots) + (plan.final_tokens,)
+
+
+def fewest_padded(counts: list[int], segments: int) -> list[tuple[int, int]]:
+    """Cut non-increasing `counts` into at most `segments` runs [start, end) minimising the sum of
+    each run's first count times its length (the slots computed). Dynamic programming, tiny inputs."""
+    n = len(counts)
+    if n == 0:
+        return []
+    inf = float("inf")
+    # best[k][i]: least slots for counts[i:] in at most k runs; cut[k][i]: where the first run ends
+    best = [[0.0 if i == n else inf for i in range(n + 1)] for _ in range(segments + 1)]
+    cut = [[n] * (n + 1) for _ in range(segments + 1)]
+    for k in range(1, segments + 1):
+        for i in range(n - 1, -1, -1):
+            for end in range(i + 1, n + 1):
+                cost = counts[i] * (end - i) + best[k - 1][end]
+                if cost < best[k][i]:
+                    best[k][i], cut[k][i] = cost, end
+    out, i, k = [], 0, segments
+    while i < n:
+        out.append((i, cut[k][i]))
+        i, k = cut[k][i], k - 1
+    return out
+
+
+def attention_mask(state: TokenState) -> jax.Array:
+    """(B, N) additive key bias: 0 for real tokens, -inf for padded slots (size 0)."""
+    return jnp.where(state.size > 0, 0.0, -jnp.inf)
+
+
+def padded_global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: int,
+                        distill_token: bool) -> tuple[TokenState, jax.Array]:
+    """One example on P slots (real tokens first, padded slots of size 0 after): ToMe's bipartite
+    matching and size-weighted merge of r pairs among the real tokens, exactly as `apply.global_merge`
+    does on the real tokens alone. Returns P slots: [the exact output's tokens, then padding]."""
+    slots = metric.shape[0]
+    valid = state.size > 0
+    real = jnp.sum(valid.astype(jnp.int32))
+    node_max, node_idx = bipartite.best_partners(metric, class_token=num_prefix > 0, distill_token=distill_token,
+                                                 valid=valid)
+    node_max = jnp.where(valid[0::2], node_max, -jnp.inf)  # padded A slots are never chosen
+    src_idx, unm_idx = bipartite.split_top(node_max, r)
+    matching = bipartite.Matching(src_idx, node_idx[src_idx], unm_idx, node_max[src_idx])
+    src, dst, keep = bipartite.token_indices(matching, slots, distill_token=distill_token)
+    # keep lists [unmerged A, B] in the exact output's order with padded slots among them; move the
+    # real ones first (stable), then the padding, then the merged-away tokens (now padding too)
+    order = jnp.concatenate([keep, src])
+    is_real = jnp.concatenate([valid[keep], jnp.zeros(src.shape, bool)])
+    rank = jnp.where(is_real, jnp.cumsum(is_real) - 1, real - r + jnp.cumsum(~is_real) - 1)
+    order = jnp.zeros(slots, jnp.int32).at[rank].set(order.astype(jnp.int32))
+    merged = merge_into(state, src, dst, order)
+    size = jnp.where(jnp.arange(slots) < real - r, merged.size, 0.0)
+    return merged._replace(size=size), matching.score
+
+
+def cut(state: TokenState, slots: int) -> TokenState:
+    """The first `slots` token slots of a batched state (real tokens come first)."""
+    if state.x.shape[1] == slots:
+        return state
+    return jax.tree_util.tree_map(lambda t: t[:, :slots], state)

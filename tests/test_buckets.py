@@ -1,0 +1,129 @@
+"""Token-count buckets (runtime.token_buckets): ToMe-style blocks on padded slots make the merges the
+exact model makes, in its order, with its logits within rounding; the slot schedule pads the fewest
+slots (checked against every possible cut); other rules keep their exact counts. References: the
+exact (unpadded) model, itself pinned to the numpy forward in test_merge.py and test_model.py, and a
+brute-force search over cuts."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from conftest import google_checkpoint
+from fastvit_jax.checkpoints import checkpoint
+from fastvit_jax.config import ViTConfig
+from fastvit_jax.errors import FastViTError
+from fastvit_jax.merge import buckets
+from fastvit_jax.merge.apply import global_merge
+from fastvit_jax.merge.options import MergeOptions
+from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.merge.state import TokenState
+from fastvit_jax.models.forward import make_forward
+from fastvit_jax.models.vit import VisionTransformer
+from fastvit_jax.runtime import Runtime
+
+DEEP = ViTConfig(width=32, depth=4, heads=2, mlp_dim=64, patch=4, image_size=32, num_classes=10)
+
+
+@pytest.mark.parametrize("counts", [[9, 7, 5, 3], [20, 20, 17, 12, 12, 6, 5], [4], [8, 8, 8]])
+@pytest.mark.parametrize("segments", [1, 2, 3])
+def test_fewest_padded_is_the_best_cut(counts, segments):
+    def slots(cuts):
+        bounds = [0, *cuts, len(counts)]
+        return sum(counts[a] * (b - a) for a, b in zip(bounds, bounds[1:]))
+
+    best = min(slots(c) for k in range(segments) for c in itertools.combinations(range(1, len(counts)), k))
+    runs = buckets.fewest_padded(counts, segments)
+    assert len(runs) <= segments and runs[0][0] == 0 and runs[-1][1] == len(counts)
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+    assert sum(counts[a] * (b - a) for a, b in runs) == best
+
+
+def test_slots_pad_only_tome_style_blocks():
+    plan = make_plan(DEEP, MergeOptions("tome", r=6))
+    assert buckets.token_slots(plan, None) == tuple(op.tokens_in for op in plan.ops) + (plan.final_tokens,)
+    slots = buckets.token_slots(plan, 2)
+    assert len(set(slots[:-1])) == 2 and slots[-1] == plan.final_tokens
+    assert all(s >= op.tokens_in for s, op in zip(slots, plan.ops))
+    pitome = make_plan(DEEP, MergeOptions("pitome", r=6))  # its own rule: exact everywhere
+    assert buckets.token_slots(pitome, 2)[:-1] == tuple(op.tokens_in for op in pitome.ops)
+
+
+@pytest.mark.parametrize("distill", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
+    rng = np.random.default_rng(seed)
+    real, slots, r = 13, 19, 4
+    x = rng.standard_normal((slots, 6)).astype(np.float32)
+    size = np.concatenate([rng.integers(1, 4, real), np.zeros(slots - real)]).astype(np.float32)
+    pos = rng.integers(0, 9, (slots, 2)).astype(np.float32)
+    metric = rng.integers(0, 3, (slots, 5)).astype(np.float32)  # ties: the same tie-breaking is needed
+    prefix = 2 if distill else 1
+    padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
+    exact = TokenState(*(jnp.asarray(a[:real]) for a in (x, size, pos)))
+    got, got_score = buckets.padded_global_merge(padded, jnp.asarray(metric), r=r, num_prefix=prefix,
+                                                 distill_token=distill)
+    want, want_score = global_merge(exact, jnp.asarray(metric[:real]), r=r, num_prefix=prefix, distill_token=distill)
+    assert got.x.shape == (slots, 6)
+    np.testing.assert_array_equal(got.size[:real - r], want.size)
+    np.testing.assert_array_equal(got.size[real - r:], 0.0)  # the rest is padding
+    np.testing.assert_array_equal(got.pos_sum[:real - r], want.pos_sum)
+    np.testing.assert_allclose(got.x[:real - r], want.x, atol=1e-6)
+    np.testing.assert_allclose(got_score, want_score, atol=1e-6)  # one matmul of another size: rounding
+
+
+POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
+          MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random")]
+
+
+def _run(config, plan, runtime, params, images):
+    model = VisionTransformer(config, plan, runtime)
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, images)
+
+
+def _same_as_exact(config, options, bucket_counts, seed=1):
+    params = checkpoint.unflatten(google_checkpoint(config, seed=seed))
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((3, 32, 32, 3)), jnp.float32)
+    plan = make_plan(config, options)
+    exact, exact_state = _run(config, plan, Runtime(), params, images)
+    for n in bucket_counts:
+        got, state = _run(config, plan, Runtime(token_buckets=n), params, images)
+        np.testing.assert_allclose(got, exact, atol=2e-5, rtol=1e-5)
+        np.testing.assert_array_equal(state.size, exact_state.size)  # same tokens, same order
+        np.testing.assert_array_equal(state.pos_sum, exact_state.pos_sum)
+
+
+@pytest.mark.parametrize("pool", ["tok", "gap", "map"])
+def test_bucketed_model_is_the_exact_model_for_every_pooling(pool):
+    _same_as_exact(ViTConfig(**{**DEEP.__dict__, "pool": pool}), MergeOptions("tome", r=6), (1, 2) if pool == "tok" else (2,))
+
+
+@pytest.mark.parametrize("options", POINTS[1:], ids=lambda o: o.label + (" random" if o.metric == "random" else ""))
+def test_bucketed_model_is_the_exact_model_for_every_tome_style_method(options):
+    _same_as_exact(DEEP, options, (2,))
+
+
+def test_bucketed_distilled_model_matches_numpy_reference():
+    config = ViTConfig(**{**DEEP.__dict__, "distilled": True})
+    flat = google_checkpoint(config, seed=2)
+    images = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    plan = make_plan(config, MergeOptions("tome", r=6))
+    got = make_forward(config, plan, Runtime(token_buckets=2))(checkpoint.unflatten(flat), jnp.asarray(images))
+    want = reference.forward(flat, images, heads=config.heads,
+                             plan=[("global", op.r) if op.kind == "global" else None for op in plan.ops])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", ["0", "none", None])
+def test_no_buckets_is_exact(value):
+    assert Runtime(token_buckets=value).token_buckets is None
+    assert "token_buckets" not in Runtime().to_dict()  # records written before buckets stay equal
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_bad_buckets_refused(value):
+    with pytest.raises(FastViTError, match="token buckets"):
+        Runtime(token_buckets=value)
