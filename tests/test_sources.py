@@ -94,6 +94,7 @@ def test_unreachable_url_names_url_and_path(tmp_path, monkeypatch, capsys):
 
 def test_hf_hub_from_the_cache_and_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["inspect", "hf-hub:google/vit-nothing-here"])
     _, err = capsys.readouterr()
@@ -107,6 +108,32 @@ def test_hf_hub_from_the_cache_and_offline(tmp_path, monkeypatch, capsys):
     _folder(folder, {"model.safetensors": hf_vit(google_checkpoint(TINY.replace(depth=3)), 3)})
     params, config = checkpoint.load("hf-hub:google/vit-nothing-here")
     assert (config.depth, config.ln_eps) == (3, HF_CONFIG["layer_norm_eps"])
+
+
+def test_hf_hub_reads_the_shared_hugging_face_cache_offline(tmp_path, monkeypatch):
+    """A repo timm or transformers already fetched sits in HF_HOME/hub as huggingface_hub lays it out
+    (models--ORG--NAME/{refs/main, snapshots/COMMIT/...}): read from there, with HF_HUB_OFFLINE=1 and
+    no download attempted (huggingface_hub cannot even be imported here); a revision picks its ref."""
+    import sys
+
+    from test_layouts import _folder, hf_vit
+
+    monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # importing it would raise
+    repo = tmp_path / "hf" / "hub" / "models--google--vit-cached"
+    for ref, commit, depth in (("main", "a" * 40, 3), ("v2", "b" * 40, 2)):
+        _folder(repo / "snapshots" / commit, {"model.safetensors": hf_vit(google_checkpoint(TINY.replace(depth=depth)), depth)})
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    assert checkpoint.load("hf-hub:google/vit-cached")[1].depth == 3
+    assert checkpoint.load("hf-hub:google/vit-cached@v2")[1].depth == 2
+    assert checkpoint.load("hf-hub:google/vit-cached@" + "b" * 40)[1].depth == 2  # a commit needs no ref
+    assert sources.resolve("hf-hub:google/vit-cached") == repo / "snapshots" / ("a" * 40)
+    with pytest.raises(FastViTError, match="huggingface_hub"):  # not cached: the one line says what to do
+        sources.resolve("hf-hub:google/vit-elsewhere")
 
 
 def test_augreg_index_from_the_cached_csv_and_offline(tmp_path, monkeypatch, capsys):

@@ -137,13 +137,56 @@ def _complete(folder: Path) -> bool:
     return (folder / "config.json").exists() and any((folder / f).exists() for f in WEIGHT_FILES)
 
 
+def hf_hub_cache() -> Path:
+    """Hugging Face's shared cache, where timm, transformers and open_clip keep what they downloaded:
+    $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub (as huggingface_hub decides)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def shared_snapshot(name: str, revision: str | None) -> Path | None:
+    """The snapshot folder of repo `name` at `revision` (a branch, tag or commit; default main) in the
+    shared cache, when one with a config and weights is there: read with no request and no package."""
+    repo = hf_hub_cache() / f"models--{name.replace('/', '--')}"
+    ref = repo / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    folder = repo / "snapshots" / commit if commit else None
+    return folder if folder is not None and _complete(folder) else None
+
+
 def hf_snapshot(repo: str, progress: bool = True) -> Path:
-    """A Hugging Face repo's config and weights files in the cache (ORG/NAME, or ORG/NAME@REVISION)."""
+    """A Hugging Face repo's config and weights files (ORG/NAME, or ORG/NAME@REVISION): a folder copied
+    by hand into $FASTVIT_CACHE/hf-hub/ORG/NAME[/REVISION], else Hugging Face's shared cache (what
+    timm or transformers already fetched: no request), else downloaded into that shared cache
+    (huggingface_hub; HF_HOME, HF_HUB_OFFLINE and revisions as it takes them)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", repo):
         raise FastViTError(f"hf-hub:{repo}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
     folder = hf_folder(repo)
     if _complete(folder):
         return folder
+    name, _, revision = repo.partition("@")
+    shared = shared_snapshot(name, revision or None)
+    if shared is not None:
+        return shared
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FastViTError(f"hf-hub:{repo} needs huggingface_hub (pip install 'fastvit-jax[hub]'), or download "
+                           f"the repo's config.json and model.safetensors into {folder}") from None
+    try:
+        snapshot = Path(huggingface_hub.snapshot_download(name, revision=revision or None,
+                                                          allow_patterns=list(HF_FILES)))
+    except Exception as e:  # offline, unknown repo, gated repo: huggingface_hub raises many types
+        offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise FastViTError(f"could not download hf-hub:{repo} from https://huggingface.co/{name} "
+                           f"({type(e).__name__}){offline}; download the repo's config.json (and "
+                           f"preprocessor_config.json) and model.safetensors elsewhere and place them in {folder}") from None
+    if not _complete(snapshot):
+        raise FastViTError(f"hf-hub:{repo} has no config.json with model.safetensors, pytorch_model.bin or "
+                           f"flax_model.msgpack (looked in {snapshot})")
+    return snapshot
     name, _, revision = repo.partition("@")
     try:
         import huggingface_hub
