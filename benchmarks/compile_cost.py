@@ -9,7 +9,9 @@ lowered StableHLO's op count by kind (the most frequent kinds, and the total), t
 instruction count, and the number of distinct block shapes (token counts in) the plan has: XLA
 compiles each distinct block anew, identical dense blocks once. Ratios are against the dense
 model at the same batch. Runs every point round-robin once per repeat (the median is reported).
-Prints a table and writes JSON.
+--token-buckets none,1,2 measures each point with each runtime.token_buckets (merge/buckets.py);
+--runs N also times N calls of each compiled forward (after one warm-up call), to show what the
+padded slots cost. Prints a table and writes JSON.
 """
 
 from __future__ import annotations

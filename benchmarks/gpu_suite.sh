@@ -92,7 +92,7 @@ export PY B RUNS STEPS
 # Before anything else (issue 37): where a first run's time goes, trace / lower / XLA compile of dense
 # and ToMe r=16 ViT-B/16 at batch 32 with the persistent cache off (benchmarks/compile_cost.py).
 step compile_cost_base 150 "$PY" benchmarks/compile_cost.py --models $B --batch-sizes 32 --points "dense,tome r=16" \
-  --out "$STEPS/compile_cost_base.json"
+  --token-buckets none,1 --out "$STEPS/compile_cost_base.json"
 step fv_base_cold 200 bash -c 'fv_bench fv_base_cold'
 step fv_base_cached 90 bash -c 'fv_bench fv_base_cached'
 step fv_base_bf16 200 bash -c 'fv_bench fv_base_bf16 --dtype bfloat16'

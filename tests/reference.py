@@ -555,6 +555,8 @@ def timm_forward(sd, images, *, heads, gelu_kind="exact", eps=1e-6, r=0, pool_fe
         pe = f["pos_embed"][0]
         if len(pe) == gh * gw:  # no_embed_class: the patches only
             x = np.concatenate([f["cls_token"][0], regs, patches + pe])
+        elif len(pe) == 1 + gh * gw:  # the class token and patches, registers after (transformers' DINOv2)
+            x = np.concatenate([f["cls_token"][0] + pe[:1], regs, patches + pe[1:]])
         else:  # every token
             x = np.concatenate([f["cls_token"][0], regs, patches]) + pe
         if "norm_pre.weight" in f:

@@ -309,8 +309,8 @@ def test_bad_files_get_one_line(tmp_path, capsys):
     (tmp_path / "e" / "config.json").write_text("{not json")
     (tmp_path / "e" / "model.safetensors").write_bytes(b"")
     cases["bad json"] = (tmp_path / "e", "config.json: not valid JSON")
-    cases["hidden_act"] = (_folder(tmp_path / "f", {"model.safetensors": sd}, dict(HF_CONFIG, hidden_act="quick_gelu")),
-                           "hidden_act 'quick_gelu' is not supported")
+    cases["hidden_act"] = (_folder(tmp_path / "f", {"model.safetensors": sd}, dict(HF_CONFIG, hidden_act="relu")),
+                           "hidden_act 'relu' is not supported")
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     for what, (path, msg) in cases.items():

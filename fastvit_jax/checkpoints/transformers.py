@@ -21,14 +21,17 @@ from fastvit_jax.checkpoints.description import Description
 from fastvit_jax.errors import FastViTError
 
 NAME = "transformers"
-GELUS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
+GELUS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "quick_gelu": "quick"}
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _VIT = re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.(weight|kernel)$")
 _SIGLIP = "vision_model.embeddings.patch_embedding.weight"
+_CLIP = "vision_model.embeddings.class_embedding"
+_DINOV2 = "encoder.layer.0.norm1.weight"
 
 
 def matches(keys) -> bool:
-    return any(_VIT.match(_torch_name(k)) or _torch_name(k).startswith(_SIGLIP[:-6]) for k in keys)
+    return any(_VIT.match(_torch_name(k)) or _torch_name(k).removeprefix("vision_model.").startswith(_SIGLIP[13:-6])
+               for k in keys)
 
 
 def _torch_name(key: str) -> str:
@@ -166,11 +169,55 @@ def siglip_tree(sd: dict, config: dict, source) -> dict:
     return p
 
 
+DINOV2_BLOCK = {**VIT_BLOCK, "LayerNorm_0": "norm1", "LayerNorm_2": "norm2", "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2"}
+
+
+def dinov2_tree(sd: dict, config: dict, source) -> dict:
+    """`Dinov2Model` / `Dinov2WithRegistersModel`: ViT's names with LayerScale (`layer_scale{1,2}.lambda1`)
+    and register tokens (`embeddings.register_tokens`, placed after the class token with no position
+    embedding). The pooled output is the class token after `layernorm`; `mask_token` is for training."""
+    prefix = "dinov2." if any(k.startswith("dinov2.") for k in sd) else ""
+    take, heads = _Keys(sd, source), int(config["num_attention_heads"])
+    e = prefix + "embeddings."
+    p = {"embedding": {"kernel": take(e + "patch_embeddings.projection.weight").transpose(2, 3, 1, 0),
+                       "bias": take(e + "patch_embeddings.projection.bias")},
+         "cls": take(e + "cls_token"),
+         "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
+                         "encoder_norm": take.norm(prefix + "layernorm")}}
+    if take.has(e + "register_tokens"):
+        p["reg"] = take(e + "register_tokens", 3)
+    p["Transformer"].update(blocks(take, heads, prefix, DINOV2_BLOCK))
+    for i in range(sum(k.startswith("encoderblock_") for k in p["Transformer"])):
+        b = f"{prefix}encoder.layer.{i}."
+        p["Transformer"][f"encoderblock_{i}"].update(
+            {"ls1": {"scale": take(b + "layer_scale1.lambda1", 1)}, "ls2": {"scale": take(b + "layer_scale2.lambda1", 1)}})
+    take.finish(ignore=(e + "mask_token",))
+    return p
+
+
+def clip_tree(sd: dict, config: dict, source) -> dict:
+    """`CLIPVisionModel` (or a `CLIPModel`'s vision half, or `CLIPVisionModelWithProjection`): SigLIP's
+    block names, a class embedding (D,), a LayerNorm before the blocks (`pre_layrnorm`, as spelled),
+    no patch-embedding bias; `visual_projection` (no bias) becomes the head."""
+    take, heads = _Keys(sd, source), int(config["num_attention_heads"])
+    v = "vision_model."
+    p = {"embedding": {"kernel": take(v + "embeddings.patch_embedding.weight").transpose(2, 3, 1, 0)},
+         "cls": take(v + "embeddings.class_embedding", 1)[None, None],
+         "Transformer": {"posembed_input": {"pos_embedding": take(v + "embeddings.position_embedding.weight", 2)[None]},
+                         "pre_norm": take.norm(v + "pre_layrnorm"), "encoder_norm": take.norm(v + "post_layernorm")}}
+    p["Transformer"].update(blocks(take, heads, v, SIGLIP_BLOCK))
+    if take.has("visual_projection.weight"):
+        w = take("visual_projection.weight", 2).T
+        p["head"] = {"kernel": w, "bias": np.zeros(w.shape[1], np.float32)}
+    take.finish(ignore=("text_model.", "text_projection", "logit_scale", v + "embeddings.position_ids"))
+    return p
+
+
 def model_config(folder_config: dict | None, source, siglip: bool) -> dict:
     if not folder_config:
         raise FastViTError(f"{source}: a transformers checkpoint needs its config.json beside it "
                            f"(heads, GELU and LayerNorm eps are not in the weights)")
-    config = folder_config.get("vision_config", folder_config) if siglip else folder_config
+    config = folder_config.get("vision_config", folder_config)  # a two-tower model's image half
     for key in ("num_attention_heads",):
         if key not in config:
             raise FastViTError(f"{source}: config.json has no {key}")
@@ -198,12 +245,24 @@ def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = 
         desc.assume("mean", (0.5, 0.5, 0.5), why)
         desc.assume("std", (0.5, 0.5, 0.5), why)
         return desc
-    if not pre.get("do_resize", True) or pre.get("do_center_crop"):
+    size, crop = pre.get("size"), pre.get("crop_size")
+    crop_side = (crop.get("height") if crop.get("height") == crop.get("width") else None) if isinstance(crop, dict) \
+        else crop
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    resize_then_crop = pre.get("do_center_crop") and shortest and crop_side  # CLIP's and DINOv2's processors
+    if not pre.get("do_resize", True) or (pre.get("do_center_crop") and not resize_then_crop):
         raise FastViTError(f"{source}: {where} asks for do_resize={pre.get('do_resize')}, "
-                           f"do_center_crop={pre.get('do_center_crop')}: only a square resize is supported")
+                           f"do_center_crop={pre.get('do_center_crop')} with size {size} and crop_size {crop}: "
+                           f"only a square resize, or a shortest-edge resize and a square center crop, is supported")
     if pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
         raise FastViTError(f"{source}: {where} rescale_factor {pre['rescale_factor']} is not 1/255")
-    desc.state("family", "inception", f"{where} (resize to size, no crop)")
+    if resize_then_crop:
+        desc.state("family", "deit", f"{where} (shortest edge to size, center crop to crop_size)")
+        desc.state("crop_pct", int(crop_side) / int(shortest), f"{where} crop_size / size.shortest_edge")
+        if "image_size" not in desc.sources:  # else the weights' own grid (DINOv2: 518 px), no interpolation
+            desc.state("image_size", int(crop_side), f"{where}.crop_size")
+    else:
+        desc.state("family", "inception", f"{where} (resize to size, no crop)")
     resample = pre.get("resample", 3 if siglip else 2)
     desc.state("interpolation", PIL_RESAMPLE.get(int(resample), "bilinear"), f"{where}.resample {resample}")
     if pre.get("do_normalize", True):
@@ -235,11 +294,15 @@ def class_labels(config: dict, num_classes: int) -> tuple[str, ...] | None:
 def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple[dict, Description]:
     sd = torch_layout({k: read_float32(v) for k, v in stored.items()
                        if not _torch_name(k).startswith("text_model.")})  # a SiglipModel's text half stays on disk
+    if _SIGLIP.removeprefix("vision_model.") in sd:  # transformers 5 saves a vision model's keys unprefixed
+        sd = {"vision_model." + k: v for k, v in sd.items()}
+    clip, dinov2 = _CLIP in sd, any(k.removeprefix("dinov2.") == _DINOV2 for k in sd)
     siglip = _SIGLIP in sd
     folder_config = folder.config if folder else None
     config = model_config(folder_config, source, siglip)
-    params = siglip_tree(sd, config, source) if siglip else vit_tree(sd, config, source)
-    desc = describe(config, folder.preprocessor if folder else None, siglip, source,
+    tree = clip_tree if clip else siglip_tree if siglip else dinov2_tree if dinov2 else vit_tree
+    params = tree(sd, config, source)
+    desc = describe(config, folder.preprocessor if folder else None, siglip and not clip, source,
                     folder.preprocessor_file if folder else "preprocessor_config.json")
     desc.labels = class_labels(folder_config, int(params["head"]["bias"].shape[0]) if "head" in params else 0)
     desc.model_family = f"transformers:{folder_config.get('model_type', '?')}"

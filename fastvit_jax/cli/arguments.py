@@ -246,7 +246,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-buckets", metavar="none|N",
                    help="run ToMe-style blocks at N or fewer shared token counts, padded slots masked: the same "
                         "merges and logits (within rounding), fewer block programs to compile, FLOPs spent on "
-                        "padding. Default: none (every block at its exact count); tune: 2 (its plans are scored, "
+                        "padding. Default: none (every block at its exact count); tune: 1 (its plans are scored, "
                         "never timed)")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto",
                    help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "

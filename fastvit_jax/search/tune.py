@@ -45,7 +45,7 @@ def search_space() -> dict:
 SEARCH_SPACE = search_space()  # the built-in methods' (the CLI's default --methods)
 # The CLI's default runtime.token_buckets for tune: candidates are scored, never timed, and most of an
 # unpadded candidate's time is compiling its twelve block shapes (BENCHMARKS.md section 18).
-TUNE_TOKEN_BUCKETS = 2
+TUNE_TOKEN_BUCKETS = 1
 REFERENCE = MergeOptions("tome", skip=0)  # the paired differences are against ToMe at the same budget
 
 

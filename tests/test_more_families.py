@@ -1,10 +1,12 @@
-"""The ViT families beyond Google's files, as timm saves them: DINOv2 (LayerScale, 14 px patches),
+"""The ViT families beyond Google's files, as timm and transformers save them: DINOv2 (LayerScale, 14 px patches),
 DINOv2 with registers (register tokens, position embeddings on the patches only), DeiT III
 (LayerScale, no_embed_class) and CLIP image towers (a LayerNorm before the blocks, no patch bias,
 LayerNorm eps 1e-5, QuickGELU for OpenAI's weights). Each folder is written in timm's exact key
 layout with random values at trained scales (LayerScale gammas 1e-1 to 1e-5, not 1) and checked
 against tests/reference.py's timm_forward, which reads timm's keys itself, in timm's token order:
-dense, and with ToMe merging around the registers."""
+dense, and with ToMe merging around the registers. transformers' `Dinov2Model`,
+`Dinov2WithRegistersModel`, `CLIPVisionModel` and unprefixed (transformers 5) `SiglipVisionModel`
+folders are written from the same numbers under transformers' names and must give the same outputs."""
 
 import json
 
@@ -135,3 +137,93 @@ def test_mctf_one_step_ahead_refuses_registers(tmp_path):
     model = fv.load(folder)
     with pytest.raises(FastViTError, match="register tokens"):
         make_plan(model.config, MergeOptions("mctf", r=4))
+
+
+def split_qkv(sd, b):
+    w, bias = sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]
+    return [(w[i * WIDTH:(i + 1) * WIDTH], bias[i * WIDTH:(i + 1) * WIDTH]) for i in range(3)]
+
+
+def transformers_dinov2(sd):
+    """timm keys -> transformers' Dinov2Model (Dinov2WithRegistersModel with reg_token) keys."""
+    out = {"embeddings.cls_token": sd["cls_token"], "embeddings.mask_token": np.zeros((1, WIDTH), np.float32),
+           "embeddings.position_embeddings": sd["pos_embed"],
+           "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+           "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
+    if "reg_token" in sd:
+        out["embeddings.register_tokens"] = sd["reg_token"]
+    for i in range(DEPTH):
+        b, t = f"blocks.{i}.", f"encoder.layer.{i}."
+        for name, (w, bias) in zip(("query", "key", "value"), split_qkv(sd, b)):
+            out[t + f"attention.attention.{name}.weight"], out[t + f"attention.attention.{name}.bias"] = w, bias
+        pairs = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.fc1",
+                 "mlp.fc2": "mlp.fc2"}
+        for src, dst in pairs.items():
+            out[t + dst + ".weight"], out[t + dst + ".bias"] = sd[b + src + ".weight"], sd[b + src + ".bias"]
+        out[t + "layer_scale1.lambda1"], out[t + "layer_scale2.lambda1"] = sd[b + "ls1.gamma"], sd[b + "ls2.gamma"]
+    return out
+
+
+def transformers_clip_vision(sd, prefix="vision_model."):
+    """timm CLIP keys -> transformers' CLIPVisionModel keys (prefix "": transformers 5's unprefixed
+    vision-model files use SigLIP's names the same way)."""
+    v = prefix
+    out = {v + "embeddings.class_embedding": sd["cls_token"][0, 0],
+           v + "embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
+           v + "embeddings.position_embedding.weight": sd["pos_embed"][0],
+           v + "pre_layrnorm.weight": sd["norm_pre.weight"], v + "pre_layrnorm.bias": sd["norm_pre.bias"],
+           v + "post_layernorm.weight": sd["norm.weight"], v + "post_layernorm.bias": sd["norm.bias"]}
+    for i in range(DEPTH):
+        b, t = f"blocks.{i}.", f"{v}encoder.layers.{i}."
+        for name, (w, bias) in zip(("q_proj", "k_proj", "v_proj"), split_qkv(sd, b)):
+            out[t + f"self_attn.{name}.weight"], out[t + f"self_attn.{name}.bias"] = w, bias
+        pairs = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
+                 "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+        for src, dst in pairs.items():
+            out[t + dst + ".weight"], out[t + dst + ".bias"] = sd[b + src + ".weight"], sd[b + src + ".bias"]
+    return out
+
+
+def hf_folder(path, state, config, pre):
+    path.mkdir(parents=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "preprocessor_config.json").write_text(json.dumps(pre))
+    return path
+
+
+CROP = {"do_resize": True, "size": {"shortest_edge": 36}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
+        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_transformers_dinov2_folder_matches_the_reference(tmp_path, registers):
+    sd = timm_state_dict(layerscale=True, registers=registers, classes=0, seed=7)
+    pe = sd["pos_embed"]  # transformers embeds the class token and patches; the registers join after
+    sd["pos_embed"] = np.ascontiguousarray(np.concatenate([pe[:, :1], pe[:, 1 + registers:]], axis=1))
+    config = {"model_type": "dinov2_with_registers" if registers else "dinov2", "hidden_size": WIDTH,
+              "num_attention_heads": HEADS, "hidden_act": "gelu", "layer_norm_eps": 1e-6, "image_size": SIDE,
+              "patch_size": PATCH, **({"num_register_tokens": registers} if registers else {})}
+    model = fv.load(hf_folder(tmp_path / "dinov2", transformers_dinov2(sd), config, CROP))
+    assert (model.config.registers, model.config.layerscale, model.config.image_size) == (registers, True, SIDE)
+    assert (model.preprocessing.family, model.preprocessing.crop_pct) == ("deit", 32 / 36)
+    x = images(seed=8)
+    want = reference.timm_forward(sd, x, heads=HEADS, eps=1e-6)
+    np.testing.assert_allclose(outputs(model, x), want, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(outputs(model.merge("tome", r=8), x),
+                               reference.timm_forward(sd, x, heads=HEADS, eps=1e-6, r=8), atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prefix", ["vision_model.", ""])
+def test_transformers_clip_vision_folder_matches_the_reference(tmp_path, prefix):
+    sd = timm_state_dict(clip=True, classes=0, seed=9)
+    config = {"model_type": "clip_vision_model", "hidden_size": WIDTH, "num_attention_heads": HEADS,
+              "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "image_size": SIDE, "patch_size": PATCH}
+    state = transformers_clip_vision(sd, prefix)  # "": unprefixed, as transformers 5 saves a vision model
+    model = fv.load(hf_folder(tmp_path / "clip", state, config, CROP))
+    assert (model.config.pre_norm, model.config.patch_bias, model.config.gelu) == (True, False, "quick")
+    x = images(seed=10)
+    np.testing.assert_allclose(outputs(model, x), reference.timm_forward(sd, x, heads=HEADS, gelu_kind="quick", eps=1e-5),
+                               atol=2e-5, rtol=1e-4)
