@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ def test_block_statistics_match_intermediates():
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     plan = make_plan(TINY, MergeOptions("tome", 5))
     stats = analysis.block_statistics(TINY, params, images, plan)
-    _, inter = VisionTransformer(TINY, plan).apply({"params": params}, images, mutable=["intermediates"])
+    model = VisionTransformer(TINY, plan)
+    _, inter = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(params, images)
     blk = inter["intermediates"]["Transformer"]["encoderblock_2"]
     x = np.asarray(blk["x_post"][0])  # (3, n, d) tokens after attention, before merging
     u = x / np.linalg.norm(x, axis=-1, keepdims=True)

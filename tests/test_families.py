@@ -109,7 +109,7 @@ def test_gap_r0_is_dense_bit_for_bit_and_pools_by_size(tiny_config):
     head = params["head"]
     features = VisionTransformer(config.replace(num_classes=0), plan)
     feat_params = {k: v for k, v in params.items() if k != "head"}
-    pooled, state = features.apply({"params": feat_params}, images, return_state=True)
+    pooled, state = jax.jit(lambda p, x: features.apply({"params": p}, x, return_state=True))(feat_params, images)
     size = np.asarray(state.size)
     assert size.sum(1).tolist() == [64.0, 64.0] and size.max() > 1  # merged tokens hold several patches
     want = (np.asarray(state.x) * size[..., None]).sum(1) / size.sum(1, keepdims=True)
@@ -128,7 +128,8 @@ def test_unpooled_tokens_and_sources_return_to_the_grid():
     config = FAMILIES["hybrid_gap"]
     params = checkpoint.unflatten(google_checkpoint(config))
     plan = make_plan(config, MergeOptions("tome", 8), track_source=True)
-    _, state = VisionTransformer(config, plan).apply({"params": params}, _images(config), return_state=True)
+    model = VisionTransformer(config, plan)
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, _images(config))
     assert state.x.shape == (2, plan.final_tokens, 32) and plan.final_tokens < 64
     source = np.asarray(state.source)
     assert source.shape == (2, plan.final_tokens, 64)  # 8 x 8 grid: 64 px, root stride 4, 2 x 2 patches

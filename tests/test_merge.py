@@ -156,7 +156,7 @@ def test_merge_invariants(method, r, window, seed):
     params = checkpoint.unflatten(google_checkpoint(tiny_config, seed=seed % 3))
     images = np.random.default_rng(seed).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
     model = VisionTransformer(tiny_config, plan)
-    _, state = model.apply({"params": params}, images, return_state=True)
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, return_state=True))(params, images)  # one compile
     size, source = np.asarray(state.size[0]), np.asarray(state.source[0])
     assert size.shape[0] == plan.final_tokens
     assert size.sum() == tiny_config.num_patches + 1

@@ -10,6 +10,7 @@ folders are written from the same numbers under transformers' names and must giv
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,8 +117,8 @@ def test_tome_on_a_timm_family_matches_the_reference_and_never_merges_registers(
     want = reference.timm_forward(sd, x, heads=HEADS, eps=model.config.ln_eps, r=8)
     np.testing.assert_allclose(outputs(merged, x), want, atol=5e-5, rtol=1e-4)
     # the registers are outside the merged tokens: every kept token holds patches (or is the class token)
-    _, state = VisionTransformer(model.config, merged.plan).apply({"params": model.params}, jnp.asarray(x),
-                                                                   return_state=True)
+    vit = VisionTransformer(model.config, merged.plan)
+    _, state = jax.jit(lambda p, x: vit.apply({"params": p}, x, return_state=True))(model.params, jnp.asarray(x))
     assert state.x.shape[1] == merged.plan.final_tokens
     assert float(jnp.sum(state.size[:, 1:])) == x.shape[0] * (SIDE // PATCH) ** 2  # patches only, none lost
 
