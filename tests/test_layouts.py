@@ -136,15 +136,13 @@ def test_transformers_flax_msgpack_is_the_same_model(tmp_path):
     np.testing.assert_allclose(_forward(params, config, images), want, atol=2e-4, rtol=1e-4)
 
 
-def test_siglip_vision_tower_of_a_siglip_model(tmp_path):
-    """transformers' SiglipModel: the vision half (MAP head) is read, the text half left alone."""
-    cfg = ViTConfig(width=32, depth=2, heads=2, mlp_dim=64, patch=4, image_size=32, num_classes=0, pool="map")
-    flat = google_checkpoint(cfg, seed=5)
+def hf_siglip_vision(flat, depth):
+    """Our flat tree of a MAP-head tower -> a transformers SiglipModel's vision_model.* state dict."""
     v, sd = "vision_model.", {}
     sd[v + "embeddings.patch_embedding.weight"] = flat["embedding/kernel"].transpose(3, 2, 0, 1).copy()
     sd[v + "embeddings.patch_embedding.bias"] = flat["embedding/bias"]
     sd[v + "embeddings.position_embedding.weight"] = flat["Transformer/posembed_input/pos_embedding"][0]
-    for i in range(2):
+    for i in range(depth):
         b, a, blk = f"{v}encoder.layers.{i}.", ATT.format(i), f"Transformer/encoderblock_{i}/"
         for n, t in (("query", "q"), ("key", "k"), ("value", "v")):
             sd[b + f"self_attn.{t}_proj.weight"], sd[b + f"self_attn.{t}_proj.bias"] = \
@@ -170,6 +168,14 @@ def test_siglip_vision_tower_of_a_siglip_model(tmp_path):
     for ours, theirs in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
         sd[h + f"mlp.{theirs}.weight"] = flat[m + f"MlpBlock_0/{ours}/kernel"].T.copy()
         sd[h + f"mlp.{theirs}.bias"] = flat[m + f"MlpBlock_0/{ours}/bias"]
+    return sd
+
+
+def test_siglip_vision_tower_of_a_siglip_model(tmp_path):
+    """transformers' SiglipModel: the vision half (MAP head) is read, the text half left alone."""
+    cfg = ViTConfig(width=32, depth=2, heads=2, mlp_dim=64, patch=4, image_size=32, num_classes=0, pool="map")
+    flat = google_checkpoint(cfg, seed=5)
+    sd = hf_siglip_vision(flat, 2)
     sd["text_model.embeddings.token_embedding.weight"] = np.ones((7, 32), np.float32)
     sd["logit_scale"], sd["logit_bias"] = np.ones(1, np.float32), np.zeros(1, np.float32)
     config = {"model_type": "siglip", "vision_config": {"hidden_size": 32, "num_attention_heads": 2,

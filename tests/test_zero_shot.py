@@ -465,3 +465,67 @@ def test_a_file_with_an_official_name_is_that_entry(tmp_path, spm_file, cache, m
     feats = reference.forward(img, images, heads=2, pool="map", features=True)
     np.testing.assert_allclose(got, reference.zero_shot_logits(feats, _want_class_embeddings(txt, spm_file), T, B),
                                atol=1e-4)
+
+
+# ------------------------------------------------------------------ a transformers SiglipModel folder
+def hf_siglip_text(txt):
+    """big_vision's txt/ tree -> a transformers SiglipModel's text_model.* state dict."""
+    t, sd = "text_model.", {}
+    sd[t + "embeddings.token_embedding.weight"] = txt["Embed_0/embedding"]
+    sd[t + "embeddings.position_embedding.weight"] = txt["pos_embedding"][0]
+    lin = lambda k, b: (k.reshape(k.shape[0], -1).T.copy(), b.reshape(-1).copy())
+    for i in range(TXT["depth"]):
+        blk, b = f"Encoder_0/encoderblock_{i}/", f"{t}encoder.layers.{i}."
+        a = blk + "MultiHeadDotProductAttention_0/"
+        for n, p in (("query", "q"), ("key", "k"), ("value", "v")):
+            sd[b + f"self_attn.{p}_proj.weight"], sd[b + f"self_attn.{p}_proj.bias"] = lin(txt[a + n + "/kernel"], txt[a + n + "/bias"])
+        w = txt[a + "out/kernel"]
+        sd[b + "self_attn.out_proj.weight"], sd[b + "self_attn.out_proj.bias"] = w.reshape(-1, w.shape[-1]).T.copy(), txt[a + "out/bias"]
+        for ours, theirs in (("LayerNorm_0", "layer_norm1"), ("LayerNorm_1", "layer_norm2")):
+            sd[b + theirs + ".weight"], sd[b + theirs + ".bias"] = txt[blk + ours + "/scale"], txt[blk + ours + "/bias"]
+        for ours, theirs in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            sd[b + f"mlp.{theirs}.weight"] = txt[blk + f"MlpBlock_0/{ours}/kernel"].T.copy()
+            sd[b + f"mlp.{theirs}.bias"] = txt[blk + f"MlpBlock_0/{ours}/bias"]
+    sd[t + "final_layer_norm.weight"], sd[t + "final_layer_norm.bias"] = txt["Encoder_0/encoder_norm/scale"], txt["Encoder_0/encoder_norm/bias"]
+    sd[t + "head.weight"], sd[t + "head.bias"] = txt["head/kernel"].T.copy(), txt["head/bias"]
+    return sd
+
+
+def test_zero_shot_from_a_transformers_siglip_folder(tmp_path, spm_file, cache):
+    """SiglipModel folder (vision_model.*, text_model.*, logit_scale, logit_bias, spiece.model,
+    text_config with pad_token_id 1): the text half runs in our text tower, tokenised by
+    SiglipTokenizer's rules (canonicalised, EOS, padded to max_length with the pad id), the same
+    classifier construction: logits against the numpy towers. No --tokenizer, no --text-pad."""
+    import shutil
+
+    from safetensors.numpy import save_file
+    from test_layouts import hf_siglip_vision
+
+    img_bv, img = image_tower_flat(seed=4)
+    txt = text_tower_flat(5)
+    sd = {**hf_siglip_vision(img, IMG.depth), **hf_siglip_text(txt), "logit_scale": np.array([T], np.float32),
+          "logit_bias": np.array([B], np.float32)}
+    folder = tmp_path / "siglip"
+    folder.mkdir()
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, str(folder / "model.safetensors"))
+    shutil.copy(spm_file, folder / "spiece.model")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "siglip",
+        "text_config": {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
+                        "layer_norm_eps": 1e-6, "max_position_embeddings": TXT["max_len"], "pad_token_id": 1,
+                        "vocab_size": TXT["vocab"]},
+        "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
+                          "layer_norm_eps": 1e-6, "image_size": 32, "patch_size": 4}}))
+    params, config, pre = load_model(path=folder)
+    prompts = zero_shot.Prompts(tuple(CLASSES), tuple(TEMPLATES))
+    notes: list = []
+    params, config, _ = attach_zero_shot(None, folder, params, config, pre, prompts=prompts, progress=False, notes=notes)
+    assert notes == []  # the folder said everything: tokenizer, padding
+    images = _images()
+    got = np.asarray(make_forward(config, None)(params, images))
+    feats = reference.forward(img, images, heads=2, pool="map", features=True)
+    want = reference.zero_shot_logits(feats, _want_class_embeddings(txt, spm_file, pad=1), T, B)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    from fastvit_jax.zero_shot.tokenizer import transformers_canonical
+
+    assert transformers_canonical("  A Photo of the  Cat's toy!  ") == "a photo of the cats toy"

@@ -187,7 +187,8 @@ def class_embeddings(tower, tokenizer, prompts: Prompts, *, pad: int, source: di
     if tokenizer.vocab_size > cfg.vocab_size:
         raise FastViTError(f"{tokenizer.path}: {tokenizer.vocab_size} pieces, but the text tower embeds "
                            f"{cfg.vocab_size} tokens: not this model's tokenizer")
-    key = json.dumps({"version": CACHE_VERSION, "file": source, "tokenizer": tokenizer.sha256, "pad": pad,
+    rule = {"rule": tokenizer.rule} if tokenizer.rule != "big_vision" else {}  # keys cached before rules stay
+    key = json.dumps({"version": CACHE_VERSION, "file": source, "tokenizer": tokenizer.sha256, "pad": pad, **rule,
                       "config": dataclasses.asdict(cfg),
                       "prompts": hashlib.sha256(json.dumps([texts, labels.tolist()]).encode()).hexdigest()},
                      sort_keys=True)
@@ -258,12 +259,17 @@ def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None
     local = checkpoint_file(name, path)
     entry = get_entry(name) if name else entry_for_file(local)
     tower = read_text_tower(local)
-    spec = tokenizer or (entry.tokenizer if entry is not None else None)
+    spec = tokenizer or tower.tokenizer or (entry.tokenizer if entry is not None else None)
+    if spec is None and tower.rule == "transformers":
+        raise FastViTError(f"{path or name}: no spiece.model in the folder (SigLIP 2's Gemma tokenizer.json is not "
+                           f"read yet); pass --tokenizer SPM, the SentencePiece model the text tower was trained with")
     if spec is None:
         raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
                            f"SentencePiece model ({TOKENIZER_HINT})")
-    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"))
-    if text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
+    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"), rule=tower.rule)
+    if text_pad is None and tower.pad is not None:  # the folder's text_config.pad_token_id
+        text_pad = tower.pad
+    elif text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
         text_pad = entry.text_pad if entry.text_pad is not None else tok.pad_id
     elif text_pad is None:
         text_pad = 1 if tower.config.vocab_size in T5_VOCABULARIES else tok.pad_id

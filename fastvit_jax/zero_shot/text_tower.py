@@ -19,6 +19,7 @@ from fastvit_jax import checkpoints
 from fastvit_jax.checkpoints.arrays import read_float32
 from fastvit_jax.checkpoints.big_vision import unstack_blocks
 from fastvit_jax.checkpoints.checkpoint import check_finite, shape_mismatch
+from fastvit_jax.checkpoints.transformers import GELUS, _Keys, torch_layout
 from fastvit_jax.util.tree import strip_prefix, unflatten
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.text import TextConfig, expected_text_shapes, infer_text_config
@@ -32,6 +33,10 @@ class TextTower:
     config: TextConfig
     log_temperature: float  # t: logits are cosine x exp(t)
     bias: float  # b: SigLIP's learned bias (0 for files without one)
+    # what a transformers folder says about its texts (None: a big_vision file, whose rules are big_vision's)
+    tokenizer: Path | None = None  # the folder's SentencePiece model
+    pad: int | None = None  # text_config.pad_token_id
+    rule: str = "big_vision"  # how text becomes ids: "big_vision" | "transformers" (zero_shot/tokenizer.py)
 
 
 def _scalar(stored, key: str, source) -> float:
@@ -43,8 +48,11 @@ def _scalar(stored, key: str, source) -> float:
 
 def read_text_tower(path: str | Path, pool: str | None = None) -> TextTower:
     """The text tower of a two-tower file at a local path, checked against its inferred config."""
-    weights, _ = checkpoints.locate(path)
-    stored = {strip_prefix(k): v for k, v in checkpoints.list_arrays(weights).items()}
+    weights, folder = checkpoints.locate(path)
+    arrays = checkpoints.list_arrays(weights)
+    if any(k.replace("/", ".").startswith(HF_TEXT) for k in arrays):
+        return transformers_text_tower(arrays, folder, path)
+    stored = {strip_prefix(k): v for k, v in arrays.items()}
     keys = [k for k in stored if k.startswith(TOWER + "/")]
     if not keys:
         towers = sorted({k.split("/", 1)[0] for k in stored if "/" in k})
@@ -79,3 +87,56 @@ def check_text_params(params: dict, config: TextConfig, source: str) -> None:
             "shape": f"text-tower key {TOWER}/{key} has shape {have}, expected {shape}",
             "extra": f"unexpected text-tower key {TOWER}/{key} (shape {have})"}[kind])
     check_finite(params, source)
+
+
+HF_TEXT = "text_model."
+HF_TEXT_BLOCK = {"LayerNorm_0": "layer_norm1", "LayerNorm_1": "layer_norm2", "query": "self_attn.q_proj",
+                 "key": "self_attn.k_proj", "value": "self_attn.v_proj", "out": "self_attn.out_proj",
+                 "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2"}
+
+
+def transformers_text_tower(arrays: dict, folder, path) -> TextTower:
+    """A transformers `SiglipModel` folder's text half (`text_model.*`, `logit_scale`, `logit_bias`)
+    in big_vision's text-tower tree: the same computation (no attention mask, the last token pooled,
+    then `head`), so one model serves both. Heads, GELU and eps from config.json's text_config; the
+    tokenizer is the folder's spiece.model, texts padded to max_length with text_config.pad_token_id,
+    as transformers' SiglipProcessor(padding="max_length") does."""
+    config = ((folder.config if folder else None) or {}).get("text_config")
+    if not isinstance(config, dict) or "num_attention_heads" not in config:
+        raise FastViTError(f"{path}: a transformers text tower needs its config.json with text_config "
+                           f"(num_attention_heads, hidden_act, layer_norm_eps, pad_token_id)")
+    sd = torch_layout({k: read_float32(v) for k, v in arrays.items()
+                       if k.replace("/", ".").startswith(HF_TEXT) or k in ("logit_scale", "logit_bias")})
+    take, heads = _Keys(sd, path), int(config["num_attention_heads"])
+    t = HF_TEXT
+    encoder = {"encoder_norm": take.norm(t + "final_layer_norm")}
+    i = 0
+    while take.has(f"{t}encoder.layers.{i}.layer_norm1.weight"):
+        b = f"{t}encoder.layers.{i}."
+        attn = {n: take.heads(b + HF_TEXT_BLOCK[n], heads) for n in ("query", "key", "value")}
+        attn["out"] = take.out(b + HF_TEXT_BLOCK["out"], heads)
+        encoder[f"encoderblock_{i}"] = {
+            "LayerNorm_0": take.norm(b + "layer_norm1"), "MultiHeadDotProductAttention_0": attn,
+            "LayerNorm_1": take.norm(b + "layer_norm2"),
+            "MlpBlock_0": {d: take.linear(b + HF_TEXT_BLOCK[d]) for d in ("Dense_0", "Dense_1")}}
+        i += 1
+    params = {"Embed_0": {"embedding": take(t + "embeddings.token_embedding.weight", 2)},
+              "pos_embedding": take(t + "embeddings.position_embedding.weight", 2)[None], "Encoder_0": encoder}
+    if take.has(t + "head.weight"):
+        params["head"] = take.linear(t + "head")
+    scale = take("logit_scale") if take.has("logit_scale") else None
+    if scale is None:
+        raise FastViTError(f"{path}: a text tower but no logit_scale: not a two-tower SiglipModel file")
+    bias = take("logit_bias") if take.has("logit_bias") else np.zeros(1)
+    take.finish(ignore=("vision_model.", t + "embeddings.position_ids"))
+    act = config.get("hidden_act", "gelu_pytorch_tanh")
+    if act not in GELUS:
+        raise FastViTError(f"{path}: config.json text_config hidden_act {act!r} is not supported "
+                           f"(allowed: {', '.join(GELUS)})")
+    text_config = dataclasses.replace(infer_text_config(params, "last"), gelu=GELUS[act],
+                                      ln_eps=float(config.get("layer_norm_eps", 1e-6)))
+    check_text_params(params, text_config, str(path))
+    spm = folder.path / "spiece.model" if folder else None
+    return TextTower(params, text_config, float(np.asarray(scale).reshape(-1)[0]), float(np.asarray(bias).reshape(-1)[0]),
+                     tokenizer=spm if spm is not None and spm.is_file() else None,
+                     pad=int(config.get("pad_token_id", 1)), rule="transformers")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import string
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from fastvit_jax.errors import FastViTError
 
 MAX_TOKENIZER_BYTES = 64 << 20  # the largest SentencePiece model we ship a name for is ~4.3 MB
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def ascii_lower(text: str) -> str:
@@ -32,12 +34,25 @@ def sticky_eos(ids: list[int], max_len: int, pad: int) -> list[int]:
     return ids + [pad] * (max_len - len(ids))
 
 
-class Tokenizer:
-    """A SentencePiece model file, read once."""
+def transformers_canonical(text: str) -> str:
+    """transformers' SiglipTokenizer.canonicalize_text: lower-case, ASCII punctuation removed,
+    whitespace runs made one space, stripped."""
+    text = text.lower().translate(_NO_PUNCTUATION)
+    return " ".join(text.split())
 
-    def __init__(self, path: str | Path):
+
+RULES = {"big_vision": ascii_lower, "transformers": transformers_canonical}
+
+
+class Tokenizer:
+    """A SentencePiece model file, read once. rule: how a text is prepared before SentencePiece --
+    "big_vision" (ASCII lower-casing) or "transformers" (SiglipTokenizer's canonicalisation); both
+    then append the EOS and pad (or cut, keeping the EOS) to the tower's length."""
+
+    def __init__(self, path: str | Path, rule: str = "big_vision"):
         import sentencepiece
 
+        self.rule, self.prepare = rule, RULES[rule]
         self.path = Path(path)
         if not self.path.is_file():
             raise FastViTError(f"tokenizer not found: {self.path}")
@@ -69,7 +84,7 @@ class Tokenizer:
         return int(self.sp.pad_id())
 
     def ids(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(ascii_lower(text))) + [self.eos_id]
+        return list(self.sp.EncodeAsIds(self.prepare(text))) + [self.eos_id]
 
     def tokenize(self, texts: list[str], max_len: int, pad: int) -> np.ndarray:
         """(len(texts), max_len) int32 ids with big_vision's rules (module docstring)."""
