@@ -488,19 +488,24 @@ def plan_ops(plan):
 
 
 # ------------------------------------------------------------------ big_vision's text tower
-def text_forward(flat, tokens, *, heads, pool="last", eps=1e-6):
+def text_forward(flat, tokens, *, heads, pool="last", eps=1e-6, eos_mask=None):
     """Text embeddings (B, E) of token ids (B, L), one text at a time, from the flat keys of a
     two-tower file's txt/ group (big_vision's names): embedding rows + position embedding, blocks
-    (LayerNorm_0, attention, LayerNorm_1, MlpBlock_0; tanh GELU; no mask), encoder_norm, pool, head."""
+    (LayerNorm_0, attention, LayerNorm_1, MlpBlock_0; tanh GELU; no mask), encoder_norm, pool, head.
+    eos_mask: an EOS id; the positions after a text's first EOS are then masked as keys (the
+    attention_mask transformers 5's SiglipTokenizer returns)."""
     f = {k: np.asarray(v, np.float64) for k, v in flat.items()}
     depth = len({k.split("/")[1] for k in f if k.startswith("Encoder_0/encoderblock_")})
     out = []
     for ids in np.asarray(tokens):
         x = f["Embed_0/embedding"][ids] + f["pos_embedding"][0]
+        mask = None
+        if eos_mask is not None and eos_mask in ids.tolist():
+            mask = np.where(np.arange(len(ids)) <= ids.tolist().index(eos_mask), 0.0, -np.inf)
         for i in range(depth):
             pre = f"Encoder_0/encoderblock_{i}/"
             y = layer_norm(x, f[pre + "LayerNorm_0/scale"], f[pre + "LayerNorm_0/bias"], eps)
-            y, _ = attention(y, y, f, pre + "MultiHeadDotProductAttention_0/", heads)
+            y, _ = attention(y, y, f, pre + "MultiHeadDotProductAttention_0/", heads, size_log=mask)
             x = x + y
             y = layer_norm(x, f[pre + "LayerNorm_1/scale"], f[pre + "LayerNorm_1/bias"], eps)
             y = gelu(y @ f[pre + "MlpBlock_0/Dense_0/kernel"] + f[pre + "MlpBlock_0/Dense_0/bias"], False)

@@ -209,7 +209,7 @@ def test_transformers_dinov2_folder_matches_the_reference(tmp_path, registers):
               "patch_size": PATCH, **({"num_register_tokens": registers} if registers else {})}
     model = fv.load(hf_folder(tmp_path / "dinov2", transformers_dinov2(sd), config, CROP))
     assert (model.config.registers, model.config.layerscale, model.config.image_size) == (registers, True, SIDE)
-    assert (model.preprocessing.family, model.preprocessing.crop_pct) == ("deit", 32 / 36)
+    assert (model.preprocessing.family, model.preprocessing.crop_pct) == ("hf_crop", 32 / 36)
     x = images(seed=8)
     want = reference.timm_forward(sd, x, heads=HEADS, eps=1e-6)
     np.testing.assert_allclose(outputs(model, x), want, atol=2e-5, rtol=1e-4)

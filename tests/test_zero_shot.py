@@ -157,7 +157,7 @@ def _images(n=4, seed=1):
     return np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32)
 
 
-def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="last"):
+def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="last", eos_mask=None):
     """big_vision's discriminative classifier, written out: canonicalised names (first alias) x
     canonicalised templates, tokenised with the EOS, sticky, padded; embeddings normalised, averaged
     per class, normalised."""
@@ -174,7 +174,7 @@ def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="las
             toks = sp.EncodeAsIds(p) + [1]
             toks = toks[:7] + [1] if len(toks) >= 8 else toks + [pad] * (8 - len(toks))
             ids.append(toks)
-        z = reference.text_forward(txt, np.array(ids), heads=TXT["heads"], pool=pool)
+        z = reference.text_forward(txt, np.array(ids), heads=TXT["heads"], pool=pool, eos_mask=eos_mask)
         z = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
         m = z.mean(0)
         rows.append(m / (np.linalg.norm(m) + 1e-8))
@@ -494,8 +494,9 @@ def hf_siglip_text(txt):
 def test_zero_shot_from_a_transformers_siglip_folder(tmp_path, spm_file, cache):
     """SiglipModel folder (vision_model.*, text_model.*, logit_scale, logit_bias, spiece.model,
     text_config with pad_token_id 1): the text half runs in our text tower, tokenised by
-    SiglipTokenizer's rules (canonicalised, EOS, padded to max_length with the pad id), the same
-    classifier construction: logits against the numpy towers. No --tokenizer, no --text-pad."""
+    SiglipTokenizer's rules (canonicalised, EOS, padded to max_length with the pad id, the padding
+    masked as transformers 5's attention_mask does), the same classifier construction: logits
+    against the numpy towers. No --tokenizer, no --text-pad."""
     import shutil
 
     from safetensors.numpy import save_file
@@ -524,8 +525,10 @@ def test_zero_shot_from_a_transformers_siglip_folder(tmp_path, spm_file, cache):
     images = _images()
     got = np.asarray(make_forward(config, None)(params, images))
     feats = reference.forward(img, images, heads=2, pool="map", features=True)
-    want = reference.zero_shot_logits(feats, _want_class_embeddings(txt, spm_file, pad=1), T, B)
+    want = reference.zero_shot_logits(feats, _want_class_embeddings(txt, spm_file, pad=1, eos_mask=1), T, B)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    unmasked = reference.zero_shot_logits(feats, _want_class_embeddings(txt, spm_file, pad=1), T, B)
+    assert np.abs(unmasked - want).max() > 1e-3  # the mask matters: the test would see it missing
     from fastvit_jax.zero_shot.tokenizer import transformers_canonical
 
     assert transformers_canonical("  A Photo of the  Cat's toy!  ") == "a photo of the cats toy"

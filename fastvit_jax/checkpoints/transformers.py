@@ -257,7 +257,7 @@ def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = 
     if pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
         raise FastViTError(f"{source}: {where} rescale_factor {pre['rescale_factor']} is not 1/255")
     if resize_then_crop:
-        desc.state("family", "deit", f"{where} (shortest edge to size, center crop to crop_size)")
+        desc.state("family", "hf_crop", f"{where} (shortest edge to size, center crop to crop_size)")
         desc.state("crop_pct", int(crop_side) / int(shortest), f"{where} crop_size / size.shortest_edge")
         if "image_size" not in desc.sources:  # else the weights' own grid (DINOv2: 518 px), no interpolation
             desc.state("image_size", int(crop_side), f"{where}.crop_size")

@@ -53,12 +53,12 @@ def label_names(num_classes: int, class_names: list[str] | None = None) -> list[
 
 
 # ---------------------------------------------------------------- preprocessing
-FAMILIES = ("inception", "deit", "crop")  # preprocessing families, see Preprocess
+FAMILIES = ("inception", "deit", "crop", "hf_crop")  # preprocessing families, see Preprocess
 
 
 INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
-_DEFAULT_INTERPOLATION = {"inception": "bilinear", "deit": "bicubic", "crop": "bilinear"}
+_DEFAULT_INTERPOLATION = {"inception": "bilinear", "deit": "bicubic", "crop": "bilinear", "hf_crop": "bicubic"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +72,9 @@ class Preprocess:
     (timm's eval transform is this geometry).
     family "crop": shorter side to round(size / crop_pct) (bilinear), center crop, [-1, 1] (the CIFAR
     models trained here on random size x size crops of 32 x 32 images: crop_pct = 28/32).
+    family "hf_crop": transformers' shortest-edge resize and center crop (CLIP's and DINOv2's image
+    processors): shorter side to round(size / crop_pct) (its `size.shortest_edge`), the crop's offsets
+    floored as transformers crops (timm's round), ImageNet mean/std unless stated.
     mean, std (of pixels in [0, 1]) and interpolation replace the family's when a checkpoint's own
     config states them (timm's pretrained_cfg, transformers' preprocessor_config.json)."""
 
@@ -110,6 +113,8 @@ class Preprocess:
             img = img.resize((self.size, self.size), resample)
         elif self.family == "deit":
             img = _center_crop(_resize_shorter(img, math.floor(self.size / self.crop_pct), resample), self.size)
+        elif self.family == "hf_crop":
+            img = _center_crop(_resize_shorter(img, round(self.size / self.crop_pct), resample), self.size, floor=True)
         else:
             img = _center_crop(_resize_shorter(img, self.train_size, resample), self.size)
         return np.asarray(img, np.uint8)
@@ -120,14 +125,14 @@ class Preprocess:
         if self.mean is not None or self.std is not None:
             mean, std = self.mean_std
             return (x / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        if self.family == "deit":
+        if self.family in ("deit", "hf_crop"):
             return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         return x / 127.5 - 1.0
 
     @property
     def mean_std(self) -> tuple:
         """(mean, std) of pixels in [0, 1]: the stated ones, else the family's."""
-        default = (tuple(IMAGENET_MEAN.tolist()), tuple(IMAGENET_STD.tolist())) if self.family == "deit" \
+        default = (tuple(IMAGENET_MEAN.tolist()), tuple(IMAGENET_STD.tolist())) if self.family in ("deit", "hf_crop") \
             else ((0.5,) * 3, (0.5,) * 3)
         return (self.mean if self.mean is not None else default[0], self.std if self.std is not None else default[1])
 
@@ -152,9 +157,12 @@ def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
     return img.resize((new_w, new_h), resample)
 
 
-def _center_crop(img: Image.Image, size: int) -> Image.Image:
+def _center_crop(img: Image.Image, size: int, floor: bool = False) -> Image.Image:
     w, h = img.size
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    if floor:  # transformers' center_crop
+        top, left = (h - size) // 2, (w - size) // 2
+    else:  # torchvision's CenterCrop (timm)
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 

@@ -39,6 +39,9 @@ class TextConfig:
     pool: str = "last"
     gelu: str = "tanh"  # flax nn.gelu, as big_vision trains
     ln_eps: float = 1e-6
+    # An EOS id: positions after a text's first EOS are padding, masked as keys, as transformers 5's
+    # SiglipTokenizer returns an attention_mask and SiglipModel applies it. None: no mask (big_vision).
+    mask_after_eos: int | None = None
 
     def __post_init__(self):
         if self.pool not in POOLS:
@@ -55,10 +58,10 @@ class TextBlock(nn.Module):
     config: TextConfig
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, key_bias=None):
         cfg = self.config
         y = nn.LayerNorm(epsilon=cfg.ln_eps, name="LayerNorm_0")(x)
-        y, _ = MultiHeadDotProductAttention(cfg.heads, name="MultiHeadDotProductAttention_0")(y)
+        y, _ = MultiHeadDotProductAttention(cfg.heads, name="MultiHeadDotProductAttention_0")(y, key_bias)
         x = x + y
         y = nn.LayerNorm(epsilon=cfg.ln_eps, name="LayerNorm_1")(x)
         return x + MlpBlock(cfg.mlp_dim, cfg.gelu, name="MlpBlock_0")(y)
@@ -68,9 +71,9 @@ class TextEncoder(nn.Module):
     config: TextConfig
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, key_bias=None):
         for i in range(self.config.depth):
-            x = TextBlock(self.config, name=f"encoderblock_{i}")(x)
+            x = TextBlock(self.config, name=f"encoderblock_{i}")(x, key_bias)
         return nn.LayerNorm(epsilon=self.config.ln_eps, name="encoder_norm")(x)
 
 
@@ -87,7 +90,7 @@ class TextTransformer(nn.Module):
         x = nn.Embed(cfg.vocab_size, cfg.width, name="Embed_0")(tokens)
         x = x + self.param("pos_embedding", nn.initializers.normal(stddev=cfg.width ** -0.5),
                            (1, cfg.max_len, cfg.width))
-        x = TextEncoder(cfg, name="Encoder_0")(x)
+        x = TextEncoder(cfg, name="Encoder_0")(x, padding_mask(tokens, cfg.mask_after_eos))
         if cfg.pool == "last":  # sticky EOS: the last token is the EOS or a pad after it
             x = x[:, -1]
         elif cfg.pool == "first":
@@ -101,6 +104,15 @@ class TextTransformer(nn.Module):
         if cfg.embed_dim:
             x = nn.Dense(cfg.embed_dim, name="head")(x)
         return x
+
+
+def padding_mask(tokens, eos: int | None):
+    """(B, L) additive key bias: -inf after each text's first EOS, or None (no EOS id: no mask)."""
+    if eos is None:
+        return None
+    is_eos = tokens == eos
+    first = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, axis=-1), tokens.shape[-1] - 1)
+    return jnp.where(jnp.arange(tokens.shape[-1])[None, :] <= first[:, None], 0.0, -jnp.inf)
 
 
 def init_text_params(config: TextConfig, key=None) -> dict:

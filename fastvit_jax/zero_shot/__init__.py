@@ -189,7 +189,8 @@ def class_embeddings(tower, tokenizer, prompts: Prompts, *, pad: int, source: di
                            f"{cfg.vocab_size} tokens: not this model's tokenizer")
     rule = {"rule": tokenizer.rule} if tokenizer.rule != "big_vision" else {}  # keys cached before rules stay
     key = json.dumps({"version": CACHE_VERSION, "file": source, "tokenizer": tokenizer.sha256, "pad": pad, **rule,
-                      "config": dataclasses.asdict(cfg),
+                      "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                 if not (k == "mask_after_eos" and v is None)},  # keys cached before it stay
                       "prompts": hashlib.sha256(json.dumps([texts, labels.tolist()]).encode()).hexdigest()},
                      sort_keys=True)
     stats = {} if stats is None else stats
@@ -267,6 +268,8 @@ def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None
         raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
                            f"SentencePiece model ({TOKENIZER_HINT})")
     tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"), rule=tower.rule)
+    if tower.rule == "transformers":  # transformers 5 masks the padding after the EOS (its attention_mask)
+        tower.config = dataclasses.replace(tower.config, mask_after_eos=tok.eos_id)
     if text_pad is None and tower.pad is not None:  # the folder's text_config.pad_token_id
         text_pad = tower.pad
     elif text_pad is None and entry is not None and entry.tokenizer and not tokenizer:

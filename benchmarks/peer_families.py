@@ -1,0 +1,150 @@
+"""Peer check (outside CI; needs torch and transformers): the ViT families of issue 38 as transformers
+saves them, random weights, against transformers' own forward with its own preprocessing on real
+JPEGs.
+
+    pip install torch==2.13.0 transformers
+    python benchmarks/peer_families.py --images ../shared/data/imagenet-samples --out benchmarks/results/peer_families.json
+
+For each of Dinov2Model, Dinov2WithRegistersModel, CLIPVisionModel, SiglipVisionModel (saved by
+transformers 5: unprefixed keys) and SiglipModel (zero-shot), a small random model is built
+(LayerScale at trained scales, 1e-1 to 1e-5), saved with `save_pretrained` beside its image
+processor (and, for SigLIP, a SentencePiece tokenizer trained here), then loaded by
+`fastvit_jax.load(folder)` with no other argument. Compared: the pooled features (max abs
+difference), or the zero-shot softmax over classes (SiglipProcessor, padding="max_length"), and
+ToMe r=4 against our dense model as a sanity line. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+import tempfile
+
+import numpy as np
+
+WIDTH, DEPTH, HEADS, MLP, PATCH, SIDE = 64, 3, 4, 128, 8, 64
+
+
+def _layerscale(model, rng):
+    import torch
+
+    for name, p in model.named_parameters():
+        if "lambda1" in name:
+            with torch.no_grad():
+                p.copy_(torch.tensor(10.0 ** rng.uniform(-5, -1, p.shape[0]), dtype=p.dtype))
+
+
+def _pixels(processor, files):
+    from PIL import Image
+
+    return processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+
+
+def vision_cases(tmp: Path, rng):
+    import torch
+    import transformers as tf
+
+    crop = {"size": {"shortest_edge": SIDE + 8}, "crop_size": {"height": SIDE, "width": SIDE}}
+    common = dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
+                  image_size=SIDE, patch_size=PATCH)
+    cases = {
+        "Dinov2Model": (tf.Dinov2Model(tf.Dinov2Config(**{k: v for k, v in common.items() if k != "intermediate_size"},
+                                                        mlp_ratio=MLP // WIDTH)),
+                        tf.BitImageProcessor(do_center_crop=True, **crop)),
+        "Dinov2WithRegistersModel": (tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(
+            **{k: v for k, v in common.items() if k != "intermediate_size"}, mlp_ratio=MLP // WIDTH,
+            num_register_tokens=4)), tf.BitImageProcessor(do_center_crop=True, **crop)),
+        "CLIPVisionModel": (tf.CLIPVisionModel(tf.CLIPVisionConfig(**common)),
+                            tf.CLIPImageProcessor(**crop)),
+        "SiglipVisionModel": (tf.SiglipVisionModel(tf.SiglipVisionConfig(**common)),
+                              tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE})),
+    }
+    for name, (model, processor) in cases.items():
+        torch.manual_seed(0)
+        model.eval()
+        _layerscale(model, rng)
+        folder = tmp / name
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        yield name, model, processor, folder
+
+
+def tiny_spm(path: Path, texts: list[str]) -> Path:
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 20), model_writer=out, vocab_size=60, pad_id=0,
+                                   eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", default="../shared/data/imagenet-samples")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--out", default="benchmarks/results/peer_families.json")
+    args = p.parse_args(argv)
+    import torch
+    import transformers as tf
+
+    import fastvit_jax as fv
+    from fastvit_jax.util.report import format_table, machine, write_json
+
+    files = sorted(Path(args.images).rglob("*.JPEG"))[: args.count]
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, model, processor, folder in vision_cases(tmp, rng):
+            with torch.no_grad():
+                theirs = model(pixel_values=_pixels(processor, files)).pooler_output.numpy()
+            ours = fv.load(folder)
+            got = ours.embed(files)["features"]
+            merged = ours.merge("tome", r=4).embed(files)["features"]
+            rows.append({"model": name, "max_abs_diff": float(np.abs(got - theirs).max()),
+                         "scale": float(np.abs(theirs).max()), "tome_r4_vs_dense": float(np.abs(merged - got).max()),
+                         "config": ours.config.family})
+            print(rows[-1], file=sys.stderr, flush=True)
+        # SiglipModel: zero-shot against logits_per_image
+        classes = ["tench", "goldfish", "great white shark", "cock", "hen", "ostrich"]
+        folder = tmp / "SiglipModel"
+        cfg = tf.SiglipConfig(text_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                               intermediate_size=MLP, vocab_size=64, max_position_embeddings=16),
+                              vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                                 intermediate_size=MLP, image_size=SIDE, patch_size=PATCH))
+        torch.manual_seed(1)
+        model = tf.SiglipModel(cfg).eval()
+        with torch.no_grad():
+            model.logit_scale.fill_(4.7)
+            model.logit_bias.fill_(-16.5 / 4)
+        model.save_pretrained(folder)
+        spm_path = tiny_spm(tmp / "spiece.model", classes)
+        tokenizer = tf.SiglipTokenizer(str(spm_path), model_max_length=16)
+        processor = tf.SiglipProcessor(image_processor=tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE}),
+                                       tokenizer=tokenizer)
+        processor.save_pretrained(folder)
+        from PIL import Image
+
+        pil = [Image.open(f).convert("RGB") for f in files]
+        inputs = processor(text=classes, images=pil, padding="max_length", max_length=16, return_tensors="pt")
+        with torch.no_grad():
+            theirs = torch.softmax(model(**inputs).logits_per_image, -1).numpy()
+        names = tmp / "classes.txt"
+        names.write_text("\n".join(classes) + "\n")
+        ours = fv.load(folder).zero_shot(str(names), templates=["{}"], progress=False)
+        got = np.asarray(__import__("jax").nn.softmax(ours(ours.preprocess(files)), -1))
+        rows.append({"model": "SiglipModel zero-shot", "max_abs_diff": float(np.abs(got - theirs).max()),
+                     "scale": 1.0, "tome_r4_vs_dense": None, "config": ours.config.family})
+    print(format_table(rows, ["model", "max_abs_diff", "scale", "tome_r4_vs_dense", "config"]))
+    write_json(args.out, {"machine": machine(), "transformers": tf.__version__, "torch": torch.__version__,
+                          "images": len(files), "rows": rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
