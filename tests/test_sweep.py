@@ -215,3 +215,45 @@ def test_committed_cifar_study_matches_its_settings(shared_dir):
         saved = json.loads((root / name / "sweep" / "settings.json").read_text())
         settings = sweep_settings(config, params, pre, ds.limit(saved["data"]["images"]), saved["batch_size"])
         check_settings(root / name / "sweep", settings, **SWEEP)
+
+
+@pytest.mark.slow
+def test_sweep_compiling_ahead_gives_the_sequential_results_and_resumes(tmp_path, monkeypatch):
+    """Points compiled in a worker thread while another is evaluated (studies/sweep.py
+    compiling_ahead): the same results as one at a time; killed after its first point with
+    compiles in flight, a rerun finishes it with the same rows."""
+    import fastvit_jax.studies.sweep as sweep_mod
+
+    from fastvit_jax.checkpoints import checkpoint
+    from fastvit_jax.data import Preprocess, open_dataset
+    from fastvit_jax.studies.sweep import run_sweep
+
+    config = ViTConfig(width=32, depth=3, heads=2, mlp_dim=64, patch=4, image_size=32, num_classes=1000)
+    params = checkpoint.unflatten(google_checkpoint(config))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["n01440764_a.jpg", "n01443537_b.jpg", "n01484850_c.jpg", "n01491361_d.jpg"]:
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(imgs / name)
+    pre, ds = Preprocess(size=32), open_dataset(str(imgs))
+    points = [MergeOptions("tome", r=r) for r in (2, 4, 6)]
+    run = lambda out: run_sweep(config, params, pre, ds, tmp_path / out, points, batch_size=4, bench_runs=1,
+                                progress=False, plot=False)
+    monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "0")
+    seq = run("seq")
+    monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "2")
+    calls, real = [], sweep_mod.evaluate
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep_mod, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("ahead")
+    monkeypatch.setattr(sweep_mod, "evaluate", real)
+    ahead = run("ahead")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
+    assert strip(ahead) == strip(seq)
