@@ -47,6 +47,7 @@ def vision_cases(tmp: Path, rng):
     import torch
     import transformers as tf
 
+    torch.manual_seed(0)  # before the models are built: their random weights are then the same every run
     crop = {"size": {"shortest_edge": SIDE + 8}, "crop_size": {"height": SIDE, "width": SIDE}}
     common = dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
                   image_size=SIDE, patch_size=PATCH)
@@ -63,7 +64,6 @@ def vision_cases(tmp: Path, rng):
                               tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE})),
     }
     for name, (model, processor) in cases.items():
-        torch.manual_seed(0)
         model.eval()
         _layerscale(model, rng)
         folder = tmp / name

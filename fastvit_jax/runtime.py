@@ -78,20 +78,15 @@ class Runtime:
 
 
 def _check_steps(value):
-    if value == "auto":
-        return value
-    if value in (None, "none", 0, "0"):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = -1
-    if n < 1:
-        raise FastViTError(f"examples per step must be 'auto', 'none' or a positive integer, got {value!r}")
-    return n
+    return value if value == "auto" else _positive_or_none(value, "examples per step must be 'auto', 'none'")
 
 
 def _check_buckets(value):
+    return _positive_or_none(value, "token buckets must be 'none'")
+
+
+def _positive_or_none(value, must: str):
+    """None for None/"none"/0, else a positive int; anything else refused as `must` or a positive integer."""
     if value in (None, "none", 0, "0"):
         return None
     try:
@@ -99,7 +94,7 @@ def _check_buckets(value):
     except (TypeError, ValueError):
         n = -1
     if n < 1:
-        raise FastViTError(f"token buckets must be 'none' or a positive integer, got {value!r}")
+        raise FastViTError(f"{must} or a positive integer, got {value!r}")
     return n
 
 

@@ -72,3 +72,18 @@ def shared_dir():
     if not SHARED.exists():
         pytest.skip("../shared not present")
     return SHARED
+
+
+def interrupt_on_call(monkeypatch, module, name: str, call: int):
+    """Replace module.name so its `call`-th call raises KeyboardInterrupt (Ctrl-C mid-run); returns
+    the original, to put back with monkeypatch.setattr before a rerun."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real

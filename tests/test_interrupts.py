@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY, google_checkpoint, labelled_images
+from conftest import TINY, google_checkpoint, interrupt_on_call, labelled_images
 from fastvit_jax.search import calibrate
 from fastvit_jax.cli import main
 from fastvit_jax.checkpoints.registry import asset_path
@@ -38,20 +38,12 @@ def test_interrupted_calibration_resumes_to_the_same_plan(tmp_path, capsys, monk
     capsys.readouterr()
 
     monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
-    real, calls = calibrate.calibrate_schedule, []
-
-    def interrupted_after_the_first_threshold(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:  # the floor's fit, the first bisection step, then Ctrl-C
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(calibrate, "calibrate_schedule", interrupted_after_the_first_threshold)
+    # the floor's fit, the first bisection step, then Ctrl-C
+    real = interrupt_on_call(monkeypatch, calibrate, "calibrate_schedule", 3)
     assert main(argv(tmp_path / "resumed.json")) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "fastvit: interrupted"
     assert not (tmp_path / "resumed.json").exists()
     monkeypatch.setattr(calibrate, "calibrate_schedule", real)
-    calls.clear()
     assert main(argv(tmp_path / "resumed.json")) == 0
     assert "resumed an interrupted calibration: 2 of its" in capsys.readouterr().err
     whole, resumed = (json.loads((tmp_path / f).read_text()) for f in ("whole.json", "resumed.json"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import google_checkpoint, labelled_images
+from conftest import google_checkpoint, interrupt_on_call, labelled_images
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
@@ -204,15 +204,7 @@ def test_tune_compiling_ahead_gives_the_sequential_results_and_resumes(setup, ca
     code, seq, _ = run(capsys, *argv(tmp_path / "seq.json"))
     assert code == 0
     monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "2")
-    scored, real = [], tune_mod.correct_per_image
-
-    def interrupted(*a, **kw):
-        scored.append(1)
-        if len(scored) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(tune_mod, "correct_per_image", interrupted)
+    real = interrupt_on_call(monkeypatch, tune_mod, "correct_per_image", 3)
     code, _, _ = run(capsys, *argv(tmp_path / "ahead.json"))
     assert code == 130
     monkeypatch.setattr(tune_mod, "correct_per_image", real)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import google_checkpoint
+from conftest import google_checkpoint, interrupt_on_call
 from fastvit_jax.studies import sweep
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
@@ -242,15 +242,7 @@ def test_sweep_compiling_ahead_gives_the_sequential_results_and_resumes(tmp_path
     monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "0")
     seq = run("seq")
     monkeypatch.setenv("FASTVIT_COMPILE_AHEAD", "2")
-    calls, real = [], sweep_mod.evaluate
-
-    def interrupted(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sweep_mod, "evaluate", interrupted)
+    real = interrupt_on_call(monkeypatch, sweep_mod, "evaluate", 2)
     with pytest.raises(KeyboardInterrupt):
         run("ahead")
     monkeypatch.setattr(sweep_mod, "evaluate", real)

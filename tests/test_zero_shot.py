@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import reference
-from conftest import google_checkpoint
+from conftest import google_checkpoint, interrupt_on_call
 from fastvit_jax import zero_shot
 from fastvit_jax.cli import main
 from fastvit_jax.config import ViTConfig
@@ -305,16 +305,7 @@ def test_class_embeddings_cached_resumed_and_keyed(tmp_path, spm_file, cache, mo
     np.testing.assert_allclose(plain, _want_class_embeddings(txt, spm_file), atol=2e-5)
 
     monkeypatch.setattr(zero_shot, "SAVE_EVERY_S", 0.0)  # save after every batch
-    calls = {"n": 0}
-    real = Tokenizer.tokenize
-
-    def interrupted(self, texts, max_len, pad):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, texts, max_len, pad)
-
-    monkeypatch.setattr(Tokenizer, "tokenize", interrupted)
+    real = interrupt_on_call(monkeypatch, Tokenizer, "tokenize", 3)
     with pytest.raises(KeyboardInterrupt):
         zero_shot.class_embeddings(tower, tok, prompts, cache=cache, **kw)
     monkeypatch.setattr(Tokenizer, "tokenize", real)

@@ -188,20 +188,3 @@ def hf_snapshot(repo: str, progress: bool = True) -> Path:
         raise FastViTError(f"hf-hub:{repo} has no config.json with model.safetensors, pytorch_model.bin or "
                            f"flax_model.msgpack (looked in {snapshot})")
     return snapshot
-    name, _, revision = repo.partition("@")
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise FastViTError(f"hf-hub:{repo} needs huggingface_hub (pip install 'fastvit-jax[hub]'), or download "
-                           f"the repo's config.json and model.safetensors into {folder}") from None
-    try:
-        huggingface_hub.snapshot_download(name, revision=revision or None, local_dir=folder,
-                                          allow_patterns=list(HF_FILES))
-    except Exception as e:  # offline, unknown repo, gated repo: huggingface_hub raises many types
-        raise FastViTError(f"could not download hf-hub:{repo} ({type(e).__name__}); download the repo's "
-                           f"config.json (and preprocessor_config.json) and model.safetensors elsewhere "
-                           f"and place them in {folder}") from None
-    if not _complete(folder):
-        raise FastViTError(f"hf-hub:{repo} has no config.json with model.safetensors, pytorch_model.bin or "
-                           f"flax_model.msgpack (looked in {folder})")
-    return folder

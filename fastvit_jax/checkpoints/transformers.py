@@ -113,7 +113,8 @@ SIGLIP_BLOCK = {"layers": "encoder.layers", "LayerNorm_0": "layer_norm1", "Layer
 
 
 def blocks(take: "_Keys", heads: int, prefix: str, names: dict) -> dict:
-    """encoderblock_{i} for every block the state dict has, in our names."""
+    """encoderblock_{i} for every block the state dict has, in our names (with LayerScale's ls1/ls2
+    where `names` maps them)."""
     out, i = {}, 0
     while take.has(f"{prefix}{names['layers']}.{i}.{names['LayerNorm_0']}.weight"):
         b = f"{prefix}{names['layers']}.{i}."
@@ -123,19 +124,28 @@ def blocks(take: "_Keys", heads: int, prefix: str, names: dict) -> dict:
             "LayerNorm_0": take.norm(b + names["LayerNorm_0"]), "MultiHeadDotProductAttention_1": attn,
             "LayerNorm_2": take.norm(b + names["LayerNorm_2"]),
             "MlpBlock_3": {d: take.linear(b + names[d]) for d in ("Dense_0", "Dense_1")}}
+        for ls in ("ls1", "ls2"):
+            if ls in names:
+                out[f"encoderblock_{i}"][ls] = {"scale": take(b + names[ls], 1)}
         i += 1
     return out
+
+
+def vit_embeddings(take: "_Keys", prefix: str) -> dict:
+    """ViTModel's and Dinov2Model's embeddings (patch projection, class token, position embeddings)
+    and final `layernorm`, in our names."""
+    e = prefix + "embeddings."
+    return {"embedding": {"kernel": take(e + "patch_embeddings.projection.weight").transpose(2, 3, 1, 0),
+                          "bias": take(e + "patch_embeddings.projection.bias")},
+            "cls": take(e + "cls_token"),
+            "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
+                            "encoder_norm": take.norm(prefix + "layernorm")}}
 
 
 def vit_tree(sd: dict, config: dict, source) -> dict:
     prefix = "vit." if any(k.startswith("vit.") for k in sd) else ""
     take, heads = _Keys(sd, source), int(config["num_attention_heads"])
-    e = prefix + "embeddings."
-    p = {"embedding": {"kernel": take(e + "patch_embeddings.projection.weight").transpose(2, 3, 1, 0),
-                       "bias": take(e + "patch_embeddings.projection.bias")},
-         "cls": take(e + "cls_token"),
-         "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
-                         "encoder_norm": take.norm(prefix + "layernorm")}}
+    p = vit_embeddings(take, prefix)
     p["Transformer"].update(blocks(take, heads, prefix, VIT_BLOCK))
     if take.has(prefix + "pooler.dense.weight"):  # ViTModel: tanh(Dense(cls)), vision_transformer's pre_logits
         p["pre_logits"] = take.linear(prefix + "pooler.dense")
@@ -169,7 +179,8 @@ def siglip_tree(sd: dict, config: dict, source) -> dict:
     return p
 
 
-DINOV2_BLOCK = {**VIT_BLOCK, "LayerNorm_0": "norm1", "LayerNorm_2": "norm2", "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2"}
+DINOV2_BLOCK = {**VIT_BLOCK, "LayerNorm_0": "norm1", "LayerNorm_2": "norm2", "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2",
+                "ls1": "layer_scale1.lambda1", "ls2": "layer_scale2.lambda1"}
 
 
 def dinov2_tree(sd: dict, config: dict, source) -> dict:
@@ -179,18 +190,10 @@ def dinov2_tree(sd: dict, config: dict, source) -> dict:
     prefix = "dinov2." if any(k.startswith("dinov2.") for k in sd) else ""
     take, heads = _Keys(sd, source), int(config["num_attention_heads"])
     e = prefix + "embeddings."
-    p = {"embedding": {"kernel": take(e + "patch_embeddings.projection.weight").transpose(2, 3, 1, 0),
-                       "bias": take(e + "patch_embeddings.projection.bias")},
-         "cls": take(e + "cls_token"),
-         "Transformer": {"posembed_input": {"pos_embedding": take(e + "position_embeddings")},
-                         "encoder_norm": take.norm(prefix + "layernorm")}}
+    p = vit_embeddings(take, prefix)
     if take.has(e + "register_tokens"):
         p["reg"] = take(e + "register_tokens", 3)
     p["Transformer"].update(blocks(take, heads, prefix, DINOV2_BLOCK))
-    for i in range(sum(k.startswith("encoderblock_") for k in p["Transformer"])):
-        b = f"{prefix}encoder.layer.{i}."
-        p["Transformer"][f"encoderblock_{i}"].update(
-            {"ls1": {"scale": take(b + "layer_scale1.lambda1", 1)}, "ls2": {"scale": take(b + "layer_scale2.lambda1", 1)}})
     take.finish(ignore=(e + "mask_token",))
     return p
 
