@@ -127,3 +127,13 @@ def test_no_buckets_is_exact(value):
 def test_bad_buckets_refused(value):
     with pytest.raises(FastViTError, match="token buckets"):
         Runtime(token_buckets=value)
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--token-buckets", "two", "token buckets must be 'none' or a positive"),
+                                            ("--examples-per-step", "-3", "examples per step must be 'auto'")])
+def test_bad_runtime_flags_are_one_line(capsys, flag, value, msg):
+    from fastvit_jax.cli import main
+
+    code = main(["plan", "--method", "tome", "--r", "8", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err

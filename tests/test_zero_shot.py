@@ -488,26 +488,13 @@ def test_zero_shot_from_a_transformers_siglip_folder(tmp_path, spm_file, cache):
     SiglipTokenizer's rules (canonicalised, EOS, padded to max_length with the pad id, the padding
     masked as transformers 5's attention_mask does), the same classifier construction: logits
     against the numpy towers. No --tokenizer, no --text-pad."""
-    import shutil
-
-    from safetensors.numpy import save_file
     from test_layouts import hf_siglip_vision
 
     img_bv, img = image_tower_flat(seed=4)
     txt = text_tower_flat(5)
     sd = {**hf_siglip_vision(img, IMG.depth), **hf_siglip_text(txt), "logit_scale": np.array([T], np.float32),
           "logit_bias": np.array([B], np.float32)}
-    folder = tmp_path / "siglip"
-    folder.mkdir()
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, str(folder / "model.safetensors"))
-    shutil.copy(spm_file, folder / "spiece.model")
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "siglip",
-        "text_config": {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
-                        "layer_norm_eps": 1e-6, "max_position_embeddings": TXT["max_len"], "pad_token_id": 1,
-                        "vocab_size": TXT["vocab"]},
-        "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
-                          "layer_norm_eps": 1e-6, "image_size": 32, "patch_size": 4}}))
+    folder = siglip_model_folder(tmp_path / "siglip", sd, spm_file)
     params, config, pre = load_model(path=folder)
     prompts = zero_shot.Prompts(tuple(CLASSES), tuple(TEMPLATES))
     notes: list = []
@@ -523,3 +510,42 @@ def test_zero_shot_from_a_transformers_siglip_folder(tmp_path, spm_file, cache):
     from fastvit_jax.zero_shot.tokenizer import transformers_canonical
 
     assert transformers_canonical("  A Photo of the  Cat's toy!  ") == "a photo of the cats toy"
+
+
+def siglip_model_folder(folder, sd, spm_file, *, config=True, spm=True):
+    """A transformers SiglipModel folder: model.safetensors, config.json, spiece.model."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, str(folder / "model.safetensors"))
+    if spm:
+        shutil.copy(spm_file, folder / "spiece.model")
+    text_config = {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
+                   "layer_norm_eps": 1e-6, "max_position_embeddings": TXT["max_len"], "pad_token_id": 1,
+                   "vocab_size": TXT["vocab"]}
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "siglip", **({"text_config": text_config} if config else {}),
+        "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh",
+                          "layer_norm_eps": 1e-6, "image_size": 32, "patch_size": 4}}))
+    return folder
+
+
+def test_a_siglip_folder_missing_its_text_pieces_is_refused_in_one_line(tmp_path, spm_file, cache, capsys):
+    from test_layouts import hf_siglip_vision
+
+    _, img = image_tower_flat(seed=4)
+    sd = {**hf_siglip_vision(img, IMG.depth), **hf_siglip_text(text_tower_flat(5)),
+          "logit_scale": np.array([T], np.float32), "logit_bias": np.array([B], np.float32)}
+    nan = {**sd, "text_model.final_layer_norm.weight": np.full(32, np.nan, np.float32)}
+    classes, _ = _files(tmp_path)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    cases = {"no spiece.model": (siglip_model_folder(tmp_path / "a", sd, spm_file, spm=False), "no spiece.model"),
+             "no text_config": (siglip_model_folder(tmp_path / "b", sd, spm_file, config=False), "text_config"),
+             "NaN": (siglip_model_folder(tmp_path / "c", nan, spm_file), "NaN")}
+    for what, (folder, msg) in cases.items():
+        code = main(["predict", str(image), "--checkpoint", str(folder), "--zero-shot", "--class-names", str(classes)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err, (what, err)
