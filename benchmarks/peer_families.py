@@ -6,7 +6,8 @@ JPEGs.
     python benchmarks/peer_families.py --images ../shared/data/imagenet-samples --out benchmarks/results/peer_families.json
 
 For each of Dinov2Model, Dinov2WithRegistersModel, CLIPVisionModel, SiglipVisionModel (saved by
-transformers 5: unprefixed keys) and SiglipModel (zero-shot), a small random model is built
+transformers 5: unprefixed keys) and SiglipModel (zero-shot; SigLIP 1 with spiece.model, SigLIP 2
+with a Gemma-style tokenizer.json), a small random model is built
 (LayerScale at trained scales, 1e-1 to 1e-5), saved with `save_pretrained` beside its image
 processor (and, for SigLIP, a SentencePiece tokenizer trained here), then loaded by
 `fastvit_jax.load(folder)` with no other argument. Compared: the pooled features (max abs
@@ -82,6 +83,68 @@ def tiny_spm(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def gemma_style_tokenizer(texts: list[str]):
+    """A small BPE tokenizer in Gemma's pipeline (spaces as U+2581, byte fallback, ids pad 0, eos 1,
+    bos 2), wrapped as transformers' GemmaTokenizer the way SigLIP 2 folders configure it (no BOS,
+    EOS appended, padding on the right)."""
+    import transformers as tf
+    from tokenizers import Tokenizer, normalizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    tok = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.train_from_iterator(texts * 20, BpeTrainer(vocab_size=80, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>",
+                                                                                   "<mask>"]))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return tf.GemmaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=False, add_eos_token=True,
+                             padding_side="right")
+
+
+def siglip2_zero_shot(tmp: Path, files, classes) -> dict:
+    """A SigLIP 2 SiglipModel folder (Gemma tokenizer.json, no spiece.model): zero-shot softmax
+    against transformers' logits_per_image (SiglipProcessor, padding="max_length"). Class names are
+    lower-case, as SigLIP 2's model card asks of its users."""
+    import torch
+    import transformers as tf
+    from PIL import Image
+
+    import fastvit_jax as fv
+
+    length = 16
+    tokenizer = gemma_style_tokenizer([f"a photo of a {c}." for c in classes] + classes)
+    cfg = tf.SiglipConfig(text_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                           intermediate_size=MLP, vocab_size=len(tokenizer), max_position_embeddings=length),
+                          vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                             intermediate_size=MLP, image_size=SIDE, patch_size=PATCH))
+    torch.manual_seed(2)
+    model = tf.SiglipModel(cfg).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(4.7)
+        model.logit_bias.fill_(-16.5 / 4)
+    folder = tmp / "Siglip2Model"
+    model.save_pretrained(folder)
+    processor = tf.SiglipProcessor(image_processor=tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE}),
+                                   tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    assert not (folder / "spiece.model").exists() and (folder / "tokenizer.json").exists()
+    texts = [f"a photo of a {c}" for c in classes]  # no punctuation: our prompts drop it, as big_vision canonicalises them
+    inputs = processor(text=texts, images=[Image.open(f).convert("RGB") for f in files], padding="max_length",
+                       max_length=length, return_tensors="pt")
+    assert inputs["input_ids"][0].tolist().count(tokenizer.eos_token_id) == 1  # the EOS once, no BOS
+    with torch.no_grad():
+        theirs = torch.softmax(model(**inputs).logits_per_image, -1).numpy()
+    names = tmp / "classes2.txt"
+    names.write_text("\n".join(classes) + "\n")
+    ours = fv.load(folder).zero_shot(str(names), templates=["a photo of a {}"], progress=False)
+    got = np.asarray(__import__("jax").nn.softmax(ours(ours.preprocess(files)), -1))
+    merged = ours.merge("tome", r=4)
+    got_merged = np.asarray(__import__("jax").nn.softmax(merged(merged.preprocess(files)), -1))
+    return {"model": "SiglipModel (SigLIP 2, tokenizer.json) zero-shot", "max_abs_diff": float(np.abs(got - theirs).max()),
+            "scale": 1.0, "tome_r4_vs_dense": float(np.abs(got_merged - got).max()), "config": ours.config.family}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default="../shared/data/imagenet-samples")
@@ -139,6 +202,7 @@ def main(argv=None) -> int:
         got = np.asarray(__import__("jax").nn.softmax(ours(ours.preprocess(files)), -1))
         rows.append({"model": "SiglipModel zero-shot", "max_abs_diff": float(np.abs(got - theirs).max()),
                      "scale": 1.0, "tome_r4_vs_dense": None, "config": ours.config.family})
+        rows.append(siglip2_zero_shot(tmp, files, classes))
     print(format_table(rows, ["model", "max_abs_diff", "scale", "tome_r4_vs_dense", "config"]))
     write_json(args.out, {"machine": machine(), "transformers": tf.__version__, "torch": torch.__version__,
                           "images": len(files), "rows": rows})

@@ -157,13 +157,14 @@ def _images(n=4, seed=1):
     return np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32)
 
 
-def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="last", eos_mask=None):
+def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="last", eos_mask=None, encode=None):
     """big_vision's discriminative classifier, written out: canonicalised names (first alias) x
     canonicalised templates, tokenised with the EOS, sticky, padded; embeddings normalised, averaged
-    per class, normalised."""
+    per class, normalised. encode: text -> ids (default: the SentencePiece model at spm_path)."""
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    if encode is None:
+        encode = spm.SentencePieceProcessor(model_file=str(spm_path)).EncodeAsIds
     rows = []
     for line in CLASSES:
         names = [a.strip() for a in zero_shot.canonicalize_text(line, keep=",").split(",")]
@@ -171,7 +172,7 @@ def _want_class_embeddings(txt, spm_path, *, all_aliases=False, pad=1, pool="las
         prompts = [zero_shot.canonicalize_text(t, keep="{}").replace("{}", n) for n in names for t in TEMPLATES]
         ids = []
         for p in prompts:
-            toks = sp.EncodeAsIds(p) + [1]
+            toks = encode(p) + [1]
             toks = toks[:7] + [1] if len(toks) >= 8 else toks + [pad] * (8 - len(toks))
             ids.append(toks)
         z = reference.text_forward(txt, np.array(ids), heads=TXT["heads"], pool=pool, eos_mask=eos_mask)
@@ -549,3 +550,82 @@ def test_a_siglip_folder_missing_its_text_pieces_is_refused_in_one_line(tmp_path
         code = main(["predict", str(image), "--checkpoint", str(folder), "--zero-shot", "--class-names", str(classes)])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err, (what, err)
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0-3
+
+
+def gemma_style_tokenizer_json(folder):
+    """tokenizer.json + tokenizer_config.json as a SigLIP 2 folder ships them: Gemma's special ids
+    (pad 0, eos 1, bos 2), a post-processor that prepends <bos> (Gemma's default, which big_vision's
+    SigLIP 2 does not use), and a word-level vocabulary so the test can write the ids by hand."""
+    from tokenizers import Tokenizer as HFTokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    words = sorted({w for c in CLASSES for t in TEMPLATES
+                    for w in zero_shot.canonicalize_text(t, keep="{}").replace("{}", zero_shot.canonicalize_text(
+                        c.split(",")[0])).split()})
+    vocab = {w: i for i, w in enumerate(GEMMA_SPECIALS + words)}
+    tok = HFTokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True,
+         "eos_token": "<eos>", "pad_token": "<pad>", "model_max_length": TXT["max_len"]}))
+    return lambda text: [vocab[w] for w in text.lower().split()]
+
+
+def test_zero_shot_from_a_siglip2_folder_reads_its_gemma_tokenizer_json(tmp_path, spm_file, cache):
+    """A SigLIP 2 SiglipModel folder ships tokenizer.json (Gemma), no spiece.model: texts lower-cased,
+    no BOS although the file's post-processor adds one, EOS appended, padded with the tokenizer's
+    <pad> (0), not text_config.pad_token_id (1); the padding masked as transformers' attention_mask
+    does. Logits against the numpy towers with the ids written by hand."""
+    pytest.importorskip("tokenizers")
+    from test_layouts import hf_siglip_vision
+
+    _, img = image_tower_flat(seed=4)
+    txt = text_tower_flat(5)
+    sd = {**hf_siglip_vision(img, IMG.depth), **hf_siglip_text(txt), "logit_scale": np.array([T], np.float32),
+          "logit_bias": np.array([B], np.float32)}
+    folder = siglip_model_folder(tmp_path / "siglip2", sd, spm_file, spm=False)
+    encode = gemma_style_tokenizer_json(folder)
+    params, config, pre = load_model(path=folder)
+    prompts = zero_shot.Prompts(tuple(CLASSES), tuple(TEMPLATES))
+    notes: list = []
+    params, config, _ = attach_zero_shot(None, folder, params, config, pre, prompts=prompts, progress=False, notes=notes)
+    assert notes == []
+    images = _images()
+    got = np.asarray(make_forward(config, None)(params, images))
+    feats = reference.forward(img, images, heads=2, pool="map", features=True)
+    want = reference.zero_shot_logits(feats, _want_class_embeddings(txt, None, pad=0, eos_mask=1, encode=encode), T, B)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    with_pad_1 = reference.zero_shot_logits(feats, _want_class_embeddings(txt, None, pad=1, eos_mask=1, encode=encode), T, B)
+    assert np.abs(with_pad_1 - want).max() > 1e-3  # the pad id matters: the test would see the wrong one
+
+    from fastvit_jax.zero_shot.tokenizer import JsonTokenizer
+
+    tok = JsonTokenizer(folder / "tokenizer.json")
+    assert tok.ids("A Photo of the HEN") == encode("a photo of the hen") + [1]  # lower-cased, no <bos>
+    assert (tok.eos_id, tok.pad_id) == (1, 0)
+
+
+def test_a_bad_tokenizer_json_is_refused_in_one_line(tmp_path, spm_file, cache, capsys):
+    pytest.importorskip("tokenizers")
+    from test_layouts import hf_siglip_vision
+
+    _, img = image_tower_flat(seed=4)
+    sd = {**hf_siglip_vision(img, IMG.depth), **hf_siglip_text(text_tower_flat(5)),
+          "logit_scale": np.array([T], np.float32), "logit_bias": np.array([B], np.float32)}
+    classes, _ = _files(tmp_path)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    garbled = siglip_model_folder(tmp_path / "a", sd, spm_file, spm=False)
+    (garbled / "tokenizer.json").write_text("{not json")
+    no_eos = siglip_model_folder(tmp_path / "b", sd, spm_file, spm=False)
+    gemma_style_tokenizer_json(no_eos)
+    (no_eos / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    for folder, msg in ((garbled, "not a tokenizers tokenizer.json"), (no_eos, "no eos_token '</s>' in the vocabulary")):
+        code = main(["predict", str(image), "--checkpoint", str(folder), "--zero-shot", "--class-names", str(classes)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err, err

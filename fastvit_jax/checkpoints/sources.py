@@ -30,7 +30,7 @@ _AUGREG_STEM = re.compile(r"^(R\d*_)?[A-Za-z]+_\d+-i(1k|21k)-\d+ep-lr_[\d.]+-aug
                           r"(--[\w.]+-steps_\d+k-lr_[\d.]+-res_\d+)?$")
 # A Hugging Face repo's files worth fetching: its configs and weights (and a sharded model's shards).
 HF_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "model-*.safetensors", *WEIGHT_FILES,
-            "spiece.model", "tokenizer_config.json")  # a SiglipModel's tokenizer, for --zero-shot
+            "spiece.model", "tokenizer.json", "tokenizer_config.json")  # a SiglipModel's tokenizer, for --zero-shot
 
 
 def cache_path(url: str) -> Path:

@@ -122,7 +122,8 @@ def add_zero_shot_args(p: argparse.ArgumentParser) -> None:
                    help="classify with the file's text tower: class embeddings from prompts become the image "
                         "tower's head (computed once, cached)")
     g.add_argument("--tokenizer", metavar="SPM",
-                   help="the text tower's SentencePiece model (path or URL); default: the registry entry's")
+                   help="the text tower's SentencePiece model or tokenizers tokenizer.json (path or URL); default: "
+                        "the transformers folder's own, else the registry entry's")
     g.add_argument("--class-names", metavar="FILE",
                    help="one class a line (comma-separated aliases allowed); default: ImageNet-1k as CLIP names them")
     g.add_argument("--templates", metavar="SET|FILE", default="clip",

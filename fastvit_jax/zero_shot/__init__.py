@@ -35,7 +35,7 @@ from fastvit_jax.errors import FastViTError
 from fastvit_jax.models.text import TextTransformer
 from fastvit_jax.util.lock import exclusive
 from fastvit_jax.zero_shot.text_tower import read_text_tower
-from fastvit_jax.zero_shot.tokenizer import Tokenizer
+from fastvit_jax.zero_shot.tokenizer import open_tokenizer
 
 TEMPLATE_SETS = {  # name -> bundled file (big_vision's prompt_engineering_constants), None: the name alone
     "clip": "templates_clip.txt",  # the CLIP paper's ImageNet templates (big_vision's default)
@@ -262,16 +262,18 @@ def attach_zero_shot(name, path, params, config, pre, *, prompts, tokenizer=None
     tower = read_text_tower(local)
     spec = tokenizer or tower.tokenizer or (entry.tokenizer if entry is not None else None)
     if spec is None and tower.rule == "transformers":
-        raise FastViTError(f"{path or name}: no spiece.model in the folder (SigLIP 2's Gemma tokenizer.json is not "
-                           f"read yet); pass --tokenizer SPM, the SentencePiece model the text tower was trained with")
+        raise FastViTError(f"{path or name}: no spiece.model or tokenizer.json in the folder; pass --tokenizer SPM, "
+                           f"the SentencePiece model the text tower was trained with")
     if spec is None:
         raise FastViTError(f"{path or name}: no tokenizer is known for this file; pass --tokenizer SPM, its "
                            f"SentencePiece model ({TOKENIZER_HINT})")
-    tok = Tokenizer(sources.resolve(spec, flag="--tokenizer PATH"), rule=tower.rule)
-    if tower.rule == "transformers":  # transformers 5 masks the padding after the EOS (its attention_mask)
+    tok = open_tokenizer(sources.resolve(spec, flag="--tokenizer PATH"), rule=tower.rule)
+    if tower.rule != "big_vision":  # transformers 5 masks the padding after the EOS (its attention_mask)
         tower.config = dataclasses.replace(tower.config, mask_after_eos=tok.eos_id)
     if text_pad is None and tower.pad is not None:  # the folder's text_config.pad_token_id
         text_pad = tower.pad
+    elif text_pad is None and tower.rule == "gemma":  # SigLIP 2 folders pad with the tokenizer's pad token
+        text_pad = tok.pad_id
     elif text_pad is None and entry is not None and entry.tokenizer and not tokenizer:
         text_pad = entry.text_pad if entry.text_pad is not None else tok.pad_id
     elif text_pad is None:

@@ -34,9 +34,9 @@ class TextTower:
     log_temperature: float  # t: logits are cosine x exp(t)
     bias: float  # b: SigLIP's learned bias (0 for files without one)
     # what a transformers folder says about its texts (None: a big_vision file, whose rules are big_vision's)
-    tokenizer: Path | None = None  # the folder's SentencePiece model
-    pad: int | None = None  # text_config.pad_token_id
-    rule: str = "big_vision"  # how text becomes ids: "big_vision" | "transformers" (zero_shot/tokenizer.py)
+    tokenizer: Path | None = None  # the folder's spiece.model or tokenizer.json
+    pad: int | None = None  # text_config.pad_token_id (None: the tokenizer's own pad id)
+    rule: str = "big_vision"  # how text becomes ids: "big_vision" | "transformers" | "gemma" (zero_shot/tokenizer.py)
 
 
 def _scalar(stored, key: str, source) -> float:
@@ -136,7 +136,10 @@ def transformers_text_tower(arrays: dict, folder, path) -> TextTower:
     text_config = dataclasses.replace(infer_text_config(params, "last"), gelu=GELUS[act],
                                       ln_eps=float(config.get("layer_norm_eps", 1e-6)))
     check_text_params(params, text_config, str(path))
-    spm = folder.path / "spiece.model" if folder else None
+    # SigLIP: spiece.model, padded with text_config.pad_token_id; SigLIP 2: the Gemma tokenizer.json,
+    # padded with its own pad token (what SiglipProcessor pads with in both)
+    found = [folder.path / n for n in ("spiece.model", "tokenizer.json") if folder and (folder.path / n).is_file()]
+    gemma = bool(found) and found[0].suffix == ".json"
     return TextTower(params, text_config, float(np.asarray(scale).reshape(-1)[0]), float(np.asarray(bias).reshape(-1)[0]),
-                     tokenizer=spm if spm is not None and spm.is_file() else None,
-                     pad=int(config.get("pad_token_id", 1)), rule="transformers")
+                     tokenizer=found[0] if found else None,
+                     pad=None if gemma else int(config.get("pad_token_id", 1)), rule="gemma" if gemma else "transformers")
