@@ -52,13 +52,14 @@ def vision_cases(tmp: Path, rng):
     crop = {"size": {"shortest_edge": SIDE + 8}, "crop_size": {"height": SIDE, "width": SIDE}}
     common = dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
                   image_size=SIDE, patch_size=PATCH)
+    # DINOv2's weights at a larger grid than its processor's crop (as the Hub's 518 px weights with a 224
+    # crop): transformers resamples the position embeddings at run time
+    dinov2 = {**{k: v for k, v in common.items() if k != "intermediate_size"}, "image_size": SIDE + 3 * PATCH}
     cases = {
-        "Dinov2Model": (tf.Dinov2Model(tf.Dinov2Config(**{k: v for k, v in common.items() if k != "intermediate_size"},
-                                                        mlp_ratio=MLP // WIDTH)),
+        "Dinov2Model": (tf.Dinov2Model(tf.Dinov2Config(**dinov2, mlp_ratio=MLP // WIDTH)),
                         tf.BitImageProcessor(do_center_crop=True, **crop)),
         "Dinov2WithRegistersModel": (tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(
-            **{k: v for k, v in common.items() if k != "intermediate_size"}, mlp_ratio=MLP // WIDTH,
-            num_register_tokens=4)), tf.BitImageProcessor(do_center_crop=True, **crop)),
+            **dinov2, mlp_ratio=MLP // WIDTH, num_register_tokens=4)), tf.BitImageProcessor(do_center_crop=True, **crop)),
         "CLIPVisionModel": (tf.CLIPVisionModel(tf.CLIPVisionConfig(**common)),
                             tf.CLIPImageProcessor(**crop)),
         "SiglipVisionModel": (tf.SiglipVisionModel(tf.SiglipVisionConfig(**common)),

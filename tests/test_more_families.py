@@ -228,3 +228,51 @@ def test_transformers_clip_vision_folder_matches_the_reference(tmp_path, prefix)
     x = images(seed=10)
     np.testing.assert_allclose(outputs(model, x), reference.timm_forward(sd, x, heads=HEADS, gelu_kind="quick", eps=1e-5),
                                atol=2e-5, rtol=1e-4)
+
+
+# torch.nn.functional.interpolate(mode="bicubic", align_corners=False) applied to an identity, torch 2.13
+TORCH_BICUBIC = {
+    (5, 3, False): [[0.6851851, 0.3703704, -0.0555553, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0],
+                    [0.0, 0.0, -0.0555558, 0.3703706, 0.685185]],
+    (5, 3, True): [[0.5846153, 0.4461538, 0.0, -0.0307692, 0.0], [-0.0372093, 0.2465116, 0.5813953, 0.2465116, -0.0372093],
+                   [0.0, -0.0307691, 0.0, 0.4461538, 0.5846152]],
+    (3, 5, False): [[1.0960001, -0.096, 0.0], [0.6119997, 0.46, -0.0719998], [0.0, 1.0, 0.0],
+                    [-0.0719998, 0.4599998, 0.6120001], [0.0, -0.096, 1.0960002]],
+    (3, 5, True): [[1.0754716, -0.0754717, 0.0], [0.6492537, 0.3955224, -0.0447761], [0.0, 1.0, 0.0],
+                   [-0.0447761, 0.3955222, 0.6492538], [0.0, -0.0754717, 1.0754716]],
+}
+
+
+@pytest.mark.parametrize("case", list(TORCH_BICUBIC))
+def test_bicubic_resampling_is_torchs(case):
+    from fastvit_jax.checkpoints.resample import bicubic_matrix
+
+    n_in, n_out, antialias = case
+    np.testing.assert_allclose(bicubic_matrix(n_in, n_out, antialias), TORCH_BICUBIC[case], atol=1e-6)
+    assert np.allclose(bicubic_matrix(7, 7, antialias), np.eye(7))  # same size: unchanged
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_transformers_dinov2_runs_at_its_processors_crop(tmp_path, registers):
+    """Weights at a 10x10 grid, a processor cropping 32 px (8x8): transformers resamples the position
+    embeddings to the input on every call (antialiased with registers); we do it once at load time."""
+    from fastvit_jax.checkpoints.resample import resample_grid
+
+    sd = timm_state_dict(layerscale=True, registers=registers, classes=0, seed=11)
+    rng = np.random.default_rng(12)
+    big = (0.02 * rng.standard_normal((1, 1 + 100, WIDTH))).astype(np.float32)  # the weights' own grid
+    sd["pos_embed"] = big
+    config = {"model_type": "dinov2_with_registers" if registers else "dinov2", "hidden_size": WIDTH,
+              "num_attention_heads": HEADS, "hidden_act": "gelu", "layer_norm_eps": 1e-6, "image_size": 10 * PATCH,
+              "patch_size": PATCH, **({"num_register_tokens": registers} if registers else {})}
+    from fastvit_jax.checkpoints.checkpoint import describe
+
+    folder = hf_folder(tmp_path / "dinov2", transformers_dinov2(sd), config, CROP)
+    model = fv.load(folder)
+    assert model.config.image_size == SIDE
+    assert "resampled from the weights' 10x10 grid" in describe(folder)["description"]["sources"]["image_size"]
+    fitted = resample_grid(big[0, 1:].reshape(10, 10, WIDTH), (8, 8), antialias=bool(registers)).reshape(1, 64, WIDTH)
+    want_sd = {**sd, "pos_embed": np.concatenate([big[:, :1], fitted], 1)}
+    x = images(seed=13)
+    np.testing.assert_allclose(outputs(model, x), reference.timm_forward(want_sd, x, heads=HEADS, eps=1e-6),
+                               atol=2e-5, rtol=1e-4)

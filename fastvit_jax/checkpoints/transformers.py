@@ -12,12 +12,14 @@ its resample filter, rescale by 1/255, its mean and std).
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 
 from fastvit_jax.checkpoints.arrays import Stored, read_float32
 from fastvit_jax.checkpoints.description import Description
+from fastvit_jax.checkpoints.resample import resample_grid
 from fastvit_jax.errors import FastViTError
 
 NAME = "transformers"
@@ -198,6 +200,22 @@ def dinov2_tree(sd: dict, config: dict, source) -> dict:
     return p
 
 
+def _fit_posemb(params: dict, desc: Description, patch: int, antialias: bool) -> None:
+    """transformers' DINOv2 resamples the patch position embeddings to the input's grid on every call
+    (bicubic as torch; antialiased with registers): done once here for the processor's crop."""
+    if not desc.image_size:
+        return
+    pe = params["Transformer"]["posembed_input"]
+    posemb = np.asarray(pe["pos_embedding"], np.float32)
+    old, new = math.isqrt(posemb.shape[1] - 1), desc.image_size // patch
+    if old * old != posemb.shape[1] - 1 or old == new:
+        return
+    grid = resample_grid(posemb[0, 1:].reshape(old, old, -1), (new, new), antialias)
+    pe["pos_embedding"] = np.concatenate([posemb[:, :1], grid.reshape(1, new * new, -1).astype(np.float32)], 1)
+    desc.sources["image_size"] += (f" (position embeddings resampled from the weights' {old}x{old} grid, "
+                                   f"bicubic{' antialiased' if antialias else ''} as transformers does at run time)")
+
+
 def clip_tree(sd: dict, config: dict, source) -> dict:
     """`CLIPVisionModel` (or a `CLIPModel`'s vision half, or `CLIPVisionModelWithProjection`): SigLIP's
     block names, a class embedding (D,), a LayerNorm before the blocks (`pre_layrnorm`, as spelled),
@@ -227,8 +245,10 @@ def model_config(folder_config: dict | None, source, siglip: bool) -> dict:
     return config
 
 
-def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = "preprocessor_config.json"
-             ) -> Description:
+def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = "preprocessor_config.json",
+             input_from_processor: bool = False) -> Description:
+    """input_from_processor: the model runs at the processor's crop whatever the weights' grid
+    (transformers' DINOv2 interpolates its position embeddings at run time)."""
     desc = Description(NAME)
     act = config.get("hidden_act", "gelu_pytorch_tanh" if siglip else "gelu")
     if act not in GELUS:
@@ -262,7 +282,7 @@ def describe(config: dict, pre: dict | None, siglip: bool, source, where: str = 
     if resize_then_crop:
         desc.state("family", "hf_crop", f"{where} (shortest edge to size, center crop to crop_size)")
         desc.state("crop_pct", int(crop_side) / int(shortest), f"{where} crop_size / size.shortest_edge")
-        if "image_size" not in desc.sources:  # else the weights' own grid (DINOv2: 518 px), no interpolation
+        if "image_size" not in desc.sources or input_from_processor:
             desc.state("image_size", int(crop_side), f"{where}.crop_size")
     else:
         desc.state("family", "inception", f"{where} (resize to size, no crop)")
@@ -306,7 +326,9 @@ def to_tree(stored: dict[str, Stored], source, folder=None, tower=None) -> tuple
     tree = clip_tree if clip else siglip_tree if siglip else dinov2_tree if dinov2 else vit_tree
     params = tree(sd, config, source)
     desc = describe(config, folder.preprocessor if folder else None, siglip and not clip, source,
-                    folder.preprocessor_file if folder else "preprocessor_config.json")
+                    folder.preprocessor_file if folder else "preprocessor_config.json", input_from_processor=dinov2)
+    if dinov2:
+        _fit_posemb(params, desc, int(config.get("patch_size", 14)), antialias="reg" in params)
     desc.labels = class_labels(folder_config, int(params["head"]["bias"].shape[0]) if "head" in params else 0)
     desc.model_family = f"transformers:{folder_config.get('model_type', '?')}"
     width = params["embedding"]["kernel"].shape[-1]
