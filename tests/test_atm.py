@@ -20,6 +20,7 @@ from fastvit_jax.models.forward import make_forward
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.runtime import Runtime
 
 
 def _groups(out_idx, merged, n_out):
@@ -130,6 +131,18 @@ def test_calibration_counts_pairs_above_the_threshold(tiny):
                                            start=(20, 0, 9, 1), stats=stats)
     assert guessed.r_list == calibrate.calibrate_schedule(TINY, params, images, options, thresholds=(0.3, 0.0, 0.3),
                                                           batch_size=4).r_list and stats["passes"] <= 5
+
+
+def test_calibration_thresholds_are_arguments_of_one_program(tiny):
+    """A plan's counting program is compiled once and serves every alpha of a bisection (the
+    thresholds are data); its counts still follow each alpha (block 0 against numpy)."""
+    flat, params, images = tiny
+    plan = make_plan(TINY, MergeOptions("atm", r_list=(0,) * 4))
+    run = calibrate._count_runner(TINY, plan, TINY.depth, Runtime())
+    for alpha in (0.3, 0.6):
+        counts = np.asarray(run(params, images, np.full(4, alpha, np.float32)))
+        np.testing.assert_array_equal(counts[0], _block0_counts(flat, images, alpha))
+    assert run._cache_size() == 1
 
 
 @pytest.mark.slow

@@ -60,13 +60,15 @@ def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_pre
 
 
 @functools.lru_cache(maxsize=32)
-def _count_runner(config, plan, theta: tuple[float, ...], split: int, runtime: Runtime):
-    """A compiled forward returning (depth, B) pair counts above each block's threshold."""
+def _count_runner(config, plan, split: int, runtime: Runtime):
+    """A compiled forward returning (depth, B) pair counts above each block's threshold. The
+    thresholds are an argument, not constants: a bisection's next alpha starts from a schedule
+    already run, and then reuses its program instead of compiling it again."""
 
     model = VisionTransformer(config, plan, runtime)
 
     @jax.jit
-    def run(p, x):
+    def run(p, x, theta):
         _, blocks = observe(model, p, x)
         return jnp.stack([pair_counts(blocks[i]["metric"], blocks[i]["size"], theta[i],
                                       num_prefix=config.num_prefix, distill_token=config.distilled,
@@ -87,15 +89,15 @@ def calibrate_schedule(config, params, images: np.ndarray, options: MergeOptions
     if options.metric == "random":
         raise FastViTError("threshold calibration needs a similarity feature, not the random metric")
     depth = config.depth
-    theta = tuple(atm.thresholds(depth, *thresholds))
+    theta = jnp.asarray(atm.thresholds(depth, *thresholds), jnp.float32)
     split = atm.size_split(options, depth) if options.method == "atm" else depth
     skip = options.resolved_skip(depth)
     base = options.replace(r=0, inflect=0.0, keep=None, r_list=None)
     r_list = tuple(start) if start else (0,) * depth
     for passes in range(1, depth + 2):
         plan = make_plan(config, base.replace(r_list=r_list))
-        run = _count_runner(config, plan, theta, split, runtime)
-        counts = np.concatenate([np.asarray(run(params, jnp.asarray(images[i:i + batch_size])))
+        run = _count_runner(config, plan, split, runtime)
+        counts = np.concatenate([np.asarray(run(params, jnp.asarray(images[i:i + batch_size]), theta))
                                  for i in range(0, len(images), batch_size)], axis=1)
         new = tuple(0 if block < skip else
                     min(int(np.quantile(counts[block], quantile, method="lower")),

@@ -80,22 +80,31 @@ def speed_result(config: ViTConfig, plan: MergePlan | None, times: list, compile
             "merge_impl": rt.merge_impl if plan is not None and not plan.is_dense else None}
 
 
+def build_runners(config: ViTConfig, params, jobs: dict, *, seed: int = 0, compile_threads: int | None = None) -> dict:
+    """{key: forward_runner's (run, how)} for {key: (plan, batch_size, runtime)}, compiled in threads:
+    XLA compiles outside the GIL, and a grid of merged ViTs compiles for minutes one at a time on a
+    GPU machine. compile_s then includes waiting for a core. Everything is compiled before anything
+    is timed, so no compile competes with a timed round."""
+    build = lambda key: forward_runner(config, params, jobs[key][0], batch_size=jobs[key][1], runtime=jobs[key][2],
+                                       seed=seed)
+    with ThreadPoolExecutor(max(1, min(len(jobs), compile_threads or os.cpu_count() or 1))) as pool:
+        return dict(zip(jobs, pool.map(build, jobs)))
+
+
 def time_forwards(config: ViTConfig, params, plans: dict, *, batch_size: int = 32, runs: int = 50,
                   warmup: int = 2, warmup_s: float = 3.0, runtime: Runtime = Runtime(), seed: int = 0,
                   runtimes: dict | None = None, others: dict | None = None, progress=None,
-                  compile_threads: int | None = None) -> dict:
+                  compile_threads: int | None = None, built: dict | None = None) -> dict:
     """{name: speed_result} for {name: plan or None}, timed round-robin on the same random batch,
     each run as `runtime` says (or as runtimes[name], to time implementations side by side).
 
     others: {name: run()} timed in the same rounds (a peer library's model); each gets
-    {"images_per_s", "median_s", "runs"} in the result."""
+    {"images_per_s", "median_s", "runs"} in the result. built: {name: (run, how)} compiled already
+    (build_runners), for a caller that compiles several batch sizes at once."""
     runtimes = {name: (runtimes or {}).get(name, runtime) for name in plans}
-    # Compiled in threads: XLA compiles outside the GIL, and a grid of merged ViTs compiles for
-    # minutes one at a time on a GPU machine. compile_s then includes waiting for a core.
-    build = lambda name: forward_runner(config, params, plans[name], batch_size=batch_size, runtime=runtimes[name],
-                                        seed=seed)
-    with ThreadPoolExecutor(max(1, min(len(plans), compile_threads or os.cpu_count() or 1))) as pool:
-        built = dict(zip(plans, pool.map(build, plans)))
+    if built is None:
+        built = build_runners(config, params, {n: (plans[n], batch_size, runtimes[n]) for n in plans}, seed=seed,
+                              compile_threads=compile_threads)
     runners = {name: run for name, (run, _) in built.items()}
     runners.update(others or {})
     times = time_round_robin(runners, runs, warmup, warmup_s, progress)
