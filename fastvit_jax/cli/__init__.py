@@ -18,7 +18,7 @@ from fastvit_jax import __version__
 from fastvit_jax.cli import arguments
 from fastvit_jax.util import compile_cache, parallel, supervise
 from fastvit_jax.studies.analysis import run_analysis
-from fastvit_jax.studies.bench import build_runners, compare
+from fastvit_jax.studies.bench import compare_sizes
 from fastvit_jax.checkpoints.checkpoint import convert, describe
 from fastvit_jax.data import image_folder, load_arrays, load_image, open_dataset, pack_dataset, spread
 from fastvit_jax.studies.demo import run_demo
@@ -310,16 +310,9 @@ def cmd_bench(args):
     model = merged(args, arguments.load_model(args, need_weights=not random))
     params, config, plan = model.params, model.config, model.plan
     sizes, runtime = args.batch_sizes or [args.batch_size], model.runtime
-    # every batch size's dense and merged programs compile together first, then the timed rounds run
-    # alone: a compile in the background would slow the rounds it overlapped
-    jobs = {(size, name): (p, size, runtime) for size in sizes for name, p in (("dense", None), ("merged", plan))}
-    with tqdm(total=args.runs * len(sizes), desc=f"bench: compiling {len(jobs)} programs", disable=args.json,
+    with tqdm(total=args.runs * len(sizes), desc=f"bench: compiling {2 * len(sizes)} programs", disable=args.json,
               leave=False) as bar:
-        built = build_runners(config, params, jobs)
-        bar.set_description("bench: timed rounds")
-        results = [compare(config, params, plan, batch_size=size, runs=args.runs, runtime=runtime,
-                           progress=lambda i: bar.update(1),
-                           built={name: built[(size, name)] for name in ("dense", "merged")}) for size in sizes]
+        results = compare_sizes(config, params, plan, sizes, runs=args.runs, runtime=runtime, bar=bar)
     rows = [row for r in results for row in (dict(name="dense", **r["dense"], speedup=1.0),
                                              dict(name=plan.options.label, **r["merged"], speedup=r["speedup"]))]
     text = (format_table(rows, ["name", "batch_size", "images_per_s", "speedup", "gflops", "trace_s", "compile_s",

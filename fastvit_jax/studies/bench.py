@@ -131,3 +131,17 @@ def compare(config: ViTConfig, params, plan: MergePlan, **kw) -> dict:
             "speedup": merged["images_per_s"] / dense["images_per_s"],
             "ideal_speedup": dense["gflops"] / merged["gflops"],
             "clamped": plan.clamped, "options": plan.options.to_dict(), "plan": plan.summary()}
+
+
+def compare_sizes(config: ViTConfig, params, plan: MergePlan, sizes: list[int], *, runs: int,
+                  runtime: Runtime = Runtime(), bar=None) -> list[dict]:
+    """`compare` at each batch size. Every size's dense and merged programs compile together first,
+    then the timed rounds run alone: a compile in the background would slow the rounds it overlapped.
+    bar: a tqdm bar, told when compiling ends and advanced once per timed round."""
+    jobs = {(size, name): (p, size, runtime) for size in sizes for name, p in (("dense", None), ("merged", plan))}
+    built = build_runners(config, params, jobs)
+    if bar is not None:
+        bar.set_description("bench: timed rounds")
+    return [compare(config, params, plan, batch_size=size, runs=runs, runtime=runtime,
+                    progress=None if bar is None else (lambda i: bar.update(1)),
+                    built={name: built[(size, name)] for name in ("dense", "merged")}) for size in sizes]
