@@ -625,7 +625,11 @@ def test_a_bad_tokenizer_json_is_refused_in_one_line(tmp_path, spm_file, cache, 
     no_eos = siglip_model_folder(tmp_path / "b", sd, spm_file, spm=False)
     gemma_style_tokenizer_json(no_eos)
     (no_eos / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
-    for folder, msg in ((garbled, "not a tokenizers tokenizer.json"), (no_eos, "no eos_token '</s>' in the vocabulary")):
+    siglip1 = siglip_model_folder(tmp_path / "c", sd, spm_file, spm=False)
+    gemma_style_tokenizer_json(siglip1)
+    (siglip1 / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
+    for folder, msg in ((garbled, "not a tokenizers tokenizer.json"), (no_eos, "no eos_token '</s>' in the vocabulary"),
+                        (siglip1, "tokenizer.json of a SiglipTokenizer")):
         code = main(["predict", str(image), "--checkpoint", str(folder), "--zero-shot", "--class-names", str(classes)])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err, err

@@ -11,6 +11,7 @@ folded into the first, as big_vision's loader does.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,15 @@ HF_TEXT_BLOCK = {"LayerNorm_0": "layer_norm1", "LayerNorm_1": "layer_norm2", "qu
                  "Dense_0": "mlp.fc1", "Dense_1": "mlp.fc2"}
 
 
+def _tokenizer_class(folder: Path) -> str:
+    """tokenizer_config.json's tokenizer_class ("" when the file or the field is missing or unreadable)."""
+    try:
+        value = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
 def transformers_text_tower(arrays: dict, folder, path) -> TextTower:
     """A transformers `SiglipModel` folder's text half (`text_model.*`, `logit_scale`, `logit_bias`)
     in big_vision's text-tower tree: the same computation (no attention mask, the last token pooled,
@@ -140,6 +150,9 @@ def transformers_text_tower(arrays: dict, folder, path) -> TextTower:
     # padded with its own pad token (what SiglipProcessor pads with in both)
     found = [folder.path / n for n in ("spiece.model", "tokenizer.json") if folder and (folder.path / n).is_file()]
     gemma = bool(found) and found[0].suffix == ".json"
+    if gemma and _tokenizer_class(folder.path).startswith("SiglipTokenizer"):  # SigLIP 1's rules, not Gemma's
+        raise FastViTError(f"{path}: tokenizer.json of a SiglipTokenizer without its spiece.model: add the "
+                           f"folder's spiece.model (or pass --tokenizer SPM)")
     return TextTower(params, text_config, float(np.asarray(scale).reshape(-1)[0]), float(np.asarray(bias).reshape(-1)[0]),
                      tokenizer=found[0] if found else None,
                      pad=None if gemma else int(config.get("pad_token_id", 1)), rule="gemma" if gemma else "transformers")
