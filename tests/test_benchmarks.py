@@ -177,3 +177,22 @@ def test_compile_cost_writes_its_rows(tmp_path, capsys):
     assert rows[0]["block_shapes"] == 1 and rows[1]["block_shapes"] == 4  # PPT reduces in 3 blocks
     assert all(r["compile_s"] > 0 and r["ops"] > 100 for r in rows) and "compile_s" in capsys.readouterr().out
     assert script("compile_cost").main(["--points", "nonsense", "--out", str(out)]) == 2
+
+
+def test_fusion_bodies_counts_shared_kernels(tmp_path):
+    """Dense blocks share their kernels (every body used many times); the exact merged plan's blocks
+    do not, and one token bucket makes them shared again."""
+    mod = script("fusion_bodies")
+    text = "\n".join(["%fused_a (p: f32[2]) -> f32[2] {", "  %x.1 = f32[2] parameter(0)", "  ROOT %y = f32[2] negate(%x.1)",
+                      "}", "%fused_b (q: f32[2]) -> f32[2] {", "  %x.7 = f32[2] parameter(0)",
+                      "  ROOT %z.2 = f32[2] negate(%x.7)", "}", "ENTRY %main {", "}"])
+    assert list(mod.fusion_bodies(text).values()) == [2]  # the same body under other names: one kernel
+    out = tmp_path / "fb.json"
+    for buckets in ("none", "1"):
+        assert mod.main(["--model", "vit_tiny_patch16_224", "--batch-size", "1", "--points", "dense,tome r=8",
+                         "--token-buckets", buckets, "--out", str(out)]) == 0
+        dense, tome = json.loads(out.read_text())["rows"]
+        if buckets == "none":
+            exact = tome["distinct"]
+        else:
+            assert tome["distinct"] < exact / 2 and dense["distinct"] < tome["distinct"]
