@@ -108,13 +108,14 @@ def test_timm_family_folder_matches_the_timm_reference(tmp_path, family):
     np.testing.assert_array_equal(outputs(model.merge("tome", r=0), x), outputs(model, x))
 
 
-@pytest.mark.parametrize("family", ["dinov2_reg4", "deit3"])
+@pytest.mark.parametrize("family", ["dinov2_reg4", "dinov2", "deit3", "clip_quickgelu"])
 def test_tome_on_a_timm_family_matches_the_reference_and_never_merges_registers(tmp_path, family):
     folder, sd = timm_folder(tmp_path / family, family, seed=3)
     model = fv.load(folder)
     x = images(seed=4)
     merged = model.merge("tome", r=8)
-    want = reference.timm_forward(sd, x, heads=HEADS, eps=model.config.ln_eps, r=8)
+    gelu = "quick" if model.config.gelu == "quick" else "exact"
+    want = reference.timm_forward(sd, x, heads=HEADS, gelu_kind=gelu, eps=model.config.ln_eps, r=8)
     np.testing.assert_allclose(outputs(merged, x), want, atol=5e-5, rtol=1e-4)
     # the registers are outside the merged tokens: every kept token holds patches (or is the class token)
     vit = VisionTransformer(model.config, merged.plan)
