@@ -103,10 +103,11 @@ def gemma_style_tokenizer(texts: list[str]):
                              padding_side="right")
 
 
-def siglip2_zero_shot(tmp: Path, files, classes) -> dict:
-    """A SigLIP 2 SiglipModel folder (Gemma tokenizer.json, no spiece.model): zero-shot softmax
-    against transformers' logits_per_image (SiglipProcessor, padding="max_length"). Class names are
-    lower-case, as SigLIP 2's model card asks of its users."""
+def siglip_zero_shot(folder: Path, files, classes, *, label: str, tokenizer, vocab_size: int, template: str,
+                     seed: int, merged: bool) -> dict:
+    """A random SiglipModel saved with its processor (this tokenizer) by `save_pretrained`; the softmax
+    of transformers' logits_per_image (SiglipProcessor, padding="max_length") against our zero-shot
+    head built from the folder alone, with the same prompts (template filled with each class)."""
     import torch
     import transformers as tf
     from PIL import Image
@@ -114,36 +115,33 @@ def siglip2_zero_shot(tmp: Path, files, classes) -> dict:
     import fastvit_jax as fv
 
     length = 16
-    tokenizer = gemma_style_tokenizer([f"a photo of a {c}." for c in classes] + classes)
     cfg = tf.SiglipConfig(text_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                           intermediate_size=MLP, vocab_size=len(tokenizer), max_position_embeddings=length),
+                                           intermediate_size=MLP, vocab_size=vocab_size, max_position_embeddings=length),
                           vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
                                              intermediate_size=MLP, image_size=SIDE, patch_size=PATCH))
-    torch.manual_seed(2)
+    torch.manual_seed(seed)
     model = tf.SiglipModel(cfg).eval()
     with torch.no_grad():
         model.logit_scale.fill_(4.7)
         model.logit_bias.fill_(-16.5 / 4)
-    folder = tmp / "Siglip2Model"
     model.save_pretrained(folder)
     processor = tf.SiglipProcessor(image_processor=tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE}),
                                    tokenizer=tokenizer)
     processor.save_pretrained(folder)
-    assert not (folder / "spiece.model").exists() and (folder / "tokenizer.json").exists()
-    texts = [f"a photo of a {c}" for c in classes]  # no punctuation: our prompts drop it, as big_vision canonicalises them
-    inputs = processor(text=texts, images=[Image.open(f).convert("RGB") for f in files], padding="max_length",
-                       max_length=length, return_tensors="pt")
-    assert inputs["input_ids"][0].tolist().count(tokenizer.eos_token_id) == 1  # the EOS once, no BOS
+    inputs = processor(text=[template.format(c) for c in classes], images=[Image.open(f).convert("RGB") for f in files],
+                       padding="max_length", max_length=length, return_tensors="pt")
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:  # SigLIP 2: the EOS once, no BOS (SigLIP pads with its EOS)
+        assert inputs["input_ids"][0].tolist().count(tokenizer.eos_token_id) == 1
     with torch.no_grad():
         theirs = torch.softmax(model(**inputs).logits_per_image, -1).numpy()
-    names = tmp / "classes2.txt"
+    names = folder / "classes.txt"
     names.write_text("\n".join(classes) + "\n")
-    ours = fv.load(folder).zero_shot(str(names), templates=["a photo of a {}"], progress=False)
-    got = np.asarray(__import__("jax").nn.softmax(ours(ours.preprocess(files)), -1))
-    merged = ours.merge("tome", r=4)
-    got_merged = np.asarray(__import__("jax").nn.softmax(merged(merged.preprocess(files)), -1))
-    return {"model": "SiglipModel (SigLIP 2, tokenizer.json) zero-shot", "max_abs_diff": float(np.abs(got - theirs).max()),
-            "scale": 1.0, "tome_r4_vs_dense": float(np.abs(got_merged - got).max()), "config": ours.config.family}
+    ours = fv.load(folder).zero_shot(str(names), templates=[template], progress=False)
+    softmax = lambda m: np.asarray(__import__("jax").nn.softmax(m(m.preprocess(files)), -1))
+    got = softmax(ours)
+    return {"model": label, "max_abs_diff": float(np.abs(got - theirs).max()), "scale": 1.0,
+            "tome_r4_vs_dense": float(np.abs(softmax(ours.merge("tome", r=4)) - got).max()) if merged else None,
+            "config": ours.config.family}
 
 
 def main(argv=None) -> int:
@@ -173,37 +171,18 @@ def main(argv=None) -> int:
                          "scale": float(np.abs(theirs).max()), "tome_r4_vs_dense": float(np.abs(merged - got).max()),
                          "config": ours.config.family})
             print(rows[-1], file=sys.stderr, flush=True)
-        # SiglipModel: zero-shot against logits_per_image
+        # SiglipModel: zero-shot against logits_per_image. SigLIP: spiece.model; SigLIP 2: a Gemma-style
+        # tokenizer.json and no spiece.model, lower-case class names as its model card asks. No
+        # punctuation in the prompts: ours drop it, as big_vision canonicalises them.
         classes = ["tench", "goldfish", "great white shark", "cock", "hen", "ostrich"]
-        folder = tmp / "SiglipModel"
-        cfg = tf.SiglipConfig(text_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                               intermediate_size=MLP, vocab_size=64, max_position_embeddings=16),
-                              vision_config=dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                                 intermediate_size=MLP, image_size=SIDE, patch_size=PATCH))
-        torch.manual_seed(1)
-        model = tf.SiglipModel(cfg).eval()
-        with torch.no_grad():
-            model.logit_scale.fill_(4.7)
-            model.logit_bias.fill_(-16.5 / 4)
-        model.save_pretrained(folder)
-        spm_path = tiny_spm(tmp / "spiece.model", classes)
-        tokenizer = tf.SiglipTokenizer(str(spm_path), model_max_length=16)
-        processor = tf.SiglipProcessor(image_processor=tf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE}),
-                                       tokenizer=tokenizer)
-        processor.save_pretrained(folder)
-        from PIL import Image
-
-        pil = [Image.open(f).convert("RGB") for f in files]
-        inputs = processor(text=classes, images=pil, padding="max_length", max_length=16, return_tensors="pt")
-        with torch.no_grad():
-            theirs = torch.softmax(model(**inputs).logits_per_image, -1).numpy()
-        names = tmp / "classes.txt"
-        names.write_text("\n".join(classes) + "\n")
-        ours = fv.load(folder).zero_shot(str(names), templates=["{}"], progress=False)
-        got = np.asarray(__import__("jax").nn.softmax(ours(ours.preprocess(files)), -1))
-        rows.append({"model": "SiglipModel zero-shot", "max_abs_diff": float(np.abs(got - theirs).max()),
-                     "scale": 1.0, "tome_r4_vs_dense": None, "config": ours.config.family})
-        rows.append(siglip2_zero_shot(tmp, files, classes))
+        spm = tf.SiglipTokenizer(str(tiny_spm(tmp / "spiece.model", classes)), model_max_length=16)
+        rows.append(siglip_zero_shot(tmp / "SiglipModel", files, classes, label="SiglipModel zero-shot", tokenizer=spm,
+                                     vocab_size=64, template="{}", seed=1, merged=False))
+        gemma = gemma_style_tokenizer([f"a photo of a {c}." for c in classes] + classes)
+        rows.append(siglip_zero_shot(tmp / "Siglip2Model", files, classes,
+                                     label="SiglipModel (SigLIP 2, tokenizer.json) zero-shot", tokenizer=gemma,
+                                     vocab_size=len(gemma), template="a photo of a {}", seed=2, merged=True))
+        assert not (tmp / "Siglip2Model" / "spiece.model").exists()
     print(format_table(rows, ["model", "max_abs_diff", "scale", "tome_r4_vs_dense", "config"]))
     write_json(args.out, {"machine": machine(), "transformers": tf.__version__, "torch": torch.__version__,
                           "images": len(files), "rows": rows})
