@@ -46,7 +46,28 @@ def transformers_canonical(text: str) -> str:
 RULES = {"big_vision": ascii_lower, "transformers": transformers_canonical, "gemma": ascii_lower}
 
 
-class Tokenizer:
+def read_tokenizer_file(path: Path, what: str) -> bytes:
+    """The bytes of a tokenizer file, refused in one line when missing or larger than any tokenizer."""
+    if not path.is_file():
+        raise FastViTError(f"tokenizer not found: {path}")
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise FastViTError(f"{path}: {path.stat().st_size} bytes is too large for {what} "
+                           f"(at most {MAX_TOKENIZER_BYTES >> 20} MiB)")
+    return path.read_bytes()
+
+
+class TextIds:
+    """What both tokenizers share: ids(text) ends in the EOS; tokenize pads or cuts to max_len."""
+
+    def ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str], max_len: int, pad: int) -> np.ndarray:
+        """(len(texts), max_len) int32 ids with big_vision's rules (module docstring)."""
+        return np.asarray([sticky_eos(self.ids(t), max_len, pad) for t in texts], np.int32).reshape(-1, max_len)
+
+
+class Tokenizer(TextIds):
     """A SentencePiece model file, read once. rule: how a text is prepared before SentencePiece --
     "big_vision" (ASCII lower-casing) or "transformers" (SiglipTokenizer's canonicalisation); both
     then append the EOS and pad (or cut, keeping the EOS) to the tower's length."""
@@ -56,12 +77,7 @@ class Tokenizer:
 
         self.rule, self.prepare = rule, RULES[rule]
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FastViTError(f"tokenizer not found: {self.path}")
-        data = self.path.read_bytes() if self.path.stat().st_size <= MAX_TOKENIZER_BYTES else None
-        if data is None:
-            raise FastViTError(f"{self.path}: {self.path.stat().st_size} bytes is too large for a SentencePiece "
-                               f"model (at most {MAX_TOKENIZER_BYTES >> 20} MiB)")
+        data = read_tokenizer_file(self.path, "a SentencePiece model")
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.sp = sentencepiece.SentencePieceProcessor()
         try:
@@ -88,10 +104,6 @@ class Tokenizer:
     def ids(self, text: str) -> list[int]:
         return list(self.sp.EncodeAsIds(self.prepare(text))) + [self.eos_id]
 
-    def tokenize(self, texts: list[str], max_len: int, pad: int) -> np.ndarray:
-        """(len(texts), max_len) int32 ids with big_vision's rules (module docstring)."""
-        return np.asarray([sticky_eos(self.ids(t), max_len, pad) for t in texts], np.int32).reshape(-1, max_len)
-
 
 def _special(config: dict, name: str, default: str) -> str:
     """A special token's text in tokenizer_config.json (a string, or {"content": ...})."""
@@ -99,7 +111,7 @@ def _special(config: dict, name: str, default: str) -> str:
     return value.get("content", default) if isinstance(value, dict) else str(value)
 
 
-class JsonTokenizer:
+class JsonTokenizer(TextIds):
     """A `tokenizers` tokenizer.json, as SigLIP 2's transformers folders ship the Gemma tokenizer.
     Texts become ids by big_vision's SigLIP 2 rules (`lower|tok(model='gemma', bos='no', eos='sticky')`,
     which the weights were trained with): ASCII lower-casing, the file's pieces without its own special
@@ -110,17 +122,12 @@ class JsonTokenizer:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FastViTError(f"tokenizer not found: {self.path}")
-        if self.path.stat().st_size > MAX_TOKENIZER_BYTES:
-            raise FastViTError(f"{self.path}: {self.path.stat().st_size} bytes is too large for a tokenizer "
-                               f"(at most {MAX_TOKENIZER_BYTES >> 20} MiB)")
+        data = read_tokenizer_file(self.path, "a tokenizer")
         try:
             import tokenizers
         except ImportError:
             raise FastViTError(f"{self.path}: reading a tokenizer.json needs the tokenizers package: "
                                f"pip install 'fastvit-jax[hub]' (or pip install tokenizers)") from None
-        data = self.path.read_bytes()
         config_file = self.path.with_name("tokenizer_config.json")
         try:
             config = json.loads(config_file.read_text()) if config_file.is_file() else {}
@@ -151,9 +158,6 @@ class JsonTokenizer:
 
     def ids(self, text: str) -> list[int]:
         return list(self.tok.encode(ascii_lower(text), add_special_tokens=False).ids) + [self._eos]
-
-    def tokenize(self, texts: list[str], max_len: int, pad: int) -> np.ndarray:
-        return np.asarray([sticky_eos(self.ids(t), max_len, pad) for t in texts], np.int32).reshape(-1, max_len)
 
 
 def open_tokenizer(path: str | Path, rule: str = "big_vision"):
