@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                 samples = collections.defaultdict(list)
                 for _ in range(args.repeats):
                     for point in points:
-                        for rt in settings if point != "dense" else settings[:1]:
+                        for rt in settings:
                             key = point + (f" buckets={rt.token_buckets}" if rt.token_buckets else "")
                             samples[key].append(measure(config, params, POINTS[point], batch, rt, args.runs))
                             print(f"  {name} b={batch} {key}: {samples[key][-1]['compile_s']:.1f} s compile",

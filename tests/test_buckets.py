@@ -137,3 +137,50 @@ def test_bad_runtime_flags_are_one_line(capsys, flag, value, msg):
     code = main(["plan", "--method", "tome", "--r", "8", flag, value])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("fastvit: error:") and msg in err
+
+
+@pytest.mark.parametrize("r", [0, 2, 4])
+def test_padded_merge_with_r_as_data_is_the_exact_merge(r):
+    """A scanned block's r is a traced value below a static r_max: the same merge as r fixed."""
+    rng = np.random.default_rng(r)
+    real, slots, r_max = 13, 19, 5
+    x = rng.standard_normal((slots, 6)).astype(np.float32)
+    size = np.concatenate([rng.integers(1, 4, real), np.zeros(slots - real)]).astype(np.float32)
+    pos = rng.integers(0, 9, (slots, 2)).astype(np.float32)
+    metric = rng.integers(0, 3, (slots, 5)).astype(np.float32)
+    padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
+    merge = jax.jit(lambda s, m, r: buckets.padded_global_merge(s, m, r=r, r_max=r_max, num_prefix=1,
+                                                                distill_token=False))
+    got, score = merge(padded, jnp.asarray(metric), jnp.int32(r))
+    if r == 0:  # nothing merges, nothing moves
+        for a, b in zip(got, padded):
+            np.testing.assert_array_equal(a, b)
+        return
+    exact = TokenState(*(jnp.asarray(a[:real]) for a in (x, size, pos)))
+    want, want_score = global_merge(exact, jnp.asarray(metric[:real]), r=r, num_prefix=1, distill_token=False)
+    np.testing.assert_array_equal(got.size[:real - r], want.size)
+    np.testing.assert_array_equal(got.size[real - r:], 0.0)
+    np.testing.assert_array_equal(got.pos_sum[:real - r], want.pos_sum)
+    np.testing.assert_allclose(got.x[:real - r], want.x, atol=1e-6)
+    np.testing.assert_allclose(score[:r], want_score, atol=1e-6)
+    np.testing.assert_array_equal(score[r:], -2.0)
+
+
+def test_blocks_of_one_bucket_share_one_scanned_program():
+    """With one bucket, ToMe's merging blocks after the first are one run (one lax.scan; r is data,
+    the clamped last block included); the first block (no bias yet) and other rules stand alone."""
+    config = ViTConfig(**{**DEEP.__dict__, "depth": 6})
+    plan = make_plan(config, MergeOptions("tome", r=6))
+    slots = buckets.token_slots(plan, 1)
+    assert buckets.shared_runs(plan, slots) == [(0, 1), (1, 6)]
+    assert buckets.shared_runs(make_plan(config), slots) == [(0, 6)]
+    no_prop = make_plan(config, MergeOptions("tome", r=6, prop_attn=False))  # padded blocks: the mask
+    assert buckets.shared_runs(no_prop, slots) == [(0, 1), (1, 6)]
+    pitome = make_plan(config, MergeOptions("pitome", r=6))
+    assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(i, i + 1) for i in range(6)]
+    params = checkpoint.unflatten(google_checkpoint(config, seed=4))
+    images = jnp.zeros((1, 32, 32, 3))
+    text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()
+    assert text.count("stablehlo.while") >= 1  # the scan
+    exact = make_forward(config, plan, Runtime()).lower(params, images).as_text()
+    assert "stablehlo.while" not in exact

@@ -66,7 +66,7 @@ def merge_ahead(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Arr
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,
-             attention: jax.Array | None = None, impl: str = "auto", padded: bool = False
+             attention: jax.Array | None = None, impl: str = "auto", padded: bool = False, r=None
              ) -> tuple[TokenState, jax.Array | None]:
     """Apply op to a batched state (B, N, ...) with metric (B, N, C); attention (B, N): the mean
     attention each token received (MCTF's informativeness; None where no op needs it).
@@ -74,7 +74,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     Returns the new state and the mean cosine similarity of merged pairs per example (None when
     nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
     dense local merge needs to know whether tokens are still in grid order). padded: the tokens sit in
-    padded slots (merge/buckets.py; ToMe-style ops only) and the slot count is kept.
+    padded slots (merge/buckets.py; ToMe-style ops only) and the slot count is kept; r: (traced r,
+    static most r) of a padded block in a scanned run, in place of op.r.
     """
     if op.kind == "none" or op.r == 0:
         return state, None
@@ -90,7 +91,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
                                                     distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric, attention)
     elif op.kind == "global" and padded:
-        fn = lambda s, m: buckets.padded_global_merge(s, m, r=op.r, num_prefix=plan.num_prefix,
+        r, r_max = (op.r, op.r) if r is None else r
+        fn = lambda s, m: buckets.padded_global_merge(s, m, r=r, r_max=r_max, num_prefix=plan.num_prefix,
                                                       distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric)
     elif op.kind == "global":

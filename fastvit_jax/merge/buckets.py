@@ -79,29 +79,60 @@ def attention_mask(state: TokenState) -> jax.Array:
     return jnp.where(state.size > 0, 0.0, -jnp.inf)
 
 
-def padded_global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: int,
-                        distill_token: bool) -> tuple[TokenState, jax.Array]:
+def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: int, distill_token: bool,
+                        r_max: int | None = None) -> tuple[TokenState, jax.Array]:
     """One example on P slots (real tokens first, padded slots of size 0 after): ToMe's bipartite
     matching and size-weighted merge of r pairs among the real tokens, exactly as `apply.global_merge`
-    does on the real tokens alone. Returns P slots: [the exact output's tokens, then padding]."""
+    does on the real tokens alone. Returns P slots: [the exact output's tokens, then padding], and
+    the r_max pair scores (-2 past r).
+
+    r may be traced (a block of a scanned run, `shared_runs`), at most the static r_max: the r_max
+    best edges are ranked once and the first r merge (top_k's order: a prefix of a longer top_k is
+    the shorter one). r = 0 leaves the slots as they are."""
     slots = metric.shape[0]
+    r_max = r if r_max is None else r_max
     valid = state.size > 0
     real = jnp.sum(valid.astype(jnp.int32))
     node_max, node_idx = bipartite.best_partners(metric, class_token=num_prefix > 0, distill_token=distill_token,
                                                  valid=valid)
     node_max = jnp.where(valid[0::2], node_max, -jnp.inf)  # padded A slots are never chosen
-    src_idx, unm_idx = bipartite.split_top(node_max, r)
-    matching = bipartite.Matching(src_idx, node_idx[src_idx], unm_idx, node_max[src_idx])
-    src, dst, keep = bipartite.token_indices(matching, slots, distill_token=distill_token)
-    # keep lists [unmerged A, B] in the exact output's order with padded slots among them; move the
-    # real ones first (stable), then the padding, then the merged-away tokens (now padding too)
-    order = jnp.concatenate([keep, src])
-    is_real = jnp.concatenate([valid[keep], jnp.zeros(src.shape, bool)])
-    rank = jnp.where(is_real, jnp.cumsum(is_real) - 1, real - r + jnp.cumsum(~is_real) - 1)
-    order = jnp.zeros(slots, jnp.int32).at[rank].set(order.astype(jnp.int32))
+    _, top = jax.lax.top_k(node_max, r_max)
+    live = jnp.arange(r_max) < r
+    src = jnp.where(live, 2 * top, slots)  # past the last slot: merge_into ignores the pair
+    dst = jnp.where(live, 2 * node_idx[top] + 1, slots)
+    # The exact output lists [unmerged A, all B] (distill token second); real ones first, the rest after.
+    idx = jnp.arange(slots)
+    place = jnp.where(idx % 2 == 0, idx // 2, (slots + 1) // 2 + idx // 2)
+    if distill_token:
+        place = jnp.where(idx < 2, idx - 2, place)
+    kept = valid & ~jnp.zeros(slots, bool).at[src].set(True, mode="drop")
+    order = jnp.argsort(jnp.where(kept, place, slots + idx))
+    order = jnp.where(r > 0, order, idx)  # a block that merges nothing keeps the exact order
     merged = merge_into(state, src, dst, order)
-    size = jnp.where(jnp.arange(slots) < real - r, merged.size, 0.0)
-    return merged._replace(size=size), matching.score
+    size = jnp.where(idx < real - r, merged.size, 0.0)
+    return merged._replace(size=size), jnp.where(live, node_max[top], -2.0)
+
+
+def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The plan's blocks as runs [start, end) of consecutive blocks that are one program: the same
+    slot count in (`token_slots`), all merging ToMe's way (r may differ: it is data) or none merging, the
+    same bias on the attention keys. The model runs a longer run as one lax.scan over the blocks'
+    stacked weights, so XLA compiles its block once (and traces it once). Blocks that cannot share
+    (other rules, the random metric: its draws are shaped by the exact count) are runs of one."""
+    def program(i):
+        op = plan.ops[i]
+        if not bucketable(op) or plan.metric == "random":
+            return None
+        merging = op.kind != "none" and op.r > 0
+        bias = "log" if plan.prop_attn and plan.merged_before(i) else ("mask" if slots[i] > op.tokens_in else None)
+        return (slots[i], merging, bias)
+
+    runs, start = [], 0
+    for i in range(1, plan.depth + 1):
+        if i == plan.depth or program(i) is None or program(i) != program(start):
+            runs.append((start, i))
+            start = i
+    return runs
 
 
 def cut(state: TokenState, slots: int) -> TokenState:

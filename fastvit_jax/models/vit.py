@@ -174,9 +174,11 @@ class Encoder1DBlock(nn.Module):
         return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
-    def __call__(self, state: TokenState, merge_key, registers=None):
+    def __call__(self, state: TokenState, merge_key, registers=None, r=None):
         """(state, registers) after the block; registers (B, R, D) or None: they attend and pass the
-        MLP with the tokens but stay out of the state, so no merge ever sees them."""
+        MLP with the tokens but stay out of the state, so no merge ever sees them. r: (traced r,
+        static most r) when the block is one of a scanned run (merge/buckets.shared_runs), else the
+        plan's."""
         cfg, op = self.config, self.plan.ops[self.index]
         n = state.x.shape[1]
         scale = (lambda name: LayerScale(name=name)) if cfg.layerscale else (lambda name: lambda t: t)
@@ -199,7 +201,7 @@ class Encoder1DBlock(nn.Module):
         inputs = step.BlockInputs(state, attn, {**feats, "x_pre": y},
                                   reattend=lambda merged, weights: ls1(mha(norm(merged.x), weights=weights)[0]))
         state, observed = step.block_step(op, self.plan, inputs, block=self.index, merge_key=merge_key,
-                                          impl=self.runtime.merge_impl, bucketed=bucketed)
+                                          impl=self.runtime.merge_impl, bucketed=bucketed, r=r)
         for name, value in observed.items():  # read back by `observe`
             self.sow("intermediates", name, value)
         x = with_registers(state.x, registers)
@@ -283,12 +285,37 @@ class Encoder(nn.Module):
             x, registers = pre(x), None if registers is None else pre(registers)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
         slots = buckets.token_slots(self.plan, self.runtime.token_buckets)
-        for i in range(cfg.depth):
-            state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i], name=f"encoderblock_{i}")(
-                state, merge_key, registers)
-            state = buckets.cut(state, slots[i + 1])
+        runs = [(i, i + 1) for i in range(cfg.depth)]
+        if self.runtime.token_buckets and not self.is_mutable_collection("intermediates"):  # observing: per block
+            runs = buckets.shared_runs(self.plan, slots)
+        for start, end in runs:
+            blocks = [Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i], name=f"encoderblock_{i}")
+                      for i in range(start, end)]
+            if len(blocks) == 1 or self.is_initializing():
+                for block in blocks:
+                    state, registers = block(state, merge_key, registers)
+            else:
+                state, registers = self.scanned(start, end, slots[start], state, merge_key, registers)
+            state = buckets.cut(state, slots[end])
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
+
+    def scanned(self, start: int, end: int, slots: int, state: TokenState, merge_key, registers):
+        """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
+        stacked weights, each block's r a scanned value: XLA compiles and we trace the block once."""
+        params = self.variables["params"]
+        stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
+                                                                    for i in range(start, end)))
+        rs = [self.plan.ops[i].r if self.plan.ops[i].kind != "none" else 0 for i in range(start, end)]
+        block = Encoder1DBlock(self.config, self.plan, start, self.runtime, slots)
+
+        def body(carry, xs):
+            weights, r = xs
+            out = block.apply({"params": weights}, carry[0], merge_key, carry[1], r=(r, max(rs)))
+            return out, None
+
+        (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, jnp.asarray(rs, jnp.int32)))
+        return state, registers
 
 
 def dense_plan(config: ViTConfig) -> MergePlan:
