@@ -48,8 +48,8 @@ def test_slots_pad_only_tome_style_blocks():
     slots = buckets.token_slots(plan, 2)
     assert len(set(slots[:-1])) == 2 and slots[-1] == plan.final_tokens
     assert all(s >= op.tokens_in for s, op in zip(slots, plan.ops))
-    pitome = make_plan(DEEP, MergeOptions("pitome", r=6))  # its own rule: exact everywhere
-    assert buckets.token_slots(pitome, 2)[:-1] == tuple(op.tokens_in for op in pitome.ops)
+    mctf = make_plan(DEEP, MergeOptions("mctf", r=6))  # no padded form: exact everywhere
+    assert buckets.token_slots(mctf, 2)[:-1] == tuple(op.tokens_in for op in mctf.ops)
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -76,7 +76,9 @@ def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
 
 
 POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
-          MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random")]
+          MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random"),
+          MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8, skip=1), MergeOptions("tofu", r=6, prune_blocks=2),
+          MergeOptions("tofu", r=5, prune_blocks=0)]
 
 
 def _run(config, plan, runtime, params, images):
@@ -168,7 +170,8 @@ def test_padded_merge_with_r_as_data_is_the_exact_merge(r):
 
 def test_blocks_of_one_bucket_share_one_scanned_program():
     """With one bucket, ToMe's merging blocks after the first are one run (one lax.scan; r is data,
-    the clamped last block included); the first block (no bias yet) and other rules stand alone."""
+    the clamped last block included); the first block (no bias yet) and rules without a padded
+    form stand alone."""
     config = ViTConfig(**{**DEEP.__dict__, "depth": 6})
     plan = make_plan(config, MergeOptions("tome", r=6))
     slots = buckets.token_slots(plan, 1)
@@ -176,11 +179,48 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert buckets.shared_runs(make_plan(config), slots) == [(0, 6)]
     no_prop = make_plan(config, MergeOptions("tome", r=6, prop_attn=False))  # padded blocks: the mask
     assert buckets.shared_runs(no_prop, slots) == [(0, 1), (1, 6)]
-    pitome = make_plan(config, MergeOptions("pitome", r=6))
-    assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(i, i + 1) for i in range(6)]
+    pitome = make_plan(config, MergeOptions("pitome", r=6))  # its margin per block is data too
+    assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(0, 1), (1, 6)]
+    tofu = make_plan(config, MergeOptions("tofu", r=6, prune_blocks=3))  # a new combine is a new program
+    assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 3), (3, 6)]
+    mctf = make_plan(config, MergeOptions("mctf", r=6))  # no padded form
+    assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(i, i + 1) for i in range(6)]
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
     text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()
     assert text.count("stablehlo.while") >= 1  # the scan
     exact = make_forward(config, plan, Runtime()).lower(params, images).as_text()
     assert "stablehlo.while" not in exact
+
+
+@pytest.mark.parametrize("rule,combine", [("tome", "prune"), ("tome", "mlerp"), ("tome", "plain"), ("pitome", "plain")])
+@pytest.mark.parametrize("seed", range(2))
+def test_padded_rules_are_the_exact_rules_then_padding(rule, combine, seed):
+    """ToFu's combines on ToMe's matching and PiToMe's rule on padded slots (r and margin traced)
+    give the unpadded step's tokens, sizes and positions, then slots of size 0."""
+    from fastvit_jax.merge.apply import global_reduce
+    from fastvit_jax.merge.plan import BlockOp
+
+    rng = np.random.default_rng(seed)
+    # margin -1: no similarity saturates, so no two energies tie but for rounding (which a padded
+    # row's sum may break the other way)
+    real, slots, r, margin = 15, 21, 3, -1.0
+    x = rng.standard_normal((slots, 6)).astype(np.float32)
+    size = np.concatenate([rng.integers(1, 4, real), np.zeros(slots - real)]).astype(np.float32)
+    pos = rng.integers(0, 9, (slots, 2)).astype(np.float32)
+    metric = rng.standard_normal((slots, 5)).astype(np.float32)
+    padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
+    if rule == "pitome":
+        step = lambda s, m, r, g: buckets.padded_pitome(s, m, r=r, margin=g, num_prefix=1)
+    else:
+        step = lambda s, m, r, g: buckets.padded_global_merge(s, m, r=r, r_max=5, num_prefix=1,
+                                                              distill_token=False, combine=combine)
+    got, _ = jax.jit(step)(padded, jnp.asarray(metric), jnp.int32(r), jnp.float32(margin))
+    op = BlockOp("global", real, real - r, r, rule=rule, combine=combine, margin=margin)
+    exact = TokenState(*(jnp.asarray(a[:real]) for a in (x, size, pos)))
+    want, _ = global_reduce(exact, jnp.asarray(metric[:real]), None, op=op, num_prefix=1, distill_token=False)
+    np.testing.assert_array_equal(got.size[:real - r], want.size)
+    np.testing.assert_array_equal(got.size[real - r:], 0.0)
+    np.testing.assert_array_equal(got.pos_sum[:real - r], want.pos_sum)
+    np.testing.assert_allclose(got.x[:real - r], want.x, atol=1e-5)
+    assert np.isfinite(np.asarray(got.x)).all()  # padding stays finite: masked keys must not meet NaN

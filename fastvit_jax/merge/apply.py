@@ -66,7 +66,8 @@ def merge_ahead(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Arr
 
 
 def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, block: int | None = None,
-             attention: jax.Array | None = None, impl: str = "auto", padded: bool = False, r=None
+             attention: jax.Array | None = None, impl: str = "auto", padded: bool = False,
+             shared: dict | None = None
              ) -> tuple[TokenState, jax.Array | None]:
     """Apply op to a batched state (B, N, ...) with metric (B, N, C); attention (B, N): the mean
     attention each token received (MCTF's informativeness; None where no op needs it).
@@ -74,8 +75,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     Returns the new state and the mean cosine similarity of merged pairs per example (None when
     nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
     dense local merge needs to know whether tokens are still in grid order). padded: the tokens sit in
-    padded slots (merge/buckets.py; ToMe-style ops only) and the slot count is kept; r: (traced r,
-    static most r) of a padded block in a scanned run, in place of op.r.
+    padded slots (merge/buckets.py: rules with a padded form) and the slot count is kept; shared: a
+    padded block's values in a scanned run (r and margin traced, r_max static), in place of op's.
     """
     if op.kind == "none" or op.r == 0:
         return state, None
@@ -86,15 +87,20 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     if op.kind == "drop":
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
-    if op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
+    if op.kind == "global" and padded:
+        shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin}
+        if op.rule == "pitome":
+            fn = lambda s, m: buckets.padded_pitome(s, m, r=shared["r"], margin=shared["margin"],
+                                                    num_prefix=plan.num_prefix)
+        else:
+            fn = lambda s, m: buckets.padded_global_merge(s, m, r=shared["r"], r_max=shared["r_max"],
+                                                          num_prefix=plan.num_prefix,
+                                                          distill_token=plan.distill_token, combine=op.combine)
+        new, scores = jax.vmap(fn)(state, metric)
+    elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
         fn = lambda s, m, a: global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
                                                     distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric, attention)
-    elif op.kind == "global" and padded:
-        r, r_max = (op.r, op.r) if r is None else r
-        fn = lambda s, m: buckets.padded_global_merge(s, m, r=r, r_max=r_max, num_prefix=plan.num_prefix,
-                                                      distill_token=plan.distill_token)
-        new, scores = jax.vmap(fn)(state, metric)
     elif op.kind == "global":
         fn = lambda s, m: fns["global"](s, m, r=op.r, num_prefix=plan.num_prefix, distill_token=plan.distill_token)
         new, scores = jax.vmap(fn)(state, metric)

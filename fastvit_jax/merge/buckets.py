@@ -11,8 +11,10 @@ away become padding. Blocks with the same slots and the same r are then the same
 merge itself reads the real count from the sizes (data, not a constant), so XLA compiles it once.
 
 Same merges, same order, same logits within float rounding as the exact model; the price is the
-FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). Other rules
-(PiToMe, MCTF, PPT, ATM's size-distinctive blocks, local windows, drop) run at their exact counts.
+FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
+matching with its combines (ToMe, DFE, ToFu, ATM's ToMe blocks) and PiToMe's rule have padded
+forms; the others (MCTF, PPT, ATM's size-distinctive blocks, local windows, drop) run at their
+exact counts.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite
+from fastvit_jax.merge import bipartite, reducers
+from fastvit_jax.merge.methods import pitome
 from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
 def bucketable(op: BlockOp) -> bool:
-    """Whether a block can run on padded slots: it keeps every token, or merges as ToMe does."""
+    """Whether a block can run on padded slots: it keeps every token, or merges globally by a rule
+    with a padded form (PADDED_RULES: ToMe's matching with any combine but MCTF's, PiToMe's)."""
     if op.kind == "none" or op.r == 0:
         return True
-    return op.kind == "global" and (op.rule, op.combine) == ("tome", "mean") and not op.ahead and not op.knobs
+    return (op.kind == "global" and op.combine in PADDED_RULES.get(op.rule, ()) and not op.ahead
+            and not op.knobs)
 
 
 def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:
@@ -80,11 +85,11 @@ def attention_mask(state: TokenState) -> jax.Array:
 
 
 def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: int, distill_token: bool,
-                        r_max: int | None = None) -> tuple[TokenState, jax.Array]:
+                        r_max: int | None = None, combine: str = "mean") -> tuple[TokenState, jax.Array]:
     """One example on P slots (real tokens first, padded slots of size 0 after): ToMe's bipartite
-    matching and size-weighted merge of r pairs among the real tokens, exactly as `apply.global_merge`
-    does on the real tokens alone. Returns P slots: [the exact output's tokens, then padding], and
-    the r_max pair scores (-2 past r).
+    matching of r pairs among the real tokens and their combine (merge/reducers.py; "mean" is the
+    size-weighted mean), exactly as the unpadded model does on the real tokens alone. Returns P
+    slots: [the exact output's tokens, then padding], and the r_max pair scores (-2 past r).
 
     r may be traced (a block of a scanned run, `shared_runs`), at most the static r_max: the r_max
     best edges are ranked once and the first r merge (top_k's order: a prefix of a longer top_k is
@@ -98,25 +103,45 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
     node_max = jnp.where(valid[0::2], node_max, -jnp.inf)  # padded A slots are never chosen
     _, top = jax.lax.top_k(node_max, r_max)
     live = jnp.arange(r_max) < r
-    src = jnp.where(live, 2 * top, slots)  # past the last slot: merge_into ignores the pair
+    src = jnp.where(live, 2 * top, slots)  # past the last slot: ignored
     dst = jnp.where(live, 2 * node_idx[top] + 1, slots)
     # The exact output lists [unmerged A, all B] (distill token second); real ones first, the rest after.
     idx = jnp.arange(slots)
     place = jnp.where(idx % 2 == 0, idx // 2, (slots + 1) // 2 + idx // 2)
     if distill_token:
         place = jnp.where(idx < 2, idx - 2, place)
-    kept = valid & ~jnp.zeros(slots, bool).at[src].set(True, mode="drop")
-    order = jnp.argsort(jnp.where(kept, place, slots + idx))
+    merged_away = jnp.zeros(slots, bool).at[src].set(True, mode="drop")
+    order = jnp.argsort(jnp.where(valid & ~merged_away, place, slots + idx))
     order = jnp.where(r > 0, order, idx)  # a block that merges nothing keeps the exact order
+    score = jnp.where(live, node_max[top], -2.0)
+    if combine != "mean":  # one-hot combine: a merged-away token joins its partner's output slot
+        out_pos = jnp.zeros(slots, jnp.int32).at[order].set(idx.astype(jnp.int32))
+        out_idx = out_pos.at[src].set(out_pos.at[dst].get(mode="fill", fill_value=0), mode="drop")
+        return reducers.combine(state, out_idx, merged_away, slots, combine), score
     merged = merge_into(state, src, dst, order)
     size = jnp.where(idx < real - r, merged.size, 0.0)
-    return merged._replace(size=size), jnp.where(live, node_max[top], -2.0)
+    return merged._replace(size=size), score
+
+
+def padded_pitome(state: TokenState, metric: jax.Array, *, r, margin, num_prefix: int
+                  ) -> tuple[TokenState, jax.Array]:
+    """One example on P slots: PiToMe's step (merge/methods/pitome.py) among the real tokens, r and
+    the margin possibly traced. Padded tokens count in no energy, rank after every real token and
+    keep slots after the real outputs; returns (P slots, per-token scores)."""
+    valid = state.size[num_prefix:] > 0
+    real = jnp.sum(valid.astype(jnp.int32))
+    out_idx, merged, score = pitome.pitome_slots(metric, r, num_prefix=num_prefix, margin=margin,
+                                                 valid=valid, real=real)
+    return reducers.combine(state, out_idx, merged, metric.shape[0], "plain"), score
+
+
+PADDED_RULES = {"tome": ("mean", "prune", "mlerp", "plain"), "pitome": ("plain",)}  # rule -> combines
 
 
 def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:
     """The plan's blocks as runs [start, end) of consecutive blocks that are one program: the same
-    slot count in (`token_slots`), all merging ToMe's way (r may differ: it is data) or none merging, the
-    same bias on the attention keys. The model runs a longer run as one lax.scan over the blocks'
+    slot count in (`token_slots`), all merging by the same rule and combine (r and PiToMe's margin
+    may differ: they are data) or none merging, the same bias on the attention keys. The model runs a longer run as one lax.scan over the blocks'
     stacked weights, so XLA compiles its block once (and traces it once). Blocks that cannot share
     (other rules, the random metric: its draws are shaped by the exact count) are runs of one."""
     def program(i):
@@ -125,7 +150,7 @@ def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]
             return None
         merging = op.kind != "none" and op.r > 0
         bias = "log" if plan.prop_attn and plan.merged_before(i) else ("mask" if slots[i] > op.tokens_in else None)
-        return (slots[i], merging, bias)
+        return (slots[i], bias) + ((op.rule, op.combine) if merging else ())
 
     runs, start = [], 0
     for i in range(1, plan.depth + 1):

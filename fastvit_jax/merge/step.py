@@ -48,11 +48,11 @@ def key_bias(plan: MergePlan, block: int, state: TokenState, padded: bool) -> ja
 
 
 def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int, merge_key,
-               impl: str = "auto", bucketed: bool = False, r=None) -> tuple[TokenState, dict]:
+               impl: str = "auto", bucketed: bool = False, shared: dict | None = None) -> tuple[TokenState, dict]:
     """The tokens after the attention residual and this block's merge (the MLP follows), and what the
     block observed: x_pre, x_attn, x_post, the merge feature ("metric") and sizes, merged_similarity.
     bucketed: the tokens sit in padded slots (merge/buckets.py); the merge keeps the slot count, and
-    what is observed is cut to the real tokens. r: (traced r, static most r) of a scanned block."""
+    what is observed is cut to the real tokens. shared: a scanned block's r, margin, r_max (apply_op)."""
     feats, state = dict(inputs.features), inputs.state
     feats["x"] = state.x
     real = op.tokens_in
@@ -77,7 +77,7 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
         observed.update(metric=feats[plan.metric], size=state.size)
     if merges(op):
         state, merged_sim = apply_op(op, plan, state, pick(), block, feats["attention_feature"], impl=impl,
-                                     padded=bucketed, r=r)
+                                     padded=bucketed, shared=shared)
         if merged_sim is not None:
             observed["merged_similarity"] = merged_sim
     if bucketed:

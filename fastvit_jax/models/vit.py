@@ -174,11 +174,11 @@ class Encoder1DBlock(nn.Module):
         return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
-    def __call__(self, state: TokenState, merge_key, registers=None, r=None):
+    def __call__(self, state: TokenState, merge_key, registers=None, shared=None):
         """(state, registers) after the block; registers (B, R, D) or None: they attend and pass the
-        MLP with the tokens but stay out of the state, so no merge ever sees them. r: (traced r,
-        static most r) when the block is one of a scanned run (merge/buckets.shared_runs), else the
-        plan's."""
+        MLP with the tokens but stay out of the state, so no merge ever sees them. shared: this
+        block's r and margin (traced) and the run's r_max when it is one of a scanned run
+        (merge/buckets.shared_runs), else the plan's."""
         cfg, op = self.config, self.plan.ops[self.index]
         n = state.x.shape[1]
         scale = (lambda name: LayerScale(name=name)) if cfg.layerscale else (lambda name: lambda t: t)
@@ -201,7 +201,7 @@ class Encoder1DBlock(nn.Module):
         inputs = step.BlockInputs(state, attn, {**feats, "x_pre": y},
                                   reattend=lambda merged, weights: ls1(mha(norm(merged.x), weights=weights)[0]))
         state, observed = step.block_step(op, self.plan, inputs, block=self.index, merge_key=merge_key,
-                                          impl=self.runtime.merge_impl, bucketed=bucketed, r=r)
+                                          impl=self.runtime.merge_impl, bucketed=bucketed, shared=shared)
         for name, value in observed.items():  # read back by `observe`
             self.sow("intermediates", name, value)
         x = with_registers(state.x, registers)
@@ -302,19 +302,21 @@ class Encoder(nn.Module):
 
     def scanned(self, start: int, end: int, slots: int, state: TokenState, merge_key, registers):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
-        stacked weights, each block's r a scanned value: XLA compiles and we trace the block once."""
+        stacked weights, each block's r and margin scanned values: XLA compiles and we trace the block once."""
         params = self.variables["params"]
         stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
                                                                     for i in range(start, end)))
-        rs = [self.plan.ops[i].r if self.plan.ops[i].kind != "none" else 0 for i in range(start, end)]
+        ops = [self.plan.ops[i] for i in range(start, end)]
+        rs = [op.r if op.kind != "none" else 0 for op in ops]
+        values = {"r": jnp.asarray(rs, jnp.int32), "margin": jnp.asarray([op.margin for op in ops], jnp.float32)}
         block = Encoder1DBlock(self.config, self.plan, start, self.runtime, slots)
 
         def body(carry, xs):
-            weights, r = xs
-            out = block.apply({"params": weights}, carry[0], merge_key, carry[1], r=(r, max(rs)))
-            return out, None
+            weights, shared = xs
+            return block.apply({"params": weights}, carry[0], merge_key, carry[1],
+                               shared={**shared, "r_max": max(rs)}), None
 
-        (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, jnp.asarray(rs, jnp.int32)))
+        (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, values))
         return state, registers
 
 

@@ -30,17 +30,21 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
     return (n - num_prefix) ** 2 * dim
 
 
-def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def pitome_slots(metric: jax.Array, r, *, num_prefix: int, margin, valid: jax.Array | None = None,
+                 real=None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One example: (out_idx, merged, score) as in the module docstring; score: a merged A token's
-    cosine with its B, else -2."""
+    cosine with its B, else -2. valid (patch tokens,) and real (their count): padded slots
+    (merge/buckets.py), in no energy, ranked last, their slots after the real outputs."""
 
     n = metric.shape[0]
-    m = n - num_prefix
+    m = n - num_prefix if real is None else real
     f = normalise(metric[num_prefix:].astype(jnp.float32))
     cos = jnp.dot(f, f.T, precision=jax.lax.Precision.HIGHEST)
     sim = jax.nn.elu((cos - margin) * SCALE)
-    energy = jnp.mean(sim, axis=1)
+    if valid is None:
+        energy = jnp.mean(sim, axis=1)
+    else:  # tokens whose energies tie but for rounding (every term saturated at -1) may change places
+        energy = jnp.where(valid, jnp.sum(jnp.where(valid[None, :], sim, 0.0), axis=1) / m, -jnp.inf)
     rank = onehot.descending_rank(energy)
     is_a = (rank < 2 * r) & (rank % 2 == 0)
     is_b = (rank < 2 * r) & (rank % 2 == 1)
@@ -48,7 +52,7 @@ def pitome_slots(metric: jax.Array, r: int, *, num_prefix: int, margin: float
     best = jnp.max(to_b, axis=1)
     best_rank = jnp.min(jnp.where(to_b == best[:, None], rank[None, :], n), axis=1)  # first B in energy order
     partner_cos = jnp.max(jnp.where(is_b[None, :] & (rank[None, :] == best_rank[:, None]), cos, -2.0), axis=1)
-    protected_slot = num_prefix + rank - 2 * r
+    protected_slot = num_prefix + rank - jnp.where(rank < m, 2 * r, r)  # padding: after the m - r outputs
     b_slot = lambda k: num_prefix + (m - 2 * r) + (k - 1) // 2
     slot = jnp.where(rank >= 2 * r, protected_slot, jnp.where(is_b, b_slot(rank), b_slot(best_rank)))
     return reducers.with_prefix(num_prefix, slot, is_a, partner_cos)
