@@ -45,6 +45,7 @@ POINTS = {
     "pitome keep=0.9125": MergeOptions("pitome", keep=0.9125),
     "mctf r=16": MergeOptions("mctf", r=16),
     "ppt": MergeOptions("ppt", r=16),
+    "tofu r=16": MergeOptions("tofu", r=16),
     "atm r=16": MergeOptions("atm", r=16),
 }
 _OP = re.compile(r"=\s*(?:\"?)(stablehlo|chlo|mhlo|func)\.([a-z_]+)")

@@ -12,6 +12,9 @@ and tune. A MergePlan says what each block does; a Runtime says how the program 
   token_buckets      None (every block at its exact token count) | N: ToMe-style blocks run in at
                      most N shared token counts per stretch, padded slots masked (merge/buckets.py):
                      fewer distinct block shapes to compile, some FLOPs spent on padding
+  tiered             False | True: a merged plan answers with one bucket (blocks scanned: compiles
+                     about as fast as the dense model) while its exact program compiles in a
+                     background thread, then with the exact one (models/tiered.py)
 
 `resolved(config)` turns every "auto" into what it means on this backend; rows and settings
 record the resolved value.
@@ -45,6 +48,7 @@ class Runtime:
     merge_impl: str = "auto"
     attention: str = "auto"
     token_buckets: int | None = None
+    tiered: bool = False
 
     def __post_init__(self):
         for name, allowed in (("dtype", DTYPES), ("merge_impl", MERGE_IMPLS), ("attention", ATTENTIONS)):
@@ -58,7 +62,7 @@ class Runtime:
         return cls(dtype=getattr(args, "dtype", "float32"),
                    examples_per_step=getattr(args, "examples_per_step", "auto"),
                    merge_impl=getattr(args, "merge_impl", "auto"), attention=getattr(args, "attention", "auto"),
-                   token_buckets=getattr(args, "token_buckets", None))
+                   token_buckets=getattr(args, "token_buckets", None), tiered=getattr(args, "tiered", False))
 
     def replace(self, **kw) -> "Runtime":
         return dataclasses.replace(self, **kw)
@@ -68,12 +72,14 @@ class Runtime:
         backend = backend or jax.default_backend()
         steps = auto_examples_per_step(config, backend) if self.examples_per_step == "auto" else self.examples_per_step
         return Runtime(self.dtype, steps, resolve_merge_impl(self.merge_impl, backend),
-                       resolve_attention(self.attention, self.dtype, backend), self.token_buckets)
+                       resolve_attention(self.attention, self.dtype, backend), self.token_buckets, self.tiered)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         if out["token_buckets"] is None:  # records written before buckets existed stay equal
             del out["token_buckets"]
+        if not out["tiered"]:
+            del out["tiered"]
         return out
 
 

@@ -193,11 +193,12 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert "stablehlo.while" not in exact
 
 
-@pytest.mark.parametrize("rule,combine", [("tome", "prune"), ("tome", "mlerp"), ("tome", "plain"), ("pitome", "plain")])
+@pytest.mark.parametrize("rule,combine", [("tome", "prune"), ("tome", "mlerp"), ("tome", "plain"), ("pitome", "plain"),
+                                          ("atm", "mean")])
 @pytest.mark.parametrize("seed", range(2))
 def test_padded_rules_are_the_exact_rules_then_padding(rule, combine, seed):
-    """ToFu's combines on ToMe's matching and PiToMe's rule on padded slots (r and margin traced)
-    give the unpadded step's tokens, sizes and positions, then slots of size 0."""
+    """ToFu's combines on ToMe's matching, PiToMe's and ATM's rules on padded slots (r and margin
+    traced) give the unpadded step's tokens, sizes and positions, then slots of size 0."""
     from fastvit_jax.merge.apply import global_reduce
     from fastvit_jax.merge.plan import BlockOp
 
@@ -210,8 +211,8 @@ def test_padded_rules_are_the_exact_rules_then_padding(rule, combine, seed):
     pos = rng.integers(0, 9, (slots, 2)).astype(np.float32)
     metric = rng.standard_normal((slots, 5)).astype(np.float32)
     padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
-    if rule == "pitome":
-        step = lambda s, m, r, g: buckets.padded_pitome(s, m, r=r, margin=g, num_prefix=1)
+    if rule != "tome":
+        step = lambda s, m, r, g: buckets.padded_reduce(s, m, rule=rule, combine=combine, r=r, margin=g, num_prefix=1)
     else:
         step = lambda s, m, r, g: buckets.padded_global_merge(s, m, r=r, r_max=5, num_prefix=1,
                                                               distill_token=False, combine=combine)

@@ -249,6 +249,9 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                         "merges and logits (within rounding), fewer block programs to compile, FLOPs spent on "
                         "padding. Default: none (every block at its exact count); tune: 1 (its plans are scored, "
                         "never timed)")
+    p.add_argument("--tiered", action="store_true",
+                   help="a merged plan answers first with one token bucket (compiles about as fast as the dense "
+                        "model) while its exact program compiles in the background, then with the exact one")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto",
                    help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "
                         "fused kernel on GPUs for bfloat16); auto = fused on GPU for bfloat16, else einsum")

@@ -89,9 +89,9 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
         return jax.vmap(drop)(state, metric), None
     if op.kind == "global" and padded:
         shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin}
-        if op.rule == "pitome":
-            fn = lambda s, m: buckets.padded_pitome(s, m, r=shared["r"], margin=shared["margin"],
-                                                    num_prefix=plan.num_prefix)
+        if op.rule != "tome":
+            fn = lambda s, m: buckets.padded_reduce(s, m, rule=op.rule, combine=op.combine, r=shared["r"],
+                                                    margin=shared["margin"], num_prefix=plan.num_prefix)
         else:
             fn = lambda s, m: buckets.padded_global_merge(s, m, r=shared["r"], r_max=shared["r_max"],
                                                           num_prefix=plan.num_prefix,

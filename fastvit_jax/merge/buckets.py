@@ -12,9 +12,8 @@ merge itself reads the real count from the sizes (data, not a constant), so XLA 
 
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
-matching with its combines (ToMe, DFE, ToFu, ATM's ToMe blocks) and PiToMe's rule have padded
-forms; the others (MCTF, PPT, ATM's size-distinctive blocks, local windows, drop) run at their
-exact counts.
+matching with its combines (ToMe, DFE, ToFu), PiToMe's and ATM's rules have padded forms; the
+others (MCTF, PPT, local windows, drop) run at their exact counts.
 """
 
 from __future__ import annotations
@@ -23,14 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.merge import bipartite, reducers
-from fastvit_jax.merge.methods import pitome
+from fastvit_jax.merge.methods import atm, pitome
 from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
 def bucketable(op: BlockOp) -> bool:
     """Whether a block can run on padded slots: it keeps every token, or merges globally by a rule
-    with a padded form (PADDED_RULES: ToMe's matching with any combine but MCTF's, PiToMe's)."""
+    with a padded form (PADDED_RULES: ToMe's matching with any combine but MCTF's, PiToMe's, ATM's)."""
     if op.kind == "none" or op.r == 0:
         return True
     return (op.kind == "global" and op.combine in PADDED_RULES.get(op.rule, ()) and not op.ahead
@@ -123,19 +122,22 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
     return merged._replace(size=size), score
 
 
-def padded_pitome(state: TokenState, metric: jax.Array, *, r, margin, num_prefix: int
+def padded_reduce(state: TokenState, metric: jax.Array, *, rule: str, combine: str, r, margin, num_prefix: int
                   ) -> tuple[TokenState, jax.Array]:
-    """One example on P slots: PiToMe's step (merge/methods/pitome.py) among the real tokens, r and
-    the margin possibly traced. Padded tokens count in no energy, rank after every real token and
-    keep slots after the real outputs; returns (P slots, per-token scores)."""
+    """One example on P slots: PiToMe's step or ATM's size-distinctive step (merge/methods) among the
+    real tokens, r and the margin possibly traced. Padded tokens enter no energy, ranking or half;
+    their slots follow the real outputs. Returns (P slots, per-token scores)."""
     valid = state.size[num_prefix:] > 0
     real = jnp.sum(valid.astype(jnp.int32))
-    out_idx, merged, score = pitome.pitome_slots(metric, r, num_prefix=num_prefix, margin=margin,
-                                                 valid=valid, real=real)
-    return reducers.combine(state, out_idx, merged, metric.shape[0], "plain"), score
+    if rule == "pitome":
+        out_idx, merged, score = pitome.pitome_slots(metric, r, num_prefix=num_prefix, margin=margin, valid=valid,
+                                                     real=real)
+    else:
+        out_idx, merged, score = atm.atm_slots(metric, state.size, r, num_prefix=num_prefix, valid=valid, real=real)
+    return reducers.combine(state, out_idx, merged, metric.shape[0], combine), score
 
 
-PADDED_RULES = {"tome": ("mean", "prune", "mlerp", "plain"), "pitome": ("plain",)}  # rule -> combines
+PADDED_RULES = {"tome": ("mean", "prune", "mlerp", "plain"), "pitome": ("plain",), "atm": ("mean",)}  # -> combines
 
 
 def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:

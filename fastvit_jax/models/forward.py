@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.merge.plan import MergePlan
+from fastvit_jax.models.tiered import TieredForward
 from fastvit_jax.models.vit import VisionTransformer
 from fastvit_jax.runtime import Runtime
 
@@ -47,7 +48,13 @@ def in_steps(fn, images, merge_key, per_step: int | None):
 def make_forward(config: ViTConfig, plan: MergePlan | None = None, runtime: Runtime = Runtime()):
     """jit(params, images[, merge_key]) -> logits for this config and plan, run as `runtime` says
     (dtype, examples per step, merge and attention implementations; see fastvit_jax.runtime).
-    Logits depend on the runtime only through float rounding (and the dtype)."""
+    Logits depend on the runtime only through float rounding (and the dtype).
+    runtime.tiered (a merged plan at exact counts): a TieredForward (models/tiered.py)."""
+    if runtime.tiered:
+        exact = make_forward(config, plan, runtime.replace(tiered=False))
+        if plan is None or plan.is_dense or runtime.token_buckets:
+            return exact
+        return TieredForward(make_forward(config, plan, runtime.replace(tiered=False, token_buckets=1)), exact)
     runtime = runtime.resolved(config)
     model = VisionTransformer(config, plan, runtime)
 

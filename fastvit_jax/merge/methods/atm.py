@@ -40,33 +40,39 @@ def match_macs(n: int, num_prefix: int, dim: int) -> int:
     return (n - num_prefix) ** 2 * dim
 
 
-def size_distinctive_pairs(metric: jax.Array, size: jax.Array):
+def size_distinctive_pairs(metric: jax.Array, size: jax.Array, valid: jax.Array | None = None, real=None):
     """One example's patch tokens: (is_a (m,), partner one-hot (m, m), error of that pair (m,), its cosine (m,));
-    rows of B tokens are empty (error +inf, cosine -2)."""
+    rows of B tokens are empty (error +inf, cosine -2). valid/real: padded slots (merge/buckets.py)
+    are in neither half."""
 
     m = metric.shape[0]
-    rank = onehot.lexicographic_rank(size, jnp.zeros_like(size))  # ascending size, ties by position
-    is_a = rank < m // 2
+    key = size if valid is None else jnp.where(valid, size, jnp.inf)  # padding ranks after every real token
+    rank = onehot.lexicographic_rank(key, jnp.zeros_like(size))  # ascending size, ties by position
+    is_a = rank < (m if real is None else real) // 2
+    is_b = ~is_a if valid is None else valid & ~is_a
     f = normalise(metric.astype(jnp.float32))
     cos = jnp.dot(f, f.T, precision=jax.lax.Precision.HIGHEST)
     weight = size[:, None] * size[None, :] / (size[:, None] + size[None, :])
-    error = jnp.where(is_a[:, None] & ~is_a[None, :], weight * (1.0 - cos), jnp.inf)
+    error = jnp.where(is_a[:, None] & is_b[None, :], weight * (1.0 - cos), jnp.inf)
     best = jnp.min(error, axis=1)
     first = jnp.min(jnp.where(error == best[:, None], jnp.arange(m)[None, :], m), axis=1)
     partner = is_a[:, None] & (jnp.arange(m)[None, :] == first[:, None])
     return is_a, partner, best, jnp.sum(jnp.where(partner, cos, 0.0), axis=1) - 2.0 * ~is_a
 
 
-def atm_slots(metric: jax.Array, size: jax.Array, r: int, *, num_prefix: int):
-    """(out_idx, merged, score) of a size-distinctive block on one example (module docstring)."""
+def atm_slots(metric: jax.Array, size: jax.Array, r, *, num_prefix: int, valid: jax.Array | None = None,
+              real=None):
+    """(out_idx, merged, score) of a size-distinctive block on one example (module docstring).
+    valid (patch tokens,) and real (their count): padded slots, whose slots follow the real outputs."""
 
     n = metric.shape[0]
-    is_a, partner, error, cos = size_distinctive_pairs(metric[num_prefix:], size[num_prefix:].astype(jnp.float32))
+    is_a, partner, error, cos = size_distinctive_pairs(metric[num_prefix:], size[num_prefix:].astype(jnp.float32),
+                                                       valid, real)
     order = onehot.descending_rank(jnp.where(is_a, -error, -jnp.inf))  # lowest error first
     merged_a = is_a & (order < r)
     unmerged_a = is_a & ~merged_a
-    num_a = (n - num_prefix) // 2
-    b_slot = num_prefix + (num_a - r) + onehot.count_before(~is_a)
+    num_a = (n - num_prefix if real is None else real) // 2
+    b_slot = num_prefix + (num_a - r) + onehot.count_before(~is_a)  # padding: after the real B tokens
     slot = jnp.where(~is_a, b_slot, jnp.where(unmerged_a, num_prefix + onehot.count_before(unmerged_a),
                                               onehot.pick(partner, b_slot)))
     return reducers.with_prefix(num_prefix, slot, merged_a, cos)
