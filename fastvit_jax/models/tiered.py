@@ -4,8 +4,9 @@ At exact token counts every merging block has its own shape, and XLA compiles ea
 plan takes several times the dense model's compile (BENCHMARKS.md section 20). One token bucket
 with its blocks scanned (merge/buckets.py) compiles about as fast as the dense model, but runs
 every block at the full token count. `Runtime(tiered=True)` gets both: calls answer with the
-bucketed program while the exact program is traced and compiled in a background thread, and use the
-exact one as soon as it is ready. The two give the same merges and logits within float rounding
+bucketed program while the exact program is traced and compiled in a background thread (started
+once the first answer is out, so it does not slow that one down), and use the exact one as soon as
+it is ready. The two give the same merges and logits within float rounding
 (tests/test_buckets.py), so what a call returns does not depend on which answered it beyond that.
 
 `lower` and `trace` are the exact program's: ahead-of-time users and benchmarks get what runs at
@@ -39,10 +40,15 @@ class TieredForward:
         self._lock = threading.Lock()
 
     def __call__(self, *args):
-        future = self.compiling(*args)
-        if future.done() and future.exception() is None:
+        key = signature(args)
+        future = self._compiled.get(key)
+        if future is not None and future.done() and future.exception() is None:
             return future.result()(*args)
-        return self.quick(*args)
+        out = self.quick(*args)
+        if future is None:  # after the first answer: a compile beside it would slow it down on a few cores
+            jax.block_until_ready(out)
+            self.compiling(*args)
+        return out
 
     def compiling(self, *args) -> Future:
         """The exact program's compile for these arguments' shapes, started on first sight."""
