@@ -1,14 +1,15 @@
-"""Token-count buckets: ToMe-style blocks that share one padded token count, so they share one program.
+"""Token-count buckets: merging blocks that share one padded token count, so they share one program.
 
 XLA compiles each distinct block shape anew (identical dense blocks compile once), and every block
 of a merged plan enters with its own token count: compile time grows with the number of merging
 blocks (BENCHMARKS.md section 18). With `Runtime(token_buckets=N)` a stretch of consecutive
-ToMe-style blocks runs at N or fewer physical token counts ("slots"): real tokens first, in the
+blocks whose rule has a padded form runs at N or fewer physical token counts ("slots"): real tokens first, in the
 exact order the unpadded model has them, then padded slots of size 0. A padded slot is masked out
 of attention (its key gets -inf: log(0) under proportional attention), never matched or merged, and
 cut off before pooling. A merging block inside a bucket keeps its slot count: the r tokens it merges
-away become padding. Blocks with the same slots and the same r are then the same program, and the
-merge itself reads the real count from the sizes (data, not a constant), so XLA compiles it once.
+away become padding. The merge reads the real count from the sizes and takes r as data, so
+consecutive blocks with the same slots, rule and combine are one program (`shared_runs`), which the
+model runs as one lax.scan: traced and compiled once (BENCHMARKS.md section 22).
 
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
@@ -143,8 +144,9 @@ PADDED_RULES = {"tome": ("mean", "prune", "mlerp", "plain"), "pitome": ("plain",
 def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:
     """The plan's blocks as runs [start, end) of consecutive blocks that are one program: the same
     slot count in (`token_slots`), all merging by the same rule and combine (r and PiToMe's margin
-    may differ: they are data) or none merging, the same bias on the attention keys. The model runs a longer run as one lax.scan over the blocks'
-    stacked weights, so XLA compiles its block once (and traces it once). Blocks that cannot share
+    may differ: they are data) or none merging, the same bias on the attention keys. The model runs
+    a longer run as one lax.scan over the blocks' stacked weights, so XLA compiles its block once
+    (and JAX traces it once). Blocks that cannot share
     (other rules, the random metric: its draws are shaped by the exact count) are runs of one."""
     def program(i):
         op = plan.ops[i]
