@@ -251,7 +251,8 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                         "never timed)")
     p.add_argument("--tiered", action="store_true",
                    help="a merged plan answers first with one token bucket (compiles about as fast as the dense "
-                        "model) while its exact program compiles in the background, then with the exact one")
+                        "model) while its exact program compiles in the background, then with the exact one (a "
+                        "command that ends sooner waits for that compile before it exits)")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto",
                    help="einsum = matmuls and softmax as written; fused = jax.nn.dot_product_attention (cuDNN's "
                         "fused kernel on GPUs for bfloat16); auto = fused on GPU for bfloat16, else einsum")

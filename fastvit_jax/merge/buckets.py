@@ -3,11 +3,11 @@
 XLA compiles each distinct block shape anew (identical dense blocks compile once), and every block
 of a merged plan enters with its own token count: compile time grows with the number of merging
 blocks (BENCHMARKS.md section 18). With `Runtime(token_buckets=N)` a stretch of consecutive
-blocks whose rule has a padded form runs at N or fewer physical token counts ("slots"): real tokens first, in the
-exact order the unpadded model has them, then padded slots of size 0. A padded slot is masked out
-of attention (its key gets -inf: log(0) under proportional attention), never matched or merged, and
-cut off before pooling. A merging block inside a bucket keeps its slot count: the r tokens it merges
-away become padding. The merge reads the real count from the sizes and takes r as data, so
+blocks whose rule has a padded form runs at N or fewer physical token counts ("slots"): real
+tokens first, in the exact order the unpadded model has them, then padded slots of size 0. A
+padded slot is masked out of attention (its key gets -inf: log(0) under proportional attention),
+never matched or merged, and cut off before pooling. A merging block inside a bucket keeps its slot
+count: the r tokens it merges away become padding. The merge reads the real count from the sizes and takes r as data, so
 consecutive blocks with the same slots, rule and combine are one program (`shared_runs`), which the
 model runs as one lax.scan: traced and compiled once (BENCHMARKS.md section 22).
 

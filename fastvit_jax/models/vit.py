@@ -302,7 +302,7 @@ class Encoder(nn.Module):
 
     def scanned(self, start: int, end: int, slots: int, state: TokenState, merge_key, registers):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
-        stacked weights, each block's r and margin scanned values: XLA compiles and we trace the block once."""
+        stacked weights, each block's r and margin scanned values: traced and compiled once."""
         params = self.variables["params"]
         stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
                                                                     for i in range(start, end)))
