@@ -9,9 +9,10 @@ and tune. A MergePlan says what each block does; a Runtime says how the program 
                      one-hot matmuls: no sort, scatter or gather); auto = dense on TPU, else gather
   attention          "auto" | "einsum" (matmuls + softmax as written) | "fused"
                      (jax.nn.dot_product_attention: cuDNN's fused kernel on GPUs for bf16/fp16)
-  token_buckets      None (every block at its exact token count) | N: ToMe-style blocks run in at
-                     most N shared token counts per stretch, padded slots masked (merge/buckets.py):
-                     fewer distinct block shapes to compile, some FLOPs spent on padding
+  token_buckets      None (every block at its exact token count) | N: blocks whose rule has a
+                     padded form run in at most N shared token counts per stretch, padded slots
+                     masked, runs of one program scanned (merge/buckets.py): fewer distinct block
+                     programs to compile, some FLOPs spent on padding
   tiered             False | True: a merged plan answers with one bucket (blocks scanned: compiles
                      about as fast as the dense model) while its exact program compiles in a
                      background thread, then with the exact one (models/tiered.py)

@@ -7,14 +7,16 @@ blocks whose rule has a padded form runs at N or fewer physical token counts ("s
 tokens first, in the exact order the unpadded model has them, then padded slots of size 0. A
 padded slot is masked out of attention (its key gets -inf: log(0) under proportional attention),
 never matched or merged, and cut off before pooling. A merging block inside a bucket keeps its slot
-count: the r tokens it merges away become padding. The merge reads the real count from the sizes and takes r as data, so
-consecutive blocks with the same slots, rule and combine are one program (`shared_runs`), which the
-model runs as one lax.scan: traced and compiled once (BENCHMARKS.md section 22).
+count: the r tokens it merges away become padding. The merge reads the real count from the sizes
+and takes r as data, so consecutive blocks with the same slots, rule and combine are one program
+(`shared_runs`), which the model runs as one lax.scan: traced and compiled once (BENCHMARKS.md
+section 22).
 
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
-matching with its combines (ToMe, DFE, ToFu), PiToMe's and ATM's rules have padded forms; the
-others (MCTF, PPT, local windows, drop) run at their exact counts.
+matching with its combines (ToMe, DFE, ToFu) and the rules that declare padded slots
+(methods.Rule.padded: PiToMe's, ATM's) have padded forms; the others (MCTF, PPT, local windows,
+drop) run at their exact counts.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fastvit_jax.merge import bipartite, reducers
-from fastvit_jax.merge.methods import atm, pitome
+from fastvit_jax.merge import bipartite, methods, reducers
 from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
 def bucketable(op: BlockOp) -> bool:
-    """Whether a block can run on padded slots: it keeps every token, or merges globally by a rule
-    with a padded form (PADDED_RULES: ToMe's matching with any combine but MCTF's, PiToMe's, ATM's)."""
+    """Whether a block can run on padded slots: it keeps every token, or merges globally by ToMe's
+    matching or a rule that declares its padded slots (methods.Rule.padded), with a combine that
+    needs no attention (MCTF's does)."""
     if op.kind == "none" or op.r == 0:
         return True
-    return (op.kind == "global" and op.combine in PADDED_RULES.get(op.rule, ()) and not op.ahead
-            and not op.knobs)
+    padded_rule = op.rule == "tome" or methods.rule(op.rule).padded is not None
+    return op.kind == "global" and padded_rule and op.combine != "attn" and not op.ahead and not op.knobs
 
 
 def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:
@@ -77,6 +79,15 @@ def fewest_padded(counts: list[int], segments: int) -> list[tuple[int, int]]:
         out.append((i, cut[k][i]))
         i, k = cut[k][i], k - 1
     return out
+
+
+def key_bias_kind(plan: MergePlan, block: int, padded: bool) -> str | None:
+    """What a block's attention adds to its logits per key: "log" (log size, under proportional
+    attention once something merged; log 0 = -inf masks padded slots too), "mask" (padded slots,
+    `attention_mask`) or None (dense blocks stay bit-exact). merge/step.key_bias computes it."""
+    if plan.prop_attn and plan.merged_before(block):
+        return "log"
+    return "mask" if padded else None
 
 
 def attention_mask(state: TokenState) -> jax.Array:
@@ -125,20 +136,14 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
 
 def padded_reduce(state: TokenState, metric: jax.Array, *, rule: str, combine: str, r, margin, num_prefix: int
                   ) -> tuple[TokenState, jax.Array]:
-    """One example on P slots: PiToMe's step or ATM's size-distinctive step (merge/methods) among the
-    real tokens, r and the margin possibly traced. Padded tokens enter no energy, ranking or half;
-    their slots follow the real outputs. Returns (P slots, per-token scores)."""
+    """One example on P slots: a rule's padded slots (methods.Rule.padded: PiToMe's, ATM's) among
+    the real tokens, r and the margin possibly traced, then the combine. Padded tokens take part in
+    no ranking; their slots follow the real outputs. Returns (P slots, per-token scores)."""
     valid = state.size[num_prefix:] > 0
     real = jnp.sum(valid.astype(jnp.int32))
-    if rule == "pitome":
-        out_idx, merged, score = pitome.pitome_slots(metric, r, num_prefix=num_prefix, margin=margin, valid=valid,
-                                                     real=real)
-    else:
-        out_idx, merged, score = atm.atm_slots(metric, state.size, r, num_prefix=num_prefix, valid=valid, real=real)
+    out_idx, merged, score = methods.rule(rule).padded(metric, size=state.size, r=r, margin=margin,
+                                                       num_prefix=num_prefix, valid=valid, real=real)
     return reducers.combine(state, out_idx, merged, metric.shape[0], combine), score
-
-
-PADDED_RULES = {"tome": ("mean", "prune", "mlerp", "plain"), "pitome": ("plain",), "atm": ("mean",)}  # -> combines
 
 
 def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -152,9 +157,8 @@ def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]
         op = plan.ops[i]
         if not bucketable(op) or plan.metric == "random":
             return None
-        merging = op.kind != "none" and op.r > 0
-        bias = "log" if plan.prop_attn and plan.merged_before(i) else ("mask" if slots[i] > op.tokens_in else None)
-        return (slots[i], bias) + ((op.rule, op.combine) if merging else ())
+        merging = (op.rule, op.combine) if op.kind != "none" and op.r > 0 else ()
+        return (slots[i], key_bias_kind(plan, i, slots[i] > op.tokens_in)) + merging
 
     runs, start = [], 0
     for i in range(1, plan.depth + 1):

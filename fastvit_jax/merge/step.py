@@ -39,12 +39,12 @@ def attention_feature(op: BlockOp) -> Callable | None:
 
 
 def key_bias(plan: MergePlan, block: int, state: TokenState, padded: bool) -> jax.Array | None:
-    """What the block's attention adds to its logits per key (B, N): log(size) under proportional
-    attention once something merged (log 0 = -inf masks padded slots too), else the padding mask
-    where slots are padded (merge/buckets.py), else nothing (dense blocks stay bit-exact)."""
-    if plan.prop_attn and plan.merged_before(block):
+    """What the block's attention adds to its logits per key (B, N), as buckets.key_bias_kind says:
+    log(size), the padding mask where slots are padded (merge/buckets.py), or nothing."""
+    kind = buckets.key_bias_kind(plan, block, padded)
+    if kind == "log":
         return jnp.log(state.size)
-    return buckets.attention_mask(state) if padded else None
+    return buckets.attention_mask(state) if kind == "mask" else None
 
 
 def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int, merge_key,

@@ -59,9 +59,6 @@ class TieredForward:
                 self._compiled[key] = _WORKER.submit(lambda: self.exact.lower(*shapes).compile())
             return self._compiled[key]
 
-    def exact_ready(self, *args) -> bool:
-        return self.compiling(*args).done()
-
     def lower(self, *args, **kw):
         return self.exact.lower(*args, **kw)
 

@@ -289,13 +289,12 @@ class Encoder(nn.Module):
         if self.runtime.token_buckets and not self.is_mutable_collection("intermediates"):  # observing: per block
             runs = buckets.shared_runs(self.plan, slots)
         for start, end in runs:
-            blocks = [Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i], name=f"encoderblock_{i}")
-                      for i in range(start, end)]
-            if len(blocks) == 1 or self.is_initializing():
-                for block in blocks:
-                    state, registers = block(state, merge_key, registers)
-            else:
+            if end - start > 1 and not self.is_initializing():  # init creates each block's weights
                 state, registers = self.scanned(start, end, slots[start], state, merge_key, registers)
+            else:
+                for i in range(start, end):
+                    state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i],
+                                                      name=f"encoderblock_{i}")(state, merge_key, registers)
             state = buckets.cut(state, slots[end])
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)

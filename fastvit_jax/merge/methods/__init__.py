@@ -13,8 +13,9 @@ A Rule is how a global block pairs tokens: `slots(metric, op, *, size, attention
 distill_token)` -> (out_idx, merged, score) on one example, combined by merge/reducers.py (or a
 whole `reduce(state, metric, attention, *, op, num_prefix, distill_token)` -> (state, score) for a
 rule that is not pairs-then-combine), the per-token feature it reads from the block's attention
-(`attention_feature(weights (B, H, N, N), values (B, H, N, Dh))` -> (B, N)), and the
-multiply-accumulates of its matching (`match_macs`).
+(`attention_feature(weights (B, H, N, N), values (B, H, N, Dh))` -> (B, N)), the
+multiply-accumulates of its matching (`match_macs`), and optionally its slots on padded tokens
+(`padded`, for token buckets).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Rule:
     match_macs: Callable[[int, int, int], int]  # (tokens in, prefix tokens, metric width) -> MACs
     attention_feature: Callable | None = None  # (weights, values) -> (B, N): what the rule reads of the attention
     reduce: Callable | None = None  # the whole step, for rules that are not slots + combine
+    # slots on padded tokens (merge/buckets.py): (metric, *, size, r, margin, num_prefix, valid, real)
+    # -> (out_idx, merged, score), r and margin possibly traced; None: the rule runs at exact counts
+    padded: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
