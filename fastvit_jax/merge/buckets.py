@@ -21,8 +21,11 @@ drop) run at their exact counts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastvit_jax.merge import bipartite, methods, reducers
 from fastvit_jax.merge.plan import BlockOp, MergePlan
@@ -45,17 +48,23 @@ def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:
     None: the exact counts. N: each maximal stretch of bucketable blocks is cut into at most N
     segments, each run at the count entering its first block, the cut that pads the fewest slots."""
     counts = [op.tokens_in for op in plan.ops]
+    return bucket_counts(counts, [bucketable(op) for op in plan.ops], buckets) + (plan.final_tokens,)
+
+
+def bucket_counts(counts: list[int], padded: list[bool], buckets: int | None) -> tuple[int, ...]:
+    """`counts` with each maximal stretch where `padded` holds cut into at most `buckets` segments
+    (`fewest_padded`), each at its first count; the rest as they are."""
     slots = list(counts)
     if buckets:
         i = 0
         while i < len(counts):
             j = i
-            while j < len(counts) and bucketable(plan.ops[j]):
+            while j < len(counts) and padded[j]:
                 j += 1
             for start, end in fewest_padded(counts[i:j], buckets):
                 slots[i + start:i + end] = [counts[i + start]] * (end - start)
             i = max(j, i + 1)
-    return tuple(slots) + (plan.final_tokens,)
+    return tuple(slots)
 
 
 def fewest_padded(counts: list[int], segments: int) -> list[tuple[int, int]]:
@@ -146,26 +155,96 @@ def padded_reduce(state: TokenState, metric: jax.Array, *, rule: str, combine: s
     return reducers.combine(state, out_idx, merged, metric.shape[0], combine), score
 
 
-def shared_runs(plan: MergePlan, slots: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The plan's blocks as runs [start, end) of consecutive blocks that are one program: the same
-    slot count in (`token_slots`), all merging by the same rule and combine (r and PiToMe's margin
-    may differ: they are data) or none merging, the same bias on the attention keys. The model runs
-    a longer run as one lax.scan over the blocks' stacked weights, so XLA compiles its block once
-    (and JAX traces it once). Blocks that cannot share
-    (other rules, the random metric: its draws are shaped by the exact count) are runs of one."""
-    def program(i):
-        op = plan.ops[i]
-        if not bucketable(op) or plan.metric == "random":
-            return None
-        merging = (op.rule, op.combine) if op.kind != "none" and op.r > 0 else ()
-        return (slots[i], key_bias_kind(plan, i, slots[i] > op.tokens_in)) + merging
+def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tuple | None:
+    """What makes a padded block one program with another (`shared_runs`): its slot count, the bias
+    on its attention keys, and the rule and combine it merges by (r and PiToMe's margin are data).
+    None: a block that runs at its exact count (no padded form, or the random metric, whose draws
+    are shaped by the exact count)."""
+    op = plan.ops[block]
+    if not bucketable(op) or plan.metric == "random":
+        return None
+    merging = (op.rule, op.combine) if op.kind != "none" and op.r > 0 else ()
+    return (slots, key_bias_kind(plan, block, padded)) + merging
 
+
+def shared_runs(plan: MergePlan, slots: tuple[int, ...], padded: tuple[bool, ...] | None = None
+                ) -> list[tuple[int, int]]:
+    """The plan's blocks as runs [start, end) of consecutive blocks that are one program
+    (`block_program`): the same slot count in (`token_slots`), all merging by the same rule and
+    combine or none merging, the same bias on the attention keys. The model runs a longer run as one
+    lax.scan over the blocks' stacked weights, so XLA compiles its block once (and JAX traces it
+    once). padded: per block, whether its slots hold padding (default: more slots than tokens)."""
+    padded = padded or tuple(s > op.tokens_in for s, op in zip(slots, plan.ops))
+    program = lambda i: block_program(plan, i, slots[i], padded[i])
     runs, start = [], 0
     for i in range(1, plan.depth + 1):
         if i == plan.depth or program(i) is None or program(i) != program(start):
             runs.append((start, i))
             start = i
     return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a forward's tokens sit: the slots entering each block and after the last (depth + 1),
+    whether each holds padding (depth + 1: the last for pooling), and per block the largest r the
+    padded ToMe merge must rank (its static top_k). `layout(plan, buckets)` is one plan's;
+    `shared_layout` covers every plan of one `program_key`, which then run as one program,
+    each member's r and margin handed in as data (`schedule`)."""
+
+    slots: tuple[int, ...]
+    padded: tuple[bool, ...]
+    r_max: tuple[int, ...]
+
+
+def layout(plan: MergePlan, buckets: int | None) -> Layout:
+    """One plan's layout: `token_slots`, padded where slots exceed the plan's count, its own r."""
+    slots = token_slots(plan, buckets)
+    counts = [op.tokens_in for op in plan.ops] + [plan.final_tokens]
+    return Layout(slots, tuple(s > c for s, c in zip(slots, counts)), tuple(merged_r(op) for op in plan.ops))
+
+
+def merged_r(op: BlockOp) -> int:
+    return op.r if op.kind != "none" else 0
+
+
+def program_key(plan: MergePlan) -> tuple:
+    """What stays of a plan's program once its padded blocks' r and margins are data: plans with
+    equal keys run as one program on a `shared_layout`. A block without a padded form stays whole
+    (its counts included), as does a plan on the random metric (nothing shared)."""
+    if plan.metric == "random":
+        return ("plan", plan)
+
+    def block(op):
+        if not bucketable(op):
+            return op
+        return (op.kind, op.rule, op.combine, op.kind != "none" and op.r > 0)
+
+    return (plan.metric, plan.prop_attn, plan.num_prefix, plan.distill_token, plan.track_source,
+            plan.patch_grid) + tuple(block(op) for op in plan.ops)
+
+
+def shared_layout(plans: list[MergePlan], buckets: int) -> Layout:
+    """One layout for plans of one `program_key`: each block's slots cover every member's count
+    (the largest, cut into at most `buckets` segments per stretch as `token_slots` cuts one plan's),
+    padded wherever some member has fewer tokens than slots; r_max the largest r of any member."""
+    keys = {program_key(p) for p in plans}
+    if len(keys) != 1:
+        raise ValueError(f"plans of {len(keys)} program keys share no layout")
+    first = plans[0]
+    envelope = [max(p.ops[i].tokens_in for p in plans) for i in range(first.depth)]
+    slots = bucket_counts(envelope, [bucketable(op) for op in first.ops], buckets)
+    slots += (max(p.final_tokens for p in plans),)
+    padded = tuple(any(s > c for c in counts) for s, counts in
+                   zip(slots, zip(*([op.tokens_in for op in p.ops] + [p.final_tokens] for p in plans))))
+    r_max = tuple(max(merged_r(p.ops[i]) for p in plans) for i in range(first.depth))
+    return Layout(slots, padded, r_max)
+
+
+def schedule(plan: MergePlan) -> dict:
+    """A plan's per-block data on its shared program: r and PiToMe's margin (numpy, depth each)."""
+    return {"r": np.asarray([merged_r(op) for op in plan.ops], np.int32),
+            "margin": np.asarray([op.margin for op in plan.ops], np.float32)}
 
 
 def cut(state: TokenState, slots: int) -> TokenState:

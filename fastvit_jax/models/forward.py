@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fastvit_jax.config import ViTConfig
+from fastvit_jax.merge.buckets import Layout
 from fastvit_jax.merge.plan import MergePlan
 from fastvit_jax.models.tiered import TieredForward
 from fastvit_jax.models.vit import VisionTransformer
@@ -45,23 +46,26 @@ def in_steps(fn, images, merge_key, per_step: int | None):
 # ~1700 memory maps on XLA:CPU (more for deeper models); 64 of them passed the kernel's 65530-map
 # limit and compiling failed with "Cannot allocate memory" in long sweeps and tunes.
 @lru_cache(maxsize=8)
-def make_forward(config: ViTConfig, plan: MergePlan | None = None, runtime: Runtime = Runtime()):
-    """jit(params, images[, merge_key]) -> logits for this config and plan, run as `runtime` says
-    (dtype, examples per step, merge and attention implementations; see fastvit_jax.runtime).
-    Logits depend on the runtime only through float rounding (and the dtype).
-    runtime.tiered (a merged plan at exact counts): a TieredForward (models/tiered.py)."""
-    if runtime.tiered:
+def make_forward(config: ViTConfig, plan: MergePlan | None = None, runtime: Runtime = Runtime(),
+                 layout: Layout | None = None):
+    """jit(params, images[, merge_key[, schedule]]) -> logits for this config and plan, run as
+    `runtime` says (dtype, examples per step, merge and attention implementations; see
+    fastvit_jax.runtime). Logits depend on the runtime only through float rounding (and the dtype).
+    runtime.tiered (a merged plan at exact counts): a TieredForward (models/tiered.py).
+    layout: a shared one (merge/buckets.shared_layout): one program for every plan of `plan`'s
+    program_key, called with a plan's schedule (buckets.schedule) to compute that plan."""
+    if runtime.tiered and layout is None:
         exact = make_forward(config, plan, runtime.replace(tiered=False))
         if plan is None or plan.is_dense or runtime.token_buckets:
             return exact
         return TieredForward(make_forward(config, plan, runtime.replace(tiered=False, token_buckets=1)), exact)
     runtime = runtime.resolved(config)
-    model = VisionTransformer(config, plan, runtime)
+    model = VisionTransformer(config, plan, runtime, layout)
 
     @jax.jit
-    def forward(params, images, merge_key=None):
+    def forward(params, images, merge_key=None, schedule=None):
         key = jax.random.PRNGKey(0) if merge_key is None else merge_key
-        return in_steps(lambda x, k: model.apply({"params": params}, x, merge_key=k), images, key,
-                        runtime.examples_per_step)
+        return in_steps(lambda x, k: model.apply({"params": params}, x, merge_key=k, schedule=schedule), images,
+                        key, runtime.examples_per_step)
 
     return forward

@@ -167,7 +167,8 @@ class Encoder1DBlock(nn.Module):
     plan: MergePlan
     index: int
     runtime: Runtime = Runtime()  # resolved: no "auto" left
-    slots: int = 0  # token slots entering the block (merge/buckets.py); more than the plan's count: padded
+    bucketed: bool = False  # the tokens sit in slots the merge keeps (merge/buckets.py)
+    padded: bool = False  # some slots hold padding, masked out of attention
 
     @property
     def dtype(self):
@@ -186,8 +187,7 @@ class Encoder1DBlock(nn.Module):
         # float32 out: the projections cast it to dtype, the merge feature reads it as it is
         norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="LayerNorm_0")
         y = norm(with_registers(state.x, registers))
-        bucketed = bool(self.runtime.token_buckets) and buckets.bucketable(op)
-        size_log = step.key_bias(self.plan, self.index, state, padded=self.slots > op.tokens_in)
+        size_log = step.key_bias(self.plan, self.index, state, padded=self.padded)
         if size_log is not None and registers is not None:  # a register stands for itself: log 1 = 0
             size_log = with_registers(size_log, jnp.zeros(registers.shape[:2], size_log.dtype))
         mha = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
@@ -201,7 +201,7 @@ class Encoder1DBlock(nn.Module):
         inputs = step.BlockInputs(state, attn, {**feats, "x_pre": y},
                                   reattend=lambda merged, weights: ls1(mha(norm(merged.x), weights=weights)[0]))
         state, observed = step.block_step(op, self.plan, inputs, block=self.index, merge_key=merge_key,
-                                          impl=self.runtime.merge_impl, bucketed=bucketed, shared=shared)
+                                          impl=self.runtime.merge_impl, bucketed=self.bucketed, shared=shared)
         for name, value in observed.items():  # read back by `observe`
             self.sow("intermediates", name, value)
         x = with_registers(state.x, registers)
@@ -250,28 +250,32 @@ class MAPHead(nn.Module):
         return y[:, 0]
 
 
-def pool_tokens(config: ViTConfig, plan: MergePlan, state: TokenState, dtype: Dtype):
+def pool_tokens(config: ViTConfig, plan: MergePlan, state: TokenState, dtype: Dtype, padded: bool = False):
     """The image's feature from the final tokens. After merging, the mean weighs each token by the
-    patches it holds (as ToMe pools its global-pool models); before, it is the plain mean."""
+    patches it holds (as ToMe pools its global-pool models); before, it is the plain mean. padded:
+    some final slots are padding (size 0: no weight in the mean, masked out of MAP's attention)."""
     x, merged = state.x, plan.merged_before(config.depth)
     if config.pool == "tok":  # distilled: the mean of both tokens, timm's pre-logits feature
         return (x[:, 0] + x[:, 1]) / 2 if config.distilled else x[:, 0]
     if config.pool == "gap":
-        if not merged:
+        if not merged and not padded:
             return jnp.mean(x, axis=1)
         weights = state.size / jnp.sum(state.size, axis=1, keepdims=True)
         return jnp.einsum("bnd,bn->bd", x.astype(jnp.float32), weights).astype(x.dtype)
-    return MAPHead(config, dtype, name="MAPHead_0")(x, jnp.log(state.size) if merged and plan.prop_attn else None)
+    bias = jnp.log(state.size) if merged and plan.prop_attn else buckets.attention_mask(state) if padded else None
+    return MAPHead(config, dtype, name="MAPHead_0")(x, bias)
 
 
 class Encoder(nn.Module):
     config: ViTConfig
     plan: MergePlan
     runtime: Runtime = Runtime()
+    layout: buckets.Layout | None = None  # a shared program's (merge/buckets.shared_layout): r, margin as data
 
     @nn.compact
-    def __call__(self, x, merge_key, registers=None):
-        """x: (B, prefix + patches, D) embedded tokens; registers: (B, R, D) or None."""
+    def __call__(self, x, merge_key, registers=None, schedule=None):
+        """x: (B, prefix + patches, D) embedded tokens; registers: (B, R, D) or None. schedule: with a
+        shared layout, this plan's {"r", "margin"} per block (buckets.schedule), else None."""
         cfg = self.config
         if cfg.posemb == "learn" and cfg.posemb_prefix:
             x = AddPositionEmbs(name="posembed_input")(x)
@@ -284,36 +288,44 @@ class Encoder(nn.Module):
             pre = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="pre_norm")
             x, registers = pre(x), None if registers is None else pre(registers)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
-        slots = buckets.token_slots(self.plan, self.runtime.token_buckets)
+        shared = self.layout is not None
+        layout = self.layout or buckets.layout(self.plan, self.runtime.token_buckets)
+        slots, padded = layout.slots, layout.padded
+        bucketed = [bool(self.runtime.token_buckets or shared) and buckets.bucketable(op) for op in self.plan.ops]
         runs = [(i, i + 1) for i in range(cfg.depth)]
-        if self.runtime.token_buckets and not self.is_mutable_collection("intermediates"):  # observing: per block
-            runs = buckets.shared_runs(self.plan, slots)
+        if (self.runtime.token_buckets or shared) and not self.is_mutable_collection("intermediates"):
+            runs = buckets.shared_runs(self.plan, slots, padded)  # observing: per block
         for start, end in runs:
-            if end - start > 1 and not self.is_initializing():  # init creates each block's weights
-                state, registers = self.scanned(start, end, slots[start], state, merge_key, registers)
-            else:
+            shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
+            if shares and (end - start > 1 or schedule is not None) and not self.is_initializing():
+                state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule)
+            else:  # init creates each block's weights
                 for i in range(start, end):
-                    state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, slots[i],
+                    state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, bucketed[i], padded[i],
                                                       name=f"encoderblock_{i}")(state, merge_key, registers)
             state = buckets.cut(state, slots[end])
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
 
-    def scanned(self, start: int, end: int, slots: int, state: TokenState, merge_key, registers):
+    def scanned(self, start: int, end: int, layout: buckets.Layout, state: TokenState, merge_key, registers,
+                schedule=None):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
-        stacked weights, each block's r and margin scanned values: traced and compiled once."""
+        stacked weights, each block's r and margin scanned values (the plan's, or the schedule's):
+        traced and compiled once."""
         params = self.variables["params"]
         stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
                                                                     for i in range(start, end)))
-        ops = [self.plan.ops[i] for i in range(start, end)]
-        rs = [op.r if op.kind != "none" else 0 for op in ops]
-        values = {"r": jnp.asarray(rs, jnp.int32), "margin": jnp.asarray([op.margin for op in ops], jnp.float32)}
-        block = Encoder1DBlock(self.config, self.plan, start, self.runtime, slots)
+        if schedule is None:
+            schedule = buckets.schedule(self.plan)
+        values = {"r": jnp.asarray(schedule["r"][start:end], jnp.int32),
+                  "margin": jnp.asarray(schedule["margin"][start:end], jnp.float32)}
+        r_max = max(layout.r_max[start:end])
+        block = Encoder1DBlock(self.config, self.plan, start, self.runtime, True, layout.padded[start])
 
         def body(carry, xs):
             weights, shared = xs
             return block.apply({"params": weights}, carry[0], merge_key, carry[1],
-                               shared={**shared, "r_max": max(rs)}), None
+                               shared={**shared, "r_max": r_max}), None
 
         (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, values))
         return state, registers
@@ -330,18 +342,22 @@ class VisionTransformer(nn.Module):
     merge_key: PRNG key for the `random` metric (defaults to PRNGKey(0): reproducible).
     return_state: also return the final TokenState: the per-token features after encoder_norm
     (unpooled), their sizes, positions and (plan.track_source) the patches each holds.
+    layout (merge/buckets.shared_layout) with schedule (buckets.schedule(member)): one program for
+    plans of one buckets.program_key, each plan's r and margins given as data; its logits are that plan's
+    within rounding, padded slots included in a returned state.
     """
 
     config: ViTConfig
     plan: MergePlan | None = None
     runtime: Runtime = Runtime()  # how it runs (dtype, merge and attention implementations)
+    layout: buckets.Layout | None = None  # shared by plans that differ in r (buckets.program_key)
 
     @property
     def dtype(self):
         return jnp.dtype(self.runtime.dtype)
 
     @nn.compact
-    def __call__(self, images, *, merge_key=None, return_state: bool = False):
+    def __call__(self, images, *, merge_key=None, return_state: bool = False, schedule=None):
         cfg = self.config
         runtime = self.runtime if "auto" not in dataclasses.astuple(self.runtime) else self.runtime.resolved(cfg)
         plan = self.plan or dense_plan(cfg)
@@ -369,8 +385,8 @@ class VisionTransformer(nn.Module):
         # The residual stream, and so every merge's weighted mean, stays float32 whatever the dtype:
         # only the branches (attention, MLP) compute in it (BENCHMARKS.md section 13).
         x = x.astype(jnp.float32)
-        state = Encoder(cfg, plan, runtime, name="Transformer")(x, merge_key, registers)
-        x = pool_tokens(cfg, plan, state, self.dtype)
+        state = Encoder(cfg, plan, runtime, self.layout, name="Transformer")(x, merge_key, registers, schedule)
+        x = pool_tokens(cfg, plan, state, self.dtype, padded=self.layout is not None and self.layout.padded[-1])
         if cfg.pre_logits:
             x = jnp.tanh(nn.Dense(cfg.pre_logits, dtype=self.dtype, name="pre_logits")(x))
         if cfg.num_classes and cfg.distilled:  # timm's eval: the mean of the class and distillation heads

@@ -28,7 +28,7 @@ from fastvit_jax.util.lock import exclusive
 from fastvit_jax.studies.evaluate import topk_correct
 from fastvit_jax.merge.flops import gflops
 from fastvit_jax.models.forward import make_forward
-from fastvit_jax.merge import methods
+from fastvit_jax.merge import buckets, methods
 from fastvit_jax.merge.options import MergeOptions
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.studies.recorded import check_settings
@@ -99,6 +99,54 @@ def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, b
     return np.concatenate(out)
 
 
+class Programs:
+    """The compiled program each candidate runs. With token buckets, candidates whose plans differ
+    only in r and margins (one merge/buckets.program_key) share one program on a layout covering all
+    of them, each called with its own schedule: such a group compiles once for both stages."""
+
+    def __init__(self, config, params, example, runtime: Runtime):
+        self.config, self.params, self.example, self.runtime = config, params, example, runtime
+        self.groups: dict = {}  # program key -> (first plan, shared layout or None)
+        self.compiled: dict = {}  # program key -> executable, held while a stage still needs it
+
+    def group_programs(self, options: list[MergeOptions]) -> None:
+        members: dict = {}
+        for o in options:
+            members.setdefault(self.key(o), []).append(make_plan(self.config, o))
+        for key, plans in members.items():
+            layout = buckets.shared_layout(plans, self.runtime.token_buckets) if self.shared(key) else None
+            self.groups[key] = (plans[0], layout)
+
+    def shared(self, key) -> bool:
+        return bool(self.runtime.token_buckets) and key[0] != "plan"
+
+    def key(self, options: MergeOptions):
+        plan = make_plan(self.config, options)
+        return buckets.program_key(plan) if self.runtime.token_buckets else ("plan", plan)
+
+    def build(self, key):
+        plan, layout = self.groups[key]
+        forward = make_forward(self.config, plan, self.runtime, layout)
+        if layout is None:
+            return forward.lower(self.params, self.example).compile()
+        return forward.lower(self.params, self.example, None, buckets.schedule(plan)).compile()
+
+    def keep(self, keys: list) -> None:
+        """Free the programs no longer needed (each compiled ViT holds memory maps: models/forward.py)."""
+        self.compiled = {k: v for k, v in self.compiled.items() if k in keys}
+
+    def forward(self, options: MergeOptions, ahead: CompileAhead):
+        """(params, images) -> logits of this candidate's plan."""
+        key = self.key(options)
+        if key not in self.compiled:
+            self.compiled[key] = ahead.get(key)
+        program = self.compiled[key]
+        if self.groups[key][1] is None:
+            return program
+        schedule = buckets.schedule(make_plan(self.config, options))
+        return lambda params, images: program(params, images, None, schedule)
+
+
 class Results:
     """OUT.tune/results.jsonl: per-image top-1 of (stage, options), appended as each finishes."""
 
@@ -146,13 +194,13 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
     pick = np.unique(np.linspace(0, len(images) - 1, settings["subset"]).round().astype(int))
 
     example = jax.ShapeDtypeStruct((batch_size,) + images.shape[1:], images.dtype)
-    build = lambda o: make_forward(config, make_plan(config, o), runtime).lower(params, example).compile()
+    programs = Programs(config, params, example, runtime)
 
     def score(stage: str, options: MergeOptions, bar, ahead: CompileAhead) -> np.ndarray:
         got = results.get(stage, options)
         if got is None:
             bar.set_postfix_str(f"compiling {describe(options)}")
-            forward = ahead.get(options)
+            forward = programs.forward(options, ahead)
             bar.set_postfix_str(f"evaluating {describe(options)}"
                                 + (f" (compiling {ahead.in_flight()} ahead)" if ahead.in_flight() else ""))
             idx = pick if stage == "subset" else slice(None)
@@ -162,10 +210,11 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
         return got
 
     def score_all(stage: str, todo: list[MergeOptions], desc: str) -> dict:
-        """Each plan's scores; the next plans compile (compile_ahead of them) while one is evaluated."""
+        """Each plan's scores; the next programs compile (compile_ahead of them) while one is evaluated."""
         missing = [o for o in todo if results.get(stage, o) is None]
+        programs.keep([programs.key(o) for o in missing])
         with tqdm(total=len(todo), desc=desc, unit="plan", disable=not progress) as bar, \
-                CompileAhead(build, missing, compile_ahead) as ahead:
+                CompileAhead(programs.build, [programs.key(o) for o in missing], compile_ahead) as ahead:
             return {o: score(stage, o, bar, ahead) for o in todo}
 
     # ToMe is scored with the candidates even when --metrics leaves out its metric: every row
@@ -176,6 +225,7 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
         raise FastViTError(f"no candidate meets {target_gflops:.3f} GFLOPs that ToMe (the reference) can also "
                            f"meet: {e}") from None
     scored = list(dict.fromkeys(found + [reference]))
+    programs.group_programs(scored)
     cost = {o: gflops(config, make_plan(config, o)) for o in scored}
     first = score_all("subset", scored, "tune: subset")
     ranked = sorted(found, key=lambda o: (-first[o].mean(), cost[o]))
