@@ -102,3 +102,17 @@ def test_shared_program_pools_past_padding(pool):
     for plan in plans:
         np.testing.assert_allclose(forward(params, images, None, buckets.schedule(plan)),
                                    make_forward(config, plan)(params, images), atol=2e-5, rtol=1e-5)
+
+
+def test_an_images_logits_do_not_depend_on_its_batch():
+    """tune's stage 2 reuses stage 1's results for the subset's images: the same program gives an
+    image the same logits, bit for bit, whatever else its batch holds and wherever it sits."""
+    params = checkpoint.unflatten(google_checkpoint(DEEP, seed=3))
+    images = jnp.asarray(np.random.default_rng(2).standard_normal((6, 32, 32, 3)), jnp.float32)
+    plans = [make_plan(DEEP, o) for o in GROUPS["pitome"]]
+    forward = make_forward(DEEP, plans[0], Runtime(token_buckets=1, examples_per_step=2),
+                           buckets.shared_layout(plans, 1))
+    schedule = buckets.schedule(plans[1])
+    first = np.asarray(forward(params, images[:4], None, schedule))
+    other = np.asarray(forward(params, images[jnp.asarray([5, 3, 0, 4])], None, schedule))
+    np.testing.assert_array_equal(other[[1, 2]], first[[3, 0]])

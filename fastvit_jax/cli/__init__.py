@@ -36,7 +36,7 @@ from fastvit_jax.util.report import format_table
 from fastvit_jax.studies.sharpness import measure
 from fastvit_jax.studies.sweep import remeasure_speed, run_sweep
 from fastvit_jax.studies.train import train
-from fastvit_jax.search.tune import SEARCH_SPACE, TUNE_TOKEN_BUCKETS, tune, tune_summary
+from fastvit_jax.search.tune import SEARCH_SPACE, tune, tune_summary, tune_token_buckets
 from fastvit_jax.studies.visualize import paint_plans
 from fastvit_jax.checkpoints.augreg import COLUMNS, index
 from fastvit_jax.search import calibrate
@@ -404,7 +404,7 @@ def cmd_tune(args):
     if (args.target_gflops is None) == (args.target_speedup is None):
         raise FastViTError("fastvit tune needs one budget: --target-gflops X or --target-speedup X")
     if args.token_buckets is None:  # scored, never timed: fewer programs to compile beat padded FLOPs
-        args.token_buckets = TUNE_TOKEN_BUCKETS
+        args.token_buckets = tune_token_buckets()
     model = arguments.load_model(args)
     target = args.target_gflops or model.gflops / args.target_speedup
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or [None]

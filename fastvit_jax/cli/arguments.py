@@ -248,8 +248,8 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="run blocks whose rule has a padded form (ToMe, DFE, ToFu, PiToMe, ATM) at N or fewer "
                         "shared token counts, padded slots masked, alike blocks as one scanned program: the same "
                         "merges and logits (within rounding), fewer block programs to compile, FLOPs spent on "
-                        "padding. Default: none (every block at its exact count); tune: 1 (its plans are scored, "
-                        "never timed)")
+                        "padding. Default: none (every block at its exact count); tune: 3 on CPU, 1 elsewhere "
+                        "(its plans are scored, never timed; plans differing only in r share one program)")
     p.add_argument("--tiered", action="store_true",
                    help="a merged plan answers first with one token bucket (compiles about as fast as the dense "
                         "model) while its exact program compiles in the background, then with the exact one (a "

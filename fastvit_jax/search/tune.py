@@ -3,7 +3,8 @@
 Candidates are every method in the search space with each combination of its knobs; each gets the
 smallest r whose plan meets the budget (analytic GFLOPs, so a candidate costs nothing to place).
 Stage 1 scores every candidate on an evenly spread subset of the calibration images; stage 2 scores
-the best few (and ToMe, the reference) on all of them. The winner has the highest stage-2 top-1.
+the best few (and ToMe, the reference) on all of them, running only the images stage 1 did not (an
+image's result does not depend on the batch it ran in). The winner has the highest stage-2 top-1.
 
 Per-image results are appended to OUT.tune/results.jsonl as each candidate finishes, next to
 OUT.tune/settings.json (weights, images, preprocessing, runtime): a rerun with the same settings
@@ -43,9 +44,14 @@ def search_space() -> dict:
 
 
 SEARCH_SPACE = search_space()  # the built-in methods' (the CLI's default --methods)
-# The CLI's default runtime.token_buckets for tune: candidates are scored, never timed, and most of an
-# unpadded candidate's time is compiling its twelve block shapes (BENCHMARKS.md section 18).
-TUNE_TOKEN_BUCKETS = 1
+def tune_token_buckets(backend: str | None = None) -> int:
+    """The CLI's default runtime.token_buckets for tune: candidates are scored, never timed, and
+    those differing only in r share one program (Programs). On CPU, where scoring dominates, three
+    buckets (fewer padded FLOPs) beat one; on accelerators compiling dominates: one (BENCHMARKS.md
+    section 23)."""
+    return 3 if (backend or jax.default_backend()) == "cpu" else 1
+
+
 REFERENCE = MergeOptions("tome", skip=0)  # the paired differences are against ToMe at the same budget
 
 
@@ -203,8 +209,15 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
             forward = programs.forward(options, ahead)
             bar.set_postfix_str(f"evaluating {describe(options)}"
                                 + (f" (compiling {ahead.in_flight()} ahead)" if ahead.in_flight() else ""))
-            idx = pick if stage == "subset" else slice(None)
-            got = correct_per_image(forward, params, images[idx], labels[idx], batch_size)
+            if stage == "subset":
+                got = correct_per_image(forward, params, images[pick], labels[pick], batch_size)
+            else:  # the subset's images were scored by the same program in stage 1: only the rest run
+                got = np.zeros(len(images), bool)
+                known = results.get("subset", options)
+                todo = np.setdiff1d(np.arange(len(images)), pick) if known is not None else np.arange(len(images))
+                if known is not None:
+                    got[pick] = known
+                got[todo] = correct_per_image(forward, params, images[todo], labels[todo], batch_size)
             results.put(stage, options, got)
         bar.update(1)
         return got
