@@ -134,15 +134,35 @@ def test_calibration_counts_pairs_above_the_threshold(tiny):
 
 
 def test_calibration_thresholds_are_arguments_of_one_program(tiny):
-    """A plan's counting program is compiled once and serves every alpha of a bisection (the
-    thresholds are data); its counts still follow each alpha (block 0 against numpy)."""
+    """One counting program is compiled once and serves every alpha of a bisection and every
+    schedule of the fixed point (both are data); its counts still follow each alpha (block 0
+    against numpy)."""
     flat, params, images = tiny
-    plan = make_plan(TINY, MergeOptions("atm", r_list=(0,) * 4))
-    run = calibrate._count_runner(TINY, plan, TINY.depth, Runtime())
+    run = calibrate._count_runner(TINY, MergeOptions("atm"), TINY.depth, Runtime())
     for alpha in (0.3, 0.6):
-        counts = np.asarray(run(params, images, np.full(4, alpha, np.float32)))
-        np.testing.assert_array_equal(counts[0], _block0_counts(flat, images, alpha))
+        for r_list in ((0,) * 4, (5, 3, 0, 2)):
+            counts = np.asarray(run(params, images, np.full(4, alpha, np.float32), np.asarray(r_list, np.int32)))
+            np.testing.assert_array_equal(counts[0], _block0_counts(flat, images, alpha))
     assert run._cache_size() == 1
+
+
+@pytest.mark.parametrize("method,split", [("atm", 2), ("tome", 4)])
+def test_shared_counting_program_counts_as_the_exact_plan(tiny, method, split):
+    """The shared program (every slot kept, r as data) counts what each schedule's own exact plan
+    counts, block by block: ToMe's halves and ATM's size-distinctive ones past merged tokens."""
+    from fastvit_jax.models.vit import VisionTransformer, observe
+
+    _, params, images = tiny
+    base = MergeOptions(method, size_split=split) if method == "atm" else MergeOptions(method)
+    theta = np.asarray(atm.thresholds(4, 0.6, 0.2, 0.1), np.float32)
+    run = calibrate._count_runner(TINY, base, split, Runtime())
+    for r_list in ((6, 4, 3, 2), (0, 8, 0, 5)):
+        plan = make_plan(TINY, base.replace(r_list=r_list))
+        _, blocks = jax.jit(lambda p, x: observe(VisionTransformer(TINY, plan), p, x))(params, images)
+        want = np.stack([calibrate.pair_counts(blocks[i]["metric"], blocks[i]["size"], theta[i], num_prefix=1,
+                                               distill_token=False, size_distinctive=i >= split) for i in range(4)])
+        got = run(params, images, theta, np.asarray(r_list, np.int32))
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.slow

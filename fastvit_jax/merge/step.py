@@ -52,7 +52,8 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
     """The tokens after the attention residual and this block's merge (the MLP follows), and what the
     block observed: x_pre, x_attn, x_post, the merge feature ("metric") and sizes, merged_similarity.
     bucketed: the tokens sit in padded slots (merge/buckets.py); the merge keeps the slot count, and
-    what is observed is cut to the real tokens. shared: a scanned block's r, margin, r_max (apply_op)."""
+    what is observed is cut to the real tokens. shared: a block's r, margin, r_max as data (apply_op),
+    in a scanned run or a shared program; the latter observes every slot (its real count is data)."""
     feats, state = dict(inputs.features), inputs.state
     feats["x"] = state.x
     real = op.tokens_in
@@ -80,6 +81,6 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
                                      padded=bucketed, shared=shared)
         if merged_sim is not None:
             observed["merged_similarity"] = merged_sim
-    if bucketed:
+    if bucketed and shared is None:  # a shared program's real count is data: it observes every slot
         observed = {k: v if k == "merged_similarity" else v[:, :real] for k, v in observed.items()}
     return state, observed

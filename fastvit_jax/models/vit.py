@@ -297,12 +297,15 @@ class Encoder(nn.Module):
             runs = buckets.shared_runs(self.plan, slots, padded)  # observing: per block
         for start, end in runs:
             shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
-            if shares and (end - start > 1 or schedule is not None) and not self.is_initializing():
+            if shares and end - start > 1 and not self.is_initializing():  # init creates each block's weights
                 state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule)
-            else:  # init creates each block's weights
+            else:
                 for i in range(start, end):
+                    shared = None  # a shared program's block takes its r and margin from the schedule
+                    if schedule is not None and shares:
+                        shared = {"r": schedule["r"][i], "margin": schedule["margin"][i], "r_max": layout.r_max[i]}
                     state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, bucketed[i], padded[i],
-                                                      name=f"encoderblock_{i}")(state, merge_key, registers)
+                                                      name=f"encoderblock_{i}")(state, merge_key, registers, shared)
             state = buckets.cut(state, slots[end])
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
@@ -418,10 +421,11 @@ def check_images(images, size: int) -> None:
         raise FastViTError(f"images are {shape[1]}x{shape[2]}, model expects {size}x{size}")
 
 
-def observe(model: VisionTransformer, params, images) -> tuple[jax.Array, list[dict]]:
+def observe(model: VisionTransformer, params, images, schedule=None) -> tuple[jax.Array, list[dict]]:
     """(logits, per block {name: array}): the model's output and what each block observed (x_pre,
-    x_attn, x_post, metric, size, merged_similarity: merge.step.block_step). Works under jit."""
-    out, variables = model.apply({"params": params}, images, mutable=["intermediates"])
+    x_attn, x_post, metric, size, merged_similarity: merge.step.block_step). Works under jit.
+    schedule: a shared program's (model.layout); what it observes keeps every slot (padding: size 0)."""
+    out, variables = model.apply({"params": params}, images, schedule=schedule, mutable=["intermediates"])
     blocks = variables["intermediates"]["Transformer"]
     return out, [{k: v[0] for k, v in blocks.get(f"encoderblock_{i}", {}).items()} for i in range(model.config.depth)]
 

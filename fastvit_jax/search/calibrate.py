@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from fastvit_jax.errors import FastViTError
 from fastvit_jax.merge.flops import gflops
+from fastvit_jax.merge import buckets
 from fastvit_jax.merge.bipartite import best_partners, max_merges
 from fastvit_jax.merge.methods import atm
 from fastvit_jax.merge.options import MergeOptions
@@ -49,27 +50,46 @@ def check_method(method: str) -> None:
 def pair_counts(metric: jax.Array, size: jax.Array, threshold: float, *, num_prefix: int, distill_token: bool,
                 size_distinctive: bool) -> jax.Array:
     """(B,) how many A tokens of each example have a partner with cosine >= threshold, matched as
-    the block matches: ToMe's A/B (prefix protected) or ATM's size-distinctive halves."""
+    the block matches: ToMe's A/B (prefix protected) or ATM's size-distinctive halves. Slots of
+    size 0 (padding: merge/buckets.py) are in neither half."""
     def one(m, s):
+        valid = s > 0
         if size_distinctive:
-            is_a, _, _, cos = atm.size_distinctive_pairs(m[num_prefix:], s[num_prefix:].astype(jnp.float32))
+            patches = valid[num_prefix:]
+            is_a, _, _, cos = atm.size_distinctive_pairs(m[num_prefix:], s[num_prefix:].astype(jnp.float32),
+                                                         patches, jnp.sum(patches.astype(jnp.int32)))
             return jnp.sum(is_a & (cos >= threshold))
-        best, _ = best_partners(m, class_token=num_prefix > 0, distill_token=distill_token)
-        return jnp.sum(best >= threshold)
+        best, _ = best_partners(m, class_token=num_prefix > 0, distill_token=distill_token, valid=valid)
+        return jnp.sum(valid[0::2] & (best >= threshold))
     return jax.vmap(one)(metric, size)
 
 
-@functools.lru_cache(maxsize=32)
-def _count_runner(config, plan, split: int, runtime: Runtime):
-    """A compiled forward returning (depth, B) pair counts above each block's threshold. The
-    thresholds are an argument, not constants: a bisection's next alpha starts from a schedule
-    already run, and then reuses its program instead of compiling it again."""
+def counting_plan(config, base: MergeOptions) -> tuple:
+    """(plan, layout) of the one program that counts for every schedule of `base`: each block from
+    its skip on merges (r = 1 here; the schedule's r, 0 included, comes as data: merge/buckets.py),
+    every block at the full token count."""
+    skip = base.resolved_skip(config.depth)
+    plan = make_plan(config, base.replace(r_list=tuple(int(b >= skip) for b in range(config.depth))))
+    n = plan.ops[0].tokens_in
+    slots = (n,) * (config.depth + 1)
+    padded = tuple(plan.merged_before(b) for b in range(config.depth + 1))
+    return plan, buckets.Layout(slots, padded, (max_merges(n, config.num_prefix),) * config.depth)
 
-    model = VisionTransformer(config, plan, runtime)
+
+@functools.lru_cache(maxsize=32)
+def _count_runner(config, base: MergeOptions, split: int, runtime: Runtime):
+    """A compiled forward returning (depth, B) pair counts above each block's threshold, for any
+    schedule of `base`. The schedule and the thresholds are arguments, not constants: every pass of
+    the fixed point and every step of a bisection runs the one program (counts within rounding of
+    the exact model's, whose merges it makes: tests/test_calibrate.py)."""
+
+    plan, layout = counting_plan(config, base)
+    model = VisionTransformer(config, plan, runtime, layout)
 
     @jax.jit
-    def run(p, x, theta):
-        _, blocks = observe(model, p, x)
+    def run(p, x, theta, r_list):
+        schedule = {"r": r_list, "margin": jnp.zeros(config.depth, jnp.float32)}
+        _, blocks = observe(model, p, x, schedule)
         return jnp.stack([pair_counts(blocks[i]["metric"], blocks[i]["size"], theta[i],
                                       num_prefix=config.num_prefix, distill_token=config.distilled,
                                       size_distinctive=i >= split) for i in range(config.depth)])
@@ -96,8 +116,9 @@ def calibrate_schedule(config, params, images: np.ndarray, options: MergeOptions
     r_list = tuple(start) if start else (0,) * depth
     for passes in range(1, depth + 2):
         plan = make_plan(config, base.replace(r_list=r_list))
-        run = _count_runner(config, plan, split, runtime)
-        counts = np.concatenate([np.asarray(run(params, jnp.asarray(images[i:i + batch_size]), theta))
+        run = _count_runner(config, base, split, runtime)
+        schedule = jnp.asarray(r_list, jnp.int32)
+        counts = np.concatenate([np.asarray(run(params, jnp.asarray(images[i:i + batch_size]), theta, schedule))
                                  for i in range(0, len(images), batch_size)], axis=1)
         new = tuple(0 if block < skip else
                     min(int(np.quantile(counts[block], quantile, method="lower")),
