@@ -48,8 +48,8 @@ def test_slots_pad_only_tome_style_blocks():
     slots = buckets.token_slots(plan, 2)
     assert len(set(slots[:-1])) == 2 and slots[-1] == plan.final_tokens
     assert all(s >= op.tokens_in for s, op in zip(slots, plan.ops))
-    mctf = make_plan(DEEP, MergeOptions("mctf", r=6))  # no padded form: exact everywhere
-    assert buckets.token_slots(mctf, 2)[:-1] == tuple(op.tokens_in for op in mctf.ops)
+    ppt = make_plan(DEEP, MergeOptions("ppt", r=6))  # no padded form: exact everywhere
+    assert buckets.token_slots(ppt, 2)[:-1] == tuple(op.tokens_in for op in ppt.ops)
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -78,7 +78,7 @@ def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
 POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
           MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random"),
           MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8, skip=1), MergeOptions("tofu", r=6, prune_blocks=2),
-          MergeOptions("tofu", r=5, prune_blocks=0)]
+          MergeOptions("tofu", r=5, prune_blocks=0), MergeOptions("mctf", r=6), MergeOptions("mctf", r=5, skip=1)]
 
 
 def _run(config, plan, runtime, params, images):
@@ -183,8 +183,11 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(0, 1), (1, 6)]
     tofu = make_plan(config, MergeOptions("tofu", r=6, prune_blocks=3))  # a new combine is a new program
     assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 3), (3, 6)]
-    mctf = make_plan(config, MergeOptions("mctf", r=6))  # no padded form
-    assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(i, i + 1) for i in range(6)]
+    mctf = make_plan(config, MergeOptions("mctf", r=6))  # one step ahead, padded too
+    assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(0, 1), (1, 6)]
+    ppt = make_plan(config, MergeOptions("ppt", r=6))  # no padded form: its reducing blocks stand alone
+    assert all(end - start == 1 for start, end in buckets.shared_runs(ppt, buckets.token_slots(ppt, 1))
+               if ppt.ops[start].r)
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
     text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()

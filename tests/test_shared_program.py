@@ -28,6 +28,7 @@ GROUPS = {
     "pitome": [MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8), MergeOptions("pitome", r=3)],
     "tofu": [MergeOptions("tofu", r=6, prune_blocks=2), MergeOptions("tofu", r=4, prune_blocks=2)],
     "atm": [MergeOptions("atm", r=6, size_split=3), MergeOptions("atm", r=4, size_split=3)],
+    "mctf": [MergeOptions("mctf", r=6, skip=1), MergeOptions("mctf", r=4, skip=1)],
 }
 
 

@@ -43,21 +43,38 @@ IMPLS = {  # per example: global merge and drop; local takes the batch
 
 
 def merge_ahead(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array, attention: jax.Array,
-                weights: jax.Array) -> tuple[TokenState, jax.Array, jax.Array]:
+                weights: jax.Array, padded: bool = False, shared: dict | None = None
+                ) -> tuple[TokenState, jax.Array, jax.Array]:
     """MCTF's one-step-ahead step on a batch: the block input's tokens merge by the rule, and the
     block's attention map (B, H, N, N) merges with them -- keys summed over each group, queries
     averaged with the pooling weights -- so the attention output is computed once, on the merged
-    tokens. Returns (state, merged weights (B, H, T, T), mean similarity of merged pairs)."""
+    tokens. Returns (state, merged weights (B, H, T, T), mean similarity of merged pairs).
+    padded: the tokens sit in padded slots (merge/buckets.py), kept: the attention each token
+    received is averaged over the real queries only, the rule's padded slots place padding after
+    the real outputs, and empty slots get no attention; shared: r as data (apply_op)."""
+    rule = methods.rule(op.rule)
+    r = (shared or {"r": op.r})["r"]
+
     def one(s, m, a, w):
-        out_idx, merged, score = methods.rule(op.rule).slots(m, op, size=s.size, attention=a,
-                                                             num_prefix=plan.num_prefix,
-                                                             distill_token=plan.distill_token)
-        members = (jnp.arange(op.tokens_out)[:, None] == out_idx[None, :]).astype(jnp.float32)  # (T, N)
+        if padded:
+            valid = s.size > 0
+            real = jnp.sum(valid.astype(jnp.int32))
+            a = jnp.sum(jnp.where(valid[None, :, None], w.astype(jnp.float32), 0.0), axis=(0, 1)) / (w.shape[0] * real)
+            out_idx, merged, score = rule.padded(m, size=s.size, r=r, margin=0.0, num_prefix=plan.num_prefix,
+                                                 valid=valid[plan.num_prefix:], real=real - plan.num_prefix,
+                                                 attention=a, distill_token=plan.distill_token)
+            tokens_out = m.shape[0]
+        else:
+            out_idx, merged, score = rule.slots(m, op, size=s.size, attention=a, num_prefix=plan.num_prefix,
+                                                distill_token=plan.distill_token)
+            tokens_out = op.tokens_out
+        members = (jnp.arange(tokens_out)[:, None] == out_idx[None, :]).astype(jnp.float32)  # (T, N)
         pool = s.size * a.astype(jnp.float32) if op.combine == "attn" else s.size
         keys = jnp.einsum("hqn,tn->hqt", w.astype(jnp.float32), members, precision=reducers._EXACT)
         rows = jnp.einsum("tn,n,hnk->htk", members, pool, keys, precision=reducers._EXACT)
-        merged_w = rows / jnp.dot(members, pool, precision=reducers._EXACT)[None, :, None]
-        return reducers.combine(s, out_idx, merged, op.tokens_out, op.combine, a), merged_w.astype(w.dtype), score
+        held = jnp.dot(members, pool, precision=reducers._EXACT)[None, :, None]
+        merged_w = rows / held if not padded else jnp.where(held > 0, rows / jnp.where(held > 0, held, 1.0), 0.0)
+        return (reducers.combine(s, out_idx, merged, tokens_out, op.combine, a), merged_w.astype(w.dtype), score)
 
     new, merged_w, scores = jax.vmap(one)(state, metric, attention, weights)
     real = scores > -1.5

@@ -15,8 +15,8 @@ section 22).
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
 matching with its combines (ToMe, DFE, ToFu) and the rules that declare padded slots
-(methods.Rule.padded: PiToMe's, ATM's) have padded forms; the others (MCTF, PPT, local windows,
-drop) run at their exact counts.
+(methods.Rule.padded: PiToMe's, ATM's, MCTF's one step ahead) have padded forms; the others (PPT,
+local windows, drop) run at their exact counts.
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ from fastvit_jax.merge.state import TokenState, merge_into
 def bucketable(op: BlockOp) -> bool:
     """Whether a block can run on padded slots: it keeps every token, or merges globally by ToMe's
     matching or a rule that declares its padded slots (methods.Rule.padded), with a combine that
-    needs no attention (MCTF's does)."""
+    needs no attention or one step ahead (MCTF's: merge/apply.merge_ahead reads the attention
+    received from the padded map itself)."""
     if op.kind == "none" or op.r == 0:
         return True
-    padded_rule = op.rule == "tome" or methods.rule(op.rule).padded is not None
-    return op.kind == "global" and padded_rule and op.combine != "attn" and not op.ahead and not op.knobs
+    rule = methods.rule(op.rule)
+    padded_rule = op.rule == "tome" or rule.padded is not None
+    needs_attention = op.combine == "attn" or rule.attention_feature is not None
+    return op.kind == "global" and padded_rule and (op.ahead or not needs_attention) and not op.knobs
 
 
 def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:

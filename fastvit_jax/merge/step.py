@@ -67,9 +67,12 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
 
     observed = {"x_pre": feats["x_pre"], "x_attn": feats["x_attn"]}
     if merges(op) and op.ahead:  # one step ahead: the block input and its attention map merge first
-        state, weights, observed["merged_similarity"] = merge_ahead(op, plan, state, pick(),
-                                                                    feats["attention_feature"], feats["weights"])
+        state, weights, observed["merged_similarity"] = merge_ahead(
+            op, plan, state, pick(), feats["attention_feature"], feats["weights"], padded=bucketed, shared=shared)
         observed["x_post"] = x = state.x + inputs.reattend(state, weights)
+        if bucketed and shared is None:  # the block input's real tokens, then the merged ones
+            observed = {k: v[:, :op.tokens_out if k == "x_post" else real] if k != "merged_similarity" else v
+                        for k, v in observed.items()}
         return state._replace(x=x), observed
     observed["x_post"] = x = state.x + inputs.attention
     state = state._replace(x=x)

@@ -35,7 +35,8 @@ class Rule:
     match_macs: Callable[[int, int, int], int]  # (tokens in, prefix tokens, metric width) -> MACs
     attention_feature: Callable | None = None  # (weights, values) -> (B, N): what the rule reads of the attention
     reduce: Callable | None = None  # the whole step, for rules that are not slots + combine
-    # slots on padded tokens (merge/buckets.py): (metric, *, size, r, margin, num_prefix, valid, real)
+    # slots on padded tokens (merge/buckets.py): (metric, *, size, r, margin, num_prefix, valid, real,
+    # attention, distill_token)
     # -> (out_idx, merged, score), r and margin possibly traced; None: the rule runs at exact counts
     padded: Callable | None = None
 

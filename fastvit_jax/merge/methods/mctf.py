@@ -22,23 +22,29 @@ MCTF_TAUS = (1.0, 20.0, 40.0)  # (similarity, informativeness, size): MCTF's Dei
 _EXACT = jax.lax.Precision.HIGHEST
 
 
-def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int, *, num_prefix: int,
-               distill_token: bool, taus: tuple[float, float, float] = MCTF_TAUS
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r, *, num_prefix: int,
+               distill_token: bool, taus: tuple[float, float, float] = MCTF_TAUS, valid: jax.Array | None = None,
+               real=None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """MCTF's bidirectional multi-criteria matching on one example (see the module docstring).
 
-    attention: (N,) mean attention each token received (over heads and queries)."""
+    attention: (N,) mean attention each token received (over heads and queries). valid (N,) and
+    real (their count): padded slots (merge/buckets.py), in no pair and in slots after the real
+    outputs; r may then be traced."""
 
     tau_sim, tau_info, tau_size = taus
     f = normalise(metric.astype(jnp.float32))
     cos = jnp.dot(f[0::2], f[1::2].T, precision=_EXACT)
     num_a, num_b = cos.shape
-    info = 1.0 / attention.astype(jnp.float32)
+    real_a = num_a if real is None else (real + 1) // 2
+    keep = (lambda v: v) if valid is None else (lambda v: jnp.where(valid, v, 0.0))  # padding: 1/0
+    info = keep(1.0 / attention.astype(jnp.float32))
     info = info / jnp.max(info)
-    small = 1.0 / size
+    small = keep(1.0 / size)
     small = small / jnp.max(small)
     pair = lambda v, tau: (v[0::2, None] * v[None, 1::2]) ** (1.0 / tau)
     weight = ((cos + 1.0) / 2.0) ** (1.0 / tau_sim) * pair(info, tau_info) * pair(small, tau_size)
+    if valid is not None:
+        weight = jnp.where(valid[0::2, None] & valid[None, 1::2], weight, -jnp.inf)
     a, b = jnp.arange(num_a), jnp.arange(num_b)
     if num_prefix > 0:
         weight = jnp.where(a[:, None] == 0, -jnp.inf, weight)
@@ -61,7 +67,7 @@ def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int,
 
     a_keep = onehot.count_before(~a_merged)
     # surviving B tokens in descending order of their best edge, as the release's sort leaves them
-    b_keep = num_a - r1 + b_rank - r2
+    b_keep = real_a - r1 + b_rank - r2
     if distill_token:  # output [cls, distill, other unmerged A, other B], as ToMe
         a_keep = a_keep + (a_keep >= 1)
         b_keep = jnp.where(b == 0, 1, b_keep + 1)
@@ -72,11 +78,20 @@ def mctf_slots(metric: jax.Array, attention: jax.Array, size: jax.Array, r: int,
     out_idx = onehot.interleave(a_slot, b_slot)
     merged = onehot.interleave(a_merged, b_merged)
     score = onehot.interleave(jnp.where(a_merged, a_cos, -2.0), jnp.where(b_merged, b_cos, -2.0))
+    if valid is not None:  # padded token i (i >= real) to slot i - r: after the real tokens' real - r
+        out_idx = jnp.where(valid, out_idx, jnp.arange(out_idx.shape[0]) - r)
     return out_idx, merged, score
 
 
 def slots(metric, op, *, size, attention, num_prefix, distill_token):
     return mctf_slots(metric, attention, size, op.r, num_prefix=num_prefix, distill_token=distill_token)
+
+
+def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False):
+    """valid/real: the patch tokens' (as every rule's padded slots take them); the prefix is real."""
+    everything = jnp.concatenate([jnp.ones(num_prefix, bool), valid])
+    return mctf_slots(metric, attention, size, r, num_prefix=num_prefix, distill_token=distill_token,
+                      valid=everything, real=real + num_prefix)
 
 
 METHOD = {"name": "mctf", "summary": "MCTF as released: multi-criteria bidirectional matching one step ahead "
@@ -88,4 +103,5 @@ def received(weights, values):
     return jnp.mean(weights.astype(jnp.float32), axis=(1, 2))
 
 
-RULE = {"name": "mctf", "slots": slots, "match_macs": tome.match_macs, "attention_feature": received}
+RULE = {"name": "mctf", "slots": slots, "match_macs": tome.match_macs, "attention_feature": received,
+        "padded": padded_slots}
