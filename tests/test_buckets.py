@@ -48,8 +48,8 @@ def test_slots_pad_only_tome_style_blocks():
     slots = buckets.token_slots(plan, 2)
     assert len(set(slots[:-1])) == 2 and slots[-1] == plan.final_tokens
     assert all(s >= op.tokens_in for s, op in zip(slots, plan.ops))
-    ppt = make_plan(DEEP, MergeOptions("ppt", r=6))  # no padded form: exact everywhere
-    assert buckets.token_slots(ppt, 2)[:-1] == tuple(op.tokens_in for op in ppt.ops)
+    lgtm = make_plan(DEEP, MergeOptions("lgtm", r=6, window=2))  # local windows: no padded form
+    assert buckets.token_slots(lgtm, 2)[:-1] == tuple(op.tokens_in for op in lgtm.ops)
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -78,7 +78,8 @@ def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
 POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
           MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random"),
           MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8, skip=1), MergeOptions("tofu", r=6, prune_blocks=2),
-          MergeOptions("tofu", r=5, prune_blocks=0), MergeOptions("mctf", r=6), MergeOptions("mctf", r=5, skip=1)]
+          MergeOptions("tofu", r=5, prune_blocks=0), MergeOptions("mctf", r=6), MergeOptions("mctf", r=5, skip=1),
+          MergeOptions("ppt", r=6), MergeOptions("ppt", r=8, threshold=0.0), MergeOptions("ppt", r=7, threshold=1.0)]
 
 
 def _run(config, plan, runtime, params, images):
@@ -185,9 +186,9 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 3), (3, 6)]
     mctf = make_plan(config, MergeOptions("mctf", r=6))  # one step ahead, padded too
     assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(0, 1), (1, 6)]
-    ppt = make_plan(config, MergeOptions("ppt", r=6))  # no padded form: its reducing blocks stand alone
-    assert all(end - start == 1 for start, end in buckets.shared_runs(ppt, buckets.token_slots(ppt, 1))
-               if ppt.ops[start].r)
+    lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # local windows: no padded form
+    assert all(end - start == 1 for start, end in buckets.shared_runs(lgtm, buckets.token_slots(lgtm, 1))
+               if lgtm.ops[start].kind == "local")
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
     text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()
@@ -214,13 +215,14 @@ def test_padded_rules_are_the_exact_rules_then_padding(rule, combine, seed):
     pos = rng.integers(0, 9, (slots, 2)).astype(np.float32)
     metric = rng.standard_normal((slots, 5)).astype(np.float32)
     padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
+    op = BlockOp("global", real, real - r, r, rule=rule, combine=combine, margin=margin)
     if rule != "tome":
-        step = lambda s, m, r, g: buckets.padded_reduce(s, m, rule=rule, combine=combine, r=r, margin=g, num_prefix=1)
+        step = lambda s, m, r, g: buckets.padded_reduce(s, m, None, op=op, r=r, margin=g, num_prefix=1,
+                                                        distill_token=False)
     else:
         step = lambda s, m, r, g: buckets.padded_global_merge(s, m, r=r, r_max=5, num_prefix=1,
                                                               distill_token=False, combine=combine)
     got, _ = jax.jit(step)(padded, jnp.asarray(metric), jnp.int32(r), jnp.float32(margin))
-    op = BlockOp("global", real, real - r, r, rule=rule, combine=combine, margin=margin)
     exact = TokenState(*(jnp.asarray(a[:real]) for a in (x, size, pos)))
     want, _ = global_reduce(exact, jnp.asarray(metric[:real]), None, op=op, num_prefix=1, distill_token=False)
     np.testing.assert_array_equal(got.size[:real - r], want.size)

@@ -107,13 +107,13 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     if op.kind == "global" and padded:
         shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin}
         if op.rule != "tome":
-            fn = lambda s, m: buckets.padded_reduce(s, m, rule=op.rule, combine=op.combine, r=shared["r"],
-                                                    margin=shared["margin"], num_prefix=plan.num_prefix)
+            fn = lambda s, m, a: buckets.padded_reduce(s, m, a, op=op, r=shared["r"], margin=shared["margin"],
+                                                       num_prefix=plan.num_prefix, distill_token=plan.distill_token)
         else:
-            fn = lambda s, m: buckets.padded_global_merge(s, m, r=shared["r"], r_max=shared["r_max"],
-                                                          num_prefix=plan.num_prefix,
-                                                          distill_token=plan.distill_token, combine=op.combine)
-        new, scores = jax.vmap(fn)(state, metric)
+            fn = lambda s, m, a: buckets.padded_global_merge(s, m, r=shared["r"], r_max=shared["r_max"],
+                                                             num_prefix=plan.num_prefix,
+                                                             distill_token=plan.distill_token, combine=op.combine)
+        new, scores = jax.vmap(fn)(state, metric, attention)
     elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
         fn = lambda s, m, a: global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,
                                                     distill_token=plan.distill_token)

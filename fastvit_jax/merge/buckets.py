@@ -15,8 +15,8 @@ section 22).
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
 matching with its combines (ToMe, DFE, ToFu) and the rules that declare padded slots
-(methods.Rule.padded: PiToMe's, ATM's, MCTF's one step ahead) have padded forms; the others (PPT,
-local windows, drop) run at their exact counts.
+(methods.Rule.padded: PiToMe's, ATM's, PPT's, MCTF's one step ahead) have padded forms; the
+others (local windows, drop) run at their exact counts.
 """
 
 from __future__ import annotations
@@ -39,10 +39,8 @@ def bucketable(op: BlockOp) -> bool:
     received from the padded map itself)."""
     if op.kind == "none" or op.r == 0:
         return True
-    rule = methods.rule(op.rule)
-    padded_rule = op.rule == "tome" or rule.padded is not None
-    needs_attention = op.combine == "attn" or rule.attention_feature is not None
-    return op.kind == "global" and padded_rule and (op.ahead or not needs_attention) and not op.knobs
+    padded_rule = op.rule == "tome" or methods.rule(op.rule).padded is not None
+    return op.kind == "global" and padded_rule and (op.combine != "attn" or op.ahead) and not op.knobs
 
 
 def token_slots(plan: MergePlan, buckets: int | None) -> tuple[int, ...]:
@@ -146,16 +144,19 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
     return merged._replace(size=size), score
 
 
-def padded_reduce(state: TokenState, metric: jax.Array, *, rule: str, combine: str, r, margin, num_prefix: int
-                  ) -> tuple[TokenState, jax.Array]:
-    """One example on P slots: a rule's padded slots (methods.Rule.padded: PiToMe's, ATM's) among
-    the real tokens, r and the margin possibly traced, then the combine. Padded tokens take part in
-    no ranking; their slots follow the real outputs. Returns (P slots, per-token scores)."""
+def padded_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | None, *, op: BlockOp, r, margin,
+                  num_prefix: int, distill_token: bool) -> tuple[TokenState, jax.Array]:
+    """One example on P slots: a rule's padded slots (methods.Rule.padded: PiToMe's, ATM's, PPT's)
+    among the real tokens, r and the margin possibly traced, then the combine. Padded tokens take
+    part in no ranking; their slots follow the real outputs. attention: the rule's attention
+    feature (None if it has none). Returns (P slots, per-token scores)."""
     valid = state.size[num_prefix:] > 0
     real = jnp.sum(valid.astype(jnp.int32))
-    out_idx, merged, score = methods.rule(rule).padded(metric, size=state.size, r=r, margin=margin,
-                                                       num_prefix=num_prefix, valid=valid, real=real)
-    return reducers.combine(state, out_idx, merged, metric.shape[0], combine), score
+    out_idx, merged, score = methods.rule(op.rule).padded(metric, size=state.size, r=r, margin=margin,
+                                                          num_prefix=num_prefix, valid=valid, real=real,
+                                                          attention=attention, distill_token=distill_token,
+                                                          threshold=op.threshold)
+    return reducers.combine(state, out_idx, merged, metric.shape[0], op.combine), score
 
 
 def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tuple | None:
@@ -218,10 +219,10 @@ def program_key(plan: MergePlan) -> tuple:
     if plan.metric == "random":
         return ("plan", plan)
 
-    def block(op):
+    def block(op):  # r (but whether it merges), margin and counts are data; the rest (threshold...) not
         if not bucketable(op):
             return op
-        return (op.kind, op.rule, op.combine, op.kind != "none" and op.r > 0)
+        return dataclasses.replace(op, r=int(op.r > 0), margin=0.0, tokens_in=0, tokens_out=0)
 
     return (plan.metric, plan.prop_attn, plan.num_prefix, plan.distill_token, plan.track_source,
             plan.patch_grid) + tuple(block(op) for op in plan.ops)

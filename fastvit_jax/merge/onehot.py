@@ -79,25 +79,33 @@ def merge_by_assignment(state: TokenState, out_idx: jax.Array, tokens_out: int) 
 
 # ---------------------------------------------------------------- ToMe matching as output slots
 def bipartite_slots(metric: jax.Array, r: int, *, class_token: bool = True, distill_token: bool = False,
-                    valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                    valid: jax.Array | None = None, real=None) -> tuple[jax.Array, jax.Array]:
     """One example: bipartite.match's decision, as output positions.
 
     Returns out_idx (N,): the slot of each token in the output [unmerged A, all B] (distill token
     second, as bipartite.token_indices), a merged A token taking its partner's slot; and score (N/2
-    rounded up,): each A token's best cosine if it merged, else -2 (below any real pair)."""
+    rounded up,): each A token's best cosine if it merged, else -2 (below any real pair).
+    valid: tokens that may pair (invalid ones pair among themselves: LGTM's window padding);
+    with real (how many valid tokens, all first) they are padded slots (merge/buckets.py) instead:
+    in no pair, padded token i at slot i - r, after the real outputs; r may then be traced."""
     node_max, node_idx = bipartite.best_partners(metric, class_token=class_token, distill_token=distill_token,
                                                  valid=valid)
     num_a, num_b = node_max.shape[0], metric.shape[0] // 2
+    if real is not None:
+        node_max = jnp.where(valid[0::2], node_max, -jnp.inf)
     merged = descending_rank(node_max) < r
     kept = count_before(~merged)  # rank among the surviving A tokens
     b = jnp.arange(num_b)
-    slot_b = num_a - r + b
+    slot_b = (num_a if real is None else (real + 1) // 2) - r + b
     if distill_token:  # output [cls, distill, other unmerged A, other B]
         kept = kept + (kept >= 1)
         slot_b = jnp.where(b == 0, 1, slot_b)
     partner = pick(b[None, :] == node_idx[:, None], slot_b)
     slot_a = jnp.where(merged, partner, kept)
-    return interleave(slot_a, slot_b), jnp.where(merged, node_max, -2.0)
+    out_idx = interleave(slot_a, slot_b)
+    if real is not None:
+        out_idx = jnp.where(valid, out_idx, jnp.arange(out_idx.shape[0]) - r)
+    return out_idx, jnp.where(merged, node_max, -2.0)
 
 
 def global_merge(state: TokenState, metric: jax.Array, *, r: int, num_prefix: int,

@@ -90,7 +90,8 @@ METHOD = {"knobs": (Knob("size_split", int, "blocks from L on match small tokens
           "name": "atm", "summary": "ATM: ToMe matching, then size-distinctive matching in the last blocks "
                                     "(calibrate thresholds into --r-list with `fastvit plan --calibrate`)",
           "reducer": True, "block": block, "search": {"size_split": [None, 6]}}
-def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False):
+def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False,
+                 threshold=None):
     return atm_slots(metric, size, r, num_prefix=num_prefix, valid=valid, real=real)
 
 

@@ -87,7 +87,8 @@ def slots(metric, op, *, size, attention, num_prefix, distill_token):
     return mctf_slots(metric, attention, size, op.r, num_prefix=num_prefix, distill_token=distill_token)
 
 
-def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False):
+def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False,
+                 threshold=None):
     """valid/real: the patch tokens' (as every rule's padded slots take them); the prefix is real."""
     everything = jnp.concatenate([jnp.ones(num_prefix, bool), valid])
     return mctf_slots(metric, attention, size, r, num_prefix=num_prefix, distill_token=distill_token,

@@ -69,7 +69,8 @@ def block(options, block: int, depth: int) -> dict:
 METHOD = {"name": "pitome", "summary": "PiToMe as released: energy-protected matching, plain means (--keep 0.9125)",
           "reducer": True, "block": block, "defaults": {"prop_attn": False},
           "search": {"skip": [0, 1, 2], "keep": [None, 1.0]}}  # keep 1.0: a keep-ratio schedule the budget places
-def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False):
+def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False,
+                 threshold=None):
     return pitome_slots(metric, r, num_prefix=num_prefix, margin=margin, valid=valid, real=real)
 
 

@@ -52,6 +52,23 @@ def reduce(state, metric, scores, *, op, num_prefix: int, distill_token: bool):
     return chosen, jnp.where(pool, score, jnp.full_like(score, -2.0))
 
 
+def padded_slots(metric, *, size, r, margin, num_prefix, valid, real, attention=None, distill_token=False,
+                 threshold=THRESHOLD):
+    """`reduce` on padded slots (merge/buckets.py) as (out_idx, merged, score) for a mean combine:
+    padding in no pair, ranked after every real token, out of the variance; r may be traced."""
+    n = metric.shape[0]
+    everything = jnp.concatenate([jnp.ones(num_prefix, bool), valid])
+    pool_idx, pool_score = onehot.bipartite_slots(metric, r, class_token=num_prefix > 0, distill_token=distill_token,
+                                                  valid=everything, real=real + num_prefix)
+    rank = onehot.descending_rank(jnp.where(everything, attention, -jnp.inf))  # the class token (score 2) first
+    prune_idx = jnp.where(rank < real + num_prefix - r, rank, n)  # past the last slot: dropped
+    s, m = attention[1:], everything[1:].astype(jnp.float32)
+    mean = jnp.sum(s * m) / jnp.sum(m)
+    pool = jnp.sum(m * (s - mean) ** 2) / (jnp.sum(m) - 1.0) < threshold  # the unbiased variance
+    score = onehot.interleave(pool_score, jnp.full((n // 2,), -2.0))
+    return (jnp.where(pool, pool_idx, prune_idx), jnp.zeros(n, bool), jnp.where(pool, score, -2.0))
+
+
 def block(options, block: int, depth: int) -> dict:
     return {"rule": "ppt", "combine": "mean", "threshold": options.threshold if options.threshold is not None
             else THRESHOLD}
@@ -60,4 +77,5 @@ def block(options, block: int, depth: int) -> dict:
 METHOD = {"knobs": (Knob("threshold", float, "an image pools (ToMe) when its token-score variance is below VAR, else prunes (default 7e-5, the release's DeiT setting)", metavar="VAR"),),
           "name": "ppt", "summary": "PPT: per image, pool (ToMe) or prune by token scores at depth/4, /2, 3/4",
           "reducer": True, "block": block, "blocks": blocks, "search": {"threshold": [7e-5, 0.0]}}
-RULE = {"name": "ppt", "slots": None, "reduce": reduce, "match_macs": tome.match_macs, "attention_feature": significance}
+RULE = {"name": "ppt", "slots": None, "reduce": reduce, "match_macs": tome.match_macs, "attention_feature": significance,
+        "padded": padded_slots}
