@@ -182,8 +182,8 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert buckets.shared_runs(no_prop, slots) == [(0, 1), (1, 6)]
     pitome = make_plan(config, MergeOptions("pitome", r=6))  # its margin per block is data too
     assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(0, 1), (1, 6)]
-    tofu = make_plan(config, MergeOptions("tofu", r=6, prune_blocks=3))  # a new combine is a new program
-    assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 3), (3, 6)]
+    tofu = make_plan(config, MergeOptions("tofu", r=6, prune_blocks=3))  # prune or MLERP: data
+    assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 6)]
     mctf = make_plan(config, MergeOptions("mctf", r=6))  # one step ahead, padded too
     assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(0, 1), (1, 6)]
     lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # local windows: no padded form
@@ -217,8 +217,8 @@ def test_padded_rules_are_the_exact_rules_then_padding(rule, combine, seed):
     padded = TokenState(jnp.asarray(x), jnp.asarray(size), jnp.asarray(pos))
     op = BlockOp("global", real, real - r, r, rule=rule, combine=combine, margin=margin)
     if rule != "tome":
-        step = lambda s, m, r, g: buckets.padded_reduce(s, m, None, op=op, r=r, margin=g, num_prefix=1,
-                                                        distill_token=False)
+        step = lambda s, m, r, g: buckets.padded_reduce(s, m, None, op=op, r=r, margin=g, threshold=0.0,
+                                                        num_prefix=1, distill_token=False)
     else:
         step = lambda s, m, r, g: buckets.padded_global_merge(s, m, r=r, r_max=5, num_prefix=1,
                                                               distill_token=False, combine=combine)

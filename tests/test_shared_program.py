@@ -26,10 +26,11 @@ GROUPS = {
     "tome skip 1, no prop_attn": [MergeOptions("tome", r=6, skip=1, prop_attn=False),
                                   MergeOptions("tome", r=8, skip=1, prop_attn=False, inflect=0.5)],
     "pitome": [MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8), MergeOptions("pitome", r=3)],
-    "tofu": [MergeOptions("tofu", r=6, prune_blocks=2), MergeOptions("tofu", r=4, prune_blocks=2)],
+    "tofu": [MergeOptions("tofu", r=6, prune_blocks=2), MergeOptions("tofu", r=4, prune_blocks=3),
+             MergeOptions("tofu", r=5, prune_blocks=0)],  # prune or MLERP per block: data
     "atm": [MergeOptions("atm", r=6, size_split=3), MergeOptions("atm", r=4, size_split=3)],
     "mctf": [MergeOptions("mctf", r=6, skip=1), MergeOptions("mctf", r=4, skip=1)],
-    "ppt": [MergeOptions("ppt", r=6, threshold=1.0), MergeOptions("ppt", r=9, threshold=1.0)],
+    "ppt": [MergeOptions("ppt", r=6, threshold=1.0), MergeOptions("ppt", r=9, threshold=0.0)],  # threshold: data
 }
 
 
@@ -39,8 +40,6 @@ def test_program_key_ignores_r_and_margin_only():
     pitome = [make_plan(DEEP, o) for o in GROUPS["pitome"]]
     assert len({buckets.program_key(p) for p in pitome}) == 1
     assert pitome[0].ops[1].margin != pitome[1].ops[1].margin or pitome[0].ops[1].r != pitome[1].ops[1].r
-    ppt = [make_plan(DEEP, MergeOptions("ppt", r=6, threshold=t)) for t in (0.0, 1.0)]  # a threshold is code
-    assert buckets.program_key(ppt[0]) != buckets.program_key(ppt[1])
     others = [MergeOptions("tome", r=6, skip=1), MergeOptions("tome", r=6, prop_attn=False),
               MergeOptions("tome", r=6, metric="x"), MergeOptions("tome", r=6, skip=2), MergeOptions("tofu", r=6),
               MergeOptions("pitome", r=6), MergeOptions("mctf", r=6)]

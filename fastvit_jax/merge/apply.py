@@ -93,7 +93,8 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     nothing merged) -- the quantity of the paper's Figure 3. block: the op's index in the plan (the
     dense local merge needs to know whether tokens are still in grid order). padded: the tokens sit in
     padded slots (merge/buckets.py: rules with a padded form) and the slot count is kept; shared: a
-    padded block's values in a scanned run (r and margin traced, r_max static), in place of op's.
+    padded block's values as data (r, margin, threshold, the combine index traced; r_max static), in
+    a scanned run or a shared program, in place of op's.
     """
     if op.kind == "none" or op.r == 0:
         return state, None
@@ -105,14 +106,16 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
     if op.kind == "global" and padded:
-        shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin}
+        shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin, "threshold": op.threshold}
         if op.rule != "tome":
             fn = lambda s, m, a: buckets.padded_reduce(s, m, a, op=op, r=shared["r"], margin=shared["margin"],
-                                                       num_prefix=plan.num_prefix, distill_token=plan.distill_token)
+                                                       threshold=shared["threshold"], num_prefix=plan.num_prefix,
+                                                       distill_token=plan.distill_token)
         else:
             fn = lambda s, m, a: buckets.padded_global_merge(s, m, r=shared["r"], r_max=shared["r_max"],
                                                              num_prefix=plan.num_prefix,
-                                                             distill_token=plan.distill_token, combine=op.combine)
+                                                             distill_token=plan.distill_token, combine=op.combine,
+                                                             combine_index=shared.get("combine"))
         new, scores = jax.vmap(fn)(state, metric, attention)
     elif op.kind == "global" and (op.rule, op.combine) != ("tome", "mean"):  # one implementation, sort-free
         fn = lambda s, m, a: global_reduce(s, m, a, op=op, num_prefix=plan.num_prefix,

@@ -32,6 +32,15 @@ from fastvit_jax.merge.plan import BlockOp, MergePlan
 from fastvit_jax.merge.state import TokenState, merge_into
 
 
+# Combines one program can switch between by data (ToFu's prune and MLERP blocks): it computes both.
+DATA_COMBINES = ("prune", "mlerp")
+
+
+def combine_class(combine: str) -> str:
+    """What a block's program knows of its combine: the combine, or that it is one of DATA_COMBINES."""
+    return "|".join(DATA_COMBINES) if combine in DATA_COMBINES else combine
+
+
 def bucketable(op: BlockOp) -> bool:
     """Whether a block can run on padded slots: it keeps every token, or merges globally by ToMe's
     matching or a rule that declares its padded slots (methods.Rule.padded), with a combine that
@@ -106,7 +115,8 @@ def attention_mask(state: TokenState) -> jax.Array:
 
 
 def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: int, distill_token: bool,
-                        r_max: int | None = None, combine: str = "mean") -> tuple[TokenState, jax.Array]:
+                        r_max: int | None = None, combine: str = "mean", combine_index=None
+                        ) -> tuple[TokenState, jax.Array]:
     """One example on P slots (real tokens first, padded slots of size 0 after): ToMe's bipartite
     matching of r pairs among the real tokens and their combine (merge/reducers.py; "mean" is the
     size-weighted mean), exactly as the unpadded model does on the real tokens alone. Returns P
@@ -114,7 +124,8 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
 
     r may be traced (a block of a scanned run, `shared_runs`), at most the static r_max: the r_max
     best edges are ranked once and the first r merge (top_k's order: a prefix of a longer top_k is
-    the shorter one). r = 0 leaves the slots as they are."""
+    the shorter one). r = 0 leaves the slots as they are. combine_index (traced): which of
+    DATA_COMBINES a block of a program that switches between them takes (combine one of them)."""
     slots = metric.shape[0]
     r_max = r if r_max is None else r_max
     valid = state.size > 0
@@ -138,24 +149,28 @@ def padded_global_merge(state: TokenState, metric: jax.Array, *, r, num_prefix: 
     if combine != "mean":  # one-hot combine: a merged-away token joins its partner's output slot
         out_pos = jnp.zeros(slots, jnp.int32).at[order].set(idx.astype(jnp.int32))
         out_idx = out_pos.at[src].set(out_pos.at[dst].get(mode="fill", fill_value=0), mode="drop")
-        return reducers.combine(state, out_idx, merged_away, slots, combine), score
+        if combine_index is None or combine not in DATA_COMBINES:
+            return reducers.combine(state, out_idx, merged_away, slots, combine), score
+        each = [reducers.combine(state, out_idx, merged_away, slots, c) for c in DATA_COMBINES]
+        pick = lambda *t: jnp.select([combine_index == i for i in range(len(t))], t)
+        return jax.tree_util.tree_map(pick, *each), score
     merged = merge_into(state, src, dst, order)
     size = jnp.where(idx < real - r, merged.size, 0.0)
     return merged._replace(size=size), score
 
 
 def padded_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | None, *, op: BlockOp, r, margin,
-                  num_prefix: int, distill_token: bool) -> tuple[TokenState, jax.Array]:
+                  threshold, num_prefix: int, distill_token: bool) -> tuple[TokenState, jax.Array]:
     """One example on P slots: a rule's padded slots (methods.Rule.padded: PiToMe's, ATM's, PPT's)
     among the real tokens, r and the margin possibly traced, then the combine. Padded tokens take
     part in no ranking; their slots follow the real outputs. attention: the rule's attention
-    feature (None if it has none). Returns (P slots, per-token scores)."""
+    feature (None if it has none); threshold: PPT's, possibly traced. Returns (P slots, per-token scores)."""
     valid = state.size[num_prefix:] > 0
     real = jnp.sum(valid.astype(jnp.int32))
     out_idx, merged, score = methods.rule(op.rule).padded(metric, size=state.size, r=r, margin=margin,
                                                           num_prefix=num_prefix, valid=valid, real=real,
                                                           attention=attention, distill_token=distill_token,
-                                                          threshold=op.threshold)
+                                                          threshold=threshold)
     return reducers.combine(state, out_idx, merged, metric.shape[0], op.combine), score
 
 
@@ -167,7 +182,7 @@ def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tupl
     op = plan.ops[block]
     if not bucketable(op) or plan.metric == "random":
         return None
-    merging = (op.rule, op.combine) if op.kind != "none" and op.r > 0 else ()
+    merging = (op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
     return (slots, key_bias_kind(plan, block, padded)) + merging
 
 
@@ -219,10 +234,11 @@ def program_key(plan: MergePlan) -> tuple:
     if plan.metric == "random":
         return ("plan", plan)
 
-    def block(op):  # r (but whether it merges), margin and counts are data; the rest (threshold...) not
+    def block(op):  # r (but whether it merges), margin, threshold, counts and a data combine are data
         if not bucketable(op):
             return op
-        return dataclasses.replace(op, r=int(op.r > 0), margin=0.0, tokens_in=0, tokens_out=0)
+        return dataclasses.replace(op, r=int(op.r > 0), margin=0.0, threshold=0.0, tokens_in=0, tokens_out=0,
+                                   combine=combine_class(op.combine))
 
     return (plan.metric, plan.prop_attn, plan.num_prefix, plan.distill_token, plan.track_source,
             plan.patch_grid) + tuple(block(op) for op in plan.ops)
@@ -246,9 +262,13 @@ def shared_layout(plans: list[MergePlan], buckets: int) -> Layout:
 
 
 def schedule(plan: MergePlan) -> dict:
-    """A plan's per-block data on its shared program: r and PiToMe's margin (numpy, depth each)."""
+    """A plan's per-block data on its shared program (numpy, depth each): r, PiToMe's margin, PPT's
+    threshold, and which of DATA_COMBINES a block takes (its index; 0 for any other combine)."""
+    index = lambda c: DATA_COMBINES.index(c) if c in DATA_COMBINES else 0
     return {"r": np.asarray([merged_r(op) for op in plan.ops], np.int32),
-            "margin": np.asarray([op.margin for op in plan.ops], np.float32)}
+            "margin": np.asarray([op.margin for op in plan.ops], np.float32),
+            "threshold": np.asarray([op.threshold for op in plan.ops], np.float32),
+            "combine": np.asarray([index(op.combine) for op in plan.ops], np.int32)}
 
 
 def cut(state: TokenState, slots: int) -> TokenState:

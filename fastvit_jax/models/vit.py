@@ -270,12 +270,12 @@ class Encoder(nn.Module):
     config: ViTConfig
     plan: MergePlan
     runtime: Runtime = Runtime()
-    layout: buckets.Layout | None = None  # a shared program's (merge/buckets.shared_layout): r, margin as data
+    layout: buckets.Layout | None = None  # a shared program's (merge/buckets.shared_layout): r... as data
 
     @nn.compact
     def __call__(self, x, merge_key, registers=None, schedule=None):
         """x: (B, prefix + patches, D) embedded tokens; registers: (B, R, D) or None. schedule: with a
-        shared layout, this plan's {"r", "margin"} per block (buckets.schedule), else None."""
+        shared layout, this plan's per-block data (buckets.schedule), else None."""
         cfg = self.config
         if cfg.posemb == "learn" and cfg.posemb_prefix:
             x = AddPositionEmbs(name="posembed_input")(x)
@@ -288,12 +288,12 @@ class Encoder(nn.Module):
             pre = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="pre_norm")
             x, registers = pre(x), None if registers is None else pre(registers)
         state = initial_state(x, cfg.grid, self.plan.num_prefix, self.plan.track_source)
-        shared = self.layout is not None
+        sharing = self.layout is not None
         layout = self.layout or buckets.layout(self.plan, self.runtime.token_buckets)
         slots, padded = layout.slots, layout.padded
-        bucketed = [bool(self.runtime.token_buckets or shared) and buckets.bucketable(op) for op in self.plan.ops]
+        bucketed = [bool(self.runtime.token_buckets or sharing) and buckets.bucketable(op) for op in self.plan.ops]
         runs = [(i, i + 1) for i in range(cfg.depth)]
-        if (self.runtime.token_buckets or shared) and not self.is_mutable_collection("intermediates"):
+        if (self.runtime.token_buckets or sharing) and not self.is_mutable_collection("intermediates"):
             runs = buckets.shared_runs(self.plan, slots, padded)  # observing: per block
         for start, end in runs:
             shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
@@ -301,9 +301,9 @@ class Encoder(nn.Module):
                 state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule)
             else:
                 for i in range(start, end):
-                    shared = None  # a shared program's block takes its r and margin from the schedule
+                    shared = None  # a shared program's block takes its r, margin... from the schedule
                     if schedule is not None and shares:
-                        shared = {"r": schedule["r"][i], "margin": schedule["margin"][i], "r_max": layout.r_max[i]}
+                        shared = {**{k: v[i] for k, v in schedule.items()}, "r_max": layout.r_max[i]}
                     state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, bucketed[i], padded[i],
                                                       name=f"encoderblock_{i}")(state, merge_key, registers, shared)
             state = buckets.cut(state, slots[end])
@@ -313,15 +313,14 @@ class Encoder(nn.Module):
     def scanned(self, start: int, end: int, layout: buckets.Layout, state: TokenState, merge_key, registers,
                 schedule=None):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
-        stacked weights, each block's r and margin scanned values (the plan's, or the schedule's):
-        traced and compiled once."""
+        stacked weights, each block's data (r, margin, threshold, combine index: buckets.schedule;
+        the plan's, or the given schedule's) scanned values: traced and compiled once."""
         params = self.variables["params"]
         stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
                                                                     for i in range(start, end)))
         if schedule is None:
             schedule = buckets.schedule(self.plan)
-        values = {"r": jnp.asarray(schedule["r"][start:end], jnp.int32),
-                  "margin": jnp.asarray(schedule["margin"][start:end], jnp.float32)}
+        values = {k: jnp.asarray(v[start:end]) for k, v in schedule.items()}
         r_max = max(layout.r_max[start:end])
         block = Encoder1DBlock(self.config, self.plan, start, self.runtime, True, layout.padded[start])
 

@@ -88,7 +88,7 @@ def _count_runner(config, base: MergeOptions, split: int, runtime: Runtime):
 
     @jax.jit
     def run(p, x, theta, r_list):
-        schedule = {"r": r_list, "margin": jnp.zeros(config.depth, jnp.float32)}
+        schedule = {**buckets.schedule(plan), "r": r_list}
         _, blocks = observe(model, p, x, schedule)
         return jnp.stack([pair_counts(blocks[i]["metric"], blocks[i]["size"], theta[i],
                                       num_prefix=config.num_prefix, distill_token=config.distilled,
