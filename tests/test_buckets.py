@@ -78,8 +78,8 @@ def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
 POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
           MergeOptions("lgtm", r=6), MergeOptions("atm", r=6, size_split=3), MergeOptions("tome", r=6, metric="random"),
           MergeOptions("pitome", r=6), MergeOptions("pitome", keep=0.8, skip=1), MergeOptions("tofu", r=6, prune_blocks=2),
-          MergeOptions("tofu", r=5, prune_blocks=0), MergeOptions("mctf", r=6), MergeOptions("mctf", r=5, skip=1),
-          MergeOptions("ppt", r=6), MergeOptions("ppt", r=8, threshold=0.0), MergeOptions("ppt", r=7, threshold=1.0)]
+          MergeOptions("tofu", r=5, prune_blocks=0), MergeOptions("mctf", r=5, skip=1),
+          MergeOptions("ppt", r=8, threshold=0.0), MergeOptions("ppt", r=7, threshold=1.0)]
 
 
 def _run(config, plan, runtime, params, images):
