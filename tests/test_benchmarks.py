@@ -199,9 +199,13 @@ def test_fusion_bodies_counts_shared_kernels(tmp_path):
 
 
 def test_shared_program_writes_its_rows(tmp_path, capsys):
+    import jax
+
+    cached = jax.config.jax_enable_compilation_cache
     out = tmp_path / "shared.json"
     assert script("shared_program").main(["--model", "vit_cifar_patch4_32", "--r", "4", "--buckets", "2",
                                           "--batch-size", "2", "--rounds", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["point"] for r in rows] == ["dense", "exact", "shared, 2 buckets"]
     assert all(r["compile_s"] > 0 and r["run_s"] > 0 for r in rows) and rows[1]["run_vs_exact"] == 1.0
+    assert jax.config.jax_enable_compilation_cache == cached  # the rest of the suite keeps its cache
