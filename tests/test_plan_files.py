@@ -166,6 +166,16 @@ def test_tune_writes_the_best_plan_and_resumes(setup, capsys, tmp_path):
     assert code == 2 and "holds tune results with other settings" in err.splitlines()[-1]
 
 
+def test_tune_with_a_subset_of_every_image(setup, capsys, tmp_path):
+    """Stage 2 reuses stage 1's results: with every image in the subset nothing is left to run."""
+    ckpt, imgs = setup
+    code, stdout, _ = run(capsys, "tune", "--checkpoint", ckpt, "--data", imgs, "--target-speedup", "1.5",
+                          "--methods", "tome", "--subset", "1000", "--finalists", "1", "--batch-size", "4",
+                          "--out", tmp_path / "all.json", "--json")
+    rows = json.loads(stdout)["rows"]
+    assert code == 0 and all(r["top1"] == r["subset_top1"] for r in rows)
+
+
 def test_tune_scores_tome_even_when_its_metric_is_not_searched(setup, capsys, tmp_path):
     """--metrics x_pre leaves ToMe's own metric (k) out of the candidates; ToMe is still the reference."""
     ckpt, imgs = setup

@@ -44,6 +44,8 @@ def search_space() -> dict:
 
 
 SEARCH_SPACE = search_space()  # the built-in methods' (the CLI's default --methods)
+
+
 def tune_token_buckets(backend: str | None = None) -> int:
     """The CLI's default runtime.token_buckets for tune: candidates are scored, never timed, and
     those differing only in r share one program (Programs). On CPU, where scoring dominates, three
@@ -107,8 +109,9 @@ def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, b
 
 class Programs:
     """The compiled program each candidate runs. With token buckets, candidates whose plans differ
-    only in r and margins (one merge/buckets.program_key) share one program on a layout covering all
-    of them, each called with its own schedule: such a group compiles once for both stages."""
+    only in their padded blocks' data (r, margins...: one merge/buckets.program_key) share one
+    program on a layout covering all of them, each called with its own schedule: such a group
+    compiles once for both stages."""
 
     def __init__(self, config, params, example, runtime: Runtime):
         self.config, self.params, self.example, self.runtime = config, params, example, runtime
@@ -217,7 +220,8 @@ def _tune(config, params, preprocess, ds, *, target_gflops, out, methods, metric
                 todo = np.setdiff1d(np.arange(len(images)), pick) if known is not None else np.arange(len(images))
                 if known is not None:
                     got[pick] = known
-                got[todo] = correct_per_image(forward, params, images[todo], labels[todo], batch_size)
+                if len(todo):  # none left when the subset is every image
+                    got[todo] = correct_per_image(forward, params, images[todo], labels[todo], batch_size)
             results.put(stage, options, got)
         bar.update(1)
         return got
