@@ -33,7 +33,7 @@ from fastvit_jax.merge.buckets import token_slots
 from fastvit_jax.merge.plan import make_plan
 from fastvit_jax.models.vit import init_params
 from fastvit_jax.checkpoints.registry import get_entry
-from fastvit_jax.util.report import format_table, machine, write_json
+from fastvit_jax.util.report import cold_compiles, format_table, machine, write_json
 from fastvit_jax.runtime import Runtime
 
 # A typical budget per method (the methods' own schedules where they have one).
@@ -94,12 +94,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run():
-        cached = jax.config.jax_enable_compilation_cache
-        jax.config.update("jax_enable_compilation_cache", False)  # every compile measured cold
-        try:
+        with cold_compiles():
             measure_all()
-        finally:  # a caller's process (a test worker) keeps its cache
-            jax.config.update("jax_enable_compilation_cache", cached)
 
     def measure_all():
         points = [s.strip() for s in args.points.split(",") if s.strip()]

@@ -18,7 +18,7 @@ import time
 
 from fastvit_jax.cli.arguments import ArgumentParser, positive_int, positive_int_list
 from fastvit_jax.errors import report_errors
-from fastvit_jax.util.report import format_table, machine, write_json
+from fastvit_jax.util.report import cold_compiles, format_table, machine, write_json
 
 
 def main(argv=None) -> int:
@@ -33,14 +33,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run():
-        import jax
-
-        cached = jax.config.jax_enable_compilation_cache
-        jax.config.update("jax_enable_compilation_cache", False)  # every compile measured cold
-        try:
+        with cold_compiles():
             measure(args)
-        finally:  # called in-process (tests): leave the cache as it was
-            jax.config.update("jax_enable_compilation_cache", cached)
 
     return report_errors(run, "shared_program")
 

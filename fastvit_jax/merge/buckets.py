@@ -218,9 +218,7 @@ class Layout:
 
 def layout(plan: MergePlan, buckets: int | None) -> Layout:
     """One plan's layout: `token_slots`, padded where slots exceed the plan's count, its own r."""
-    slots = token_slots(plan, buckets)
-    counts = [op.tokens_in for op in plan.ops] + [plan.final_tokens]
-    return Layout(slots, tuple(s > c for s, c in zip(slots, counts)), tuple(merged_r(op) for op in plan.ops))
+    return shared_layout([plan], buckets)
 
 
 def merged_r(op: BlockOp) -> int:
@@ -244,7 +242,7 @@ def program_key(plan: MergePlan) -> tuple:
             plan.patch_grid) + tuple(block(op) for op in plan.ops)
 
 
-def shared_layout(plans: list[MergePlan], buckets: int) -> Layout:
+def shared_layout(plans: list[MergePlan], buckets: int | None) -> Layout:
     """One layout for plans of one `program_key`: each block's slots cover every member's count
     (the largest, cut into at most `buckets` segments per stretch as `token_slots` cuts one plan's),
     padded wherever some member has fewer tokens than slots; r_max the largest r of any member."""

@@ -3,6 +3,7 @@ markdown tables, figures saved as PNG and SVG, JSON files, the machine a measure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -74,3 +75,17 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d")}
+
+
+@contextlib.contextmanager
+def cold_compiles():
+    """JAX's persistent compilation cache off inside (every compile measured cold), restored after:
+    a benchmark's main() called in-process (a test worker) leaves the caller's cache as it was."""
+    import jax
+
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
