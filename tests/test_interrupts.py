@@ -94,6 +94,61 @@ def test_sigint_during_calibration_always_exits_130(tmp_path):
         assert lines[-1] == "fastvit: interrupted", (delay, lines[-3:])
 
 
+class _SwallowsCtrlC:
+    """A finaliser that Ctrl-C interrupts: Python prints "Exception ignored in ..." and carries on."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_ctrl_c_that_python_swallows_still_ends_the_command(capsys, monkeypatch, hook):
+    """Once armed, an interrupt raised inside a finaliser is raised again in normal code (the
+    unraisable hook); should that not happen, a command that returns normally after a Ctrl-C is
+    still reported as interrupted."""
+    from fastvit_jax import errors
+
+    interrupts = errors.Interrupts()
+    monkeypatch.setattr(errors, "INTERRUPTS", interrupts)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.install()
+        if not hook:
+            sys.unraisablehook = lambda unraisable: None  # swallowed for good
+        interrupts.arm()
+        steps = []
+
+        def command():
+            _SwallowsCtrlC()  # dropped at once: the interrupt is raised and swallowed here
+            for _ in range(200):
+                steps.append(1)
+                time.sleep(0.005)
+            return 0
+
+        assert errors.report_errors(command, "fastvit") == errors.INTERRUPTED
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "fastvit: interrupted"
+        assert (len(steps) < 200) == hook, len(steps)  # the hook ends it early; without it, the fallback at the end
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = sys.__unraisablehook__
+
+
+def test_ctrl_c_during_the_imports_is_honoured_once_they_finish(capsys, monkeypatch):
+    from fastvit_jax import errors
+
+    interrupts = errors.Interrupts()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.install()
+        signal.raise_signal(signal.SIGINT)  # before arm(): remembered, nothing raised
+        assert interrupts.received
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.arm()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = sys.__unraisablehook__
+
+
 def test_convert_refuses_an_existing_output_and_unknown_extensions(tmp_path, capsys):
     src = tmp_path / "m.npz"
     np.savez(src, **google_checkpoint(TINY, seed=1))
