@@ -16,10 +16,10 @@ from conftest import google_checkpoint
 from fastvit_jax.checkpoints import checkpoint
 from fastvit_jax.config import ViTConfig
 from fastvit_jax.errors import FastViTError
-from fastvit_jax.merge import buckets
+from fastvit_jax.merge import buckets, local
 from fastvit_jax.merge.apply import global_merge
 from fastvit_jax.merge.options import MergeOptions
-from fastvit_jax.merge.plan import make_plan
+from fastvit_jax.merge.plan import local_block, make_plan
 from fastvit_jax.merge.state import TokenState
 from fastvit_jax.models.forward import make_forward
 from fastvit_jax.models.vit import VisionTransformer
@@ -48,8 +48,10 @@ def test_slots_pad_only_tome_style_blocks():
     slots = buckets.token_slots(plan, 2)
     assert len(set(slots[:-1])) == 2 and slots[-1] == plan.final_tokens
     assert all(s >= op.tokens_in for s, op in zip(slots, plan.ops))
-    lgtm = make_plan(DEEP, MergeOptions("lgtm", r=6, window=2))  # local windows: no padded form
-    assert buckets.token_slots(lgtm, 2)[:-1] == tuple(op.tokens_in for op in lgtm.ops)
+    drop = make_plan(DEEP, MergeOptions("drop", r=6))  # dropping: no padded form
+    assert buckets.token_slots(drop, 2)[:-1] == tuple(op.tokens_in for op in drop.ops)
+    lgtm = make_plan(DEEP, MergeOptions("lgtm", r=6, window=2))  # local windows pad too
+    assert buckets.token_slots(lgtm, 1)[:-1] == (lgtm.ops[0].tokens_in,) * lgtm.depth
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -73,6 +75,40 @@ def test_padded_merge_is_the_exact_merge_then_padding(distill, seed):
     np.testing.assert_array_equal(got.pos_sum[:real - r], want.pos_sum)
     np.testing.assert_allclose(got.x[:real - r], want.x, atol=1e-6)
     np.testing.assert_allclose(got_score, want_score, atol=1e-6)  # one matmul of another size: rounding
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_padded_local_merge_is_the_exact_local_merge_then_padding(seed):
+    """LGTM's windows on padded slots, window, grid and r as data under larger static bounds: the
+    same merges and output order as merge/local.local_merge on the real tokens alone. Odd seeds tie
+    (integer features) with the bounds at the exact window, where both rank the same slots; even
+    seeds take continuous features under larger bounds (the windows' similarity matmuls then differ
+    in shape, so exact ties could round apart)."""
+    rng = np.random.default_rng(seed)
+    patch_grid = (int(rng.integers(5, 15)), int(rng.integers(5, 15)))
+    m = int(rng.integers(patch_grid[0] * patch_grid[1] // 3, patch_grid[0] * patch_grid[1] + 1))
+    prefix, window, ties = seed % 3 == 0, int(rng.integers(2, 6)), seed % 2 == 1
+    op, _ = local_block(m + prefix, prefix, patch_grid, window, int(rng.integers(1, 40)))
+    grow = 0 if ties else 2
+    bounds = {"r_max": op.r + grow, "window_max": window + grow, "windows_max": op.num_windows + grow}
+    n, pad = prefix + m, int(rng.integers(0, 20))
+    size = rng.integers(1, 4, n).astype(np.float32)
+    pos = (rng.integers(0, max(patch_grid), (n, 2)) * size[:, None]).astype(np.float32)  # sums of positions
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    metric = rng.integers(0, 3, (n, 5)).astype(np.float32) if ties else rng.standard_normal((n, 5)).astype(np.float32)
+    exact = jax.jit(lambda s, mt: local.local_merge(s, mt, r=op.r, window=window, grid=op.grid, tokens_out=op.tokens_out,
+                                                    num_prefix=prefix))
+    want, want_score = exact(TokenState(*(jnp.asarray(a)[None] for a in (x, size, pos))), jnp.asarray(metric)[None])
+    padded = lambda a: jnp.asarray(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]))
+    merge = jax.jit(lambda s, mt, r, w, c: local.padded_local_merge(s, mt, r=r, window=w, cols=c, num_prefix=prefix, **bounds))
+    got, got_score = merge(TokenState(padded(x), padded(size), padded(pos)), padded(metric), op.r, window, op.grid[1])
+    out = op.tokens_out
+    np.testing.assert_array_equal(got.size[:out], want.size[0])
+    np.testing.assert_array_equal(got.size[out:], 0.0)
+    np.testing.assert_array_equal(got.pos_sum[:out], want.pos_sum[0])
+    np.testing.assert_allclose(got.x[:out], want.x[0], atol=1e-6)
+    real = lambda s: np.sort(np.asarray(s).ravel()[np.asarray(s).ravel() > -1.5])
+    np.testing.assert_allclose(real(got_score), real(want_score), atol=1e-6)
 
 
 POINTS = [MergeOptions("tome", r=6), MergeOptions("tome", r=5, prop_attn=False, inflect=0.5), MergeOptions("dfe", r=8),
@@ -186,9 +222,11 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 6)]
     mctf = make_plan(config, MergeOptions("mctf", r=6))  # one step ahead, padded too
     assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(0, 1), (1, 6)]
-    lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # local windows: no padded form
-    assert all(end - start == 1 for start, end in buckets.shared_runs(lgtm, buckets.token_slots(lgtm, 1))
-               if lgtm.ops[start].kind == "local")
+    lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # windows of every size: one program
+    assert [lgtm.ops[i].kind for i in (0, 1, 2)] == ["none", "local", "local"]
+    local_runs = [(a, b) for a, b in buckets.shared_runs(lgtm, buckets.token_slots(lgtm, 1)) if lgtm.ops[a].kind == "local"]
+    assert local_runs == [(1, 2), (2, 1 + lgtm.transition)] and lgtm.transition >= 3  # the first: no log size yet
+    assert lgtm.ops[1].window != lgtm.ops[2].window
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
     text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()

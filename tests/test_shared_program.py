@@ -31,6 +31,9 @@ GROUPS = {
     "atm": [MergeOptions("atm", r=6, size_split=3), MergeOptions("atm", r=4, size_split=3)],
     "mctf": [MergeOptions("mctf", r=6, skip=1), MergeOptions("mctf", r=4, skip=1)],
     "ppt": [MergeOptions("ppt", r=6, threshold=1.0), MergeOptions("ppt", r=9, threshold=0.0)],  # threshold: data
+    # local windows: the window, the grid and r per window are data (windows of 2-6 in one program)
+    "lgtm": [MergeOptions("lgtm", r=6, window=2), MergeOptions("lgtm", r=4, window=2), MergeOptions("lgtm", r=5, window=3),
+             MergeOptions("lgtm", r=8, window=3, transition=2)],
 }
 
 
@@ -46,8 +49,10 @@ def test_program_key_ignores_r_and_margin_only():
     keys = [buckets.program_key(plans[0])] + [buckets.program_key(make_plan(DEEP, o)) for o in others]
     assert len(set(keys)) == len(keys)  # structure, metric, rule and combine each make another program
     # no padded form: the whole plan, counts included, is the key
-    lgtm = [make_plan(DEEP, MergeOptions("lgtm", r=r, window=2)) for r in (4, 6)]
-    assert buckets.program_key(lgtm[0]) != buckets.program_key(lgtm[1])
+    drop = [make_plan(DEEP, MergeOptions("drop", r=r)) for r in (4, 6)]
+    assert buckets.program_key(drop[0]) != buckets.program_key(drop[1])
+    lgtm = [make_plan(DEEP, o) for o in GROUPS["lgtm"]]  # windows and r are data; local or global blocks are not
+    assert len({buckets.program_key(p) for p in lgtm[:3]}) == 1 != len({buckets.program_key(p) for p in lgtm})
     random = [make_plan(DEEP, MergeOptions("tome", r=r, metric="random")) for r in (4, 6)]
     assert buckets.program_key(random[0]) != buckets.program_key(random[1])
 
@@ -77,6 +82,8 @@ def test_each_plan_on_the_shared_program_is_its_exact_model(group):
     params = checkpoint.unflatten(google_checkpoint(config, seed=1))
     images = jnp.asarray(np.random.default_rng(0).standard_normal((3, 32, 32, 3)), jnp.float32)
     plans = [make_plan(config, o) for o in GROUPS[group]]
+    if group == "lgtm":  # two programs: all-local plans and local-then-global ones
+        plans = plans[:3]
     exact = [_states(config, plan)(params, images, None) for plan in plans]
     for n in (1, 2) if group == "tome" else (1,):
         layout = buckets.shared_layout(plans, n)

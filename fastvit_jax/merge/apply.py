@@ -105,8 +105,16 @@ def apply_op(op: BlockOp, plan: MergePlan, state: TokenState, metric: jax.Array,
     if op.kind == "drop":
         drop = lambda s, m: fns["drop"](s, m, r=op.r, num_prefix=plan.num_prefix)
         return jax.vmap(drop)(state, metric), None
-    if op.kind == "global" and padded:
-        shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin, "threshold": op.threshold}
+    if padded:
+        shared = shared or {"r": op.r, "r_max": op.r, "margin": op.margin, "threshold": op.threshold,
+                            "window": op.window, "cols": op.grid[1], "window_max": op.window,
+                            "windows_max": op.num_windows}
+    if op.kind == "local" and padded:
+        fn = lambda s, m: local.padded_local_merge(s, m, r=shared["r"], window=shared["window"], cols=shared["cols"],
+                                                   r_max=shared["r_max"], window_max=shared["window_max"],
+                                                   windows_max=shared["windows_max"], num_prefix=plan.num_prefix)
+        new, scores = jax.vmap(fn)(state, metric)
+    elif op.kind == "global" and padded:
         if op.rule != "tome":
             fn = lambda s, m, a: buckets.padded_reduce(s, m, a, op=op, r=shared["r"], margin=shared["margin"],
                                                        threshold=shared["threshold"], num_prefix=plan.num_prefix,

@@ -14,9 +14,9 @@ section 22).
 
 Same merges, same order, same logits within float rounding as the exact model; the price is the
 FLOPs of the padded slots (runtime, not the plan's analytic GFLOPs, which stay exact). ToMe's
-matching with its combines (ToMe, DFE, ToFu) and the rules that declare padded slots
-(methods.Rule.padded: PiToMe's, ATM's, PPT's, MCTF's one step ahead) have padded forms; the
-others (local windows, drop) run at their exact counts.
+matching with its combines (ToMe, DFE, ToFu), LGTM's local windows and the rules that declare
+padded slots (methods.Rule.padded: PiToMe's, ATM's, PPT's, MCTF's one step ahead) have padded
+forms; the others (drop, random metric) run at their exact counts.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ def combine_class(combine: str) -> str:
 
 
 def bucketable(op: BlockOp) -> bool:
-    """Whether a block can run on padded slots: it keeps every token, or merges globally by ToMe's
-    matching or a rule that declares its padded slots (methods.Rule.padded), with a combine that
-    needs no attention or one step ahead (MCTF's: merge/apply.merge_ahead reads the attention
-    received from the padded map itself)."""
+    """Whether a block can run on padded slots: it keeps every token, merges inside local windows
+    (merge/local.padded_local_merge), or merges globally by ToMe's matching or a rule that declares
+    its padded slots (methods.Rule.padded), with a combine that needs no attention or one step ahead
+    (MCTF's: merge/apply.merge_ahead reads the attention received from the padded map itself)."""
     if op.kind == "none" or op.r == 0:
         return True
+    if op.kind == "local":
+        return not op.knobs
     padded_rule = op.rule == "tome" or methods.rule(op.rule).padded is not None
     return op.kind == "global" and padded_rule and (op.combine != "attn" or op.ahead) and not op.knobs
 
@@ -176,13 +178,14 @@ def padded_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | N
 
 def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tuple | None:
     """What makes a padded block one program with another (`shared_runs`): its slot count, the bias
-    on its attention keys, and the rule and combine it merges by (r and PiToMe's margin are data).
+    on its attention keys, and how it merges: local windows, or the rule and combine (r, PiToMe's
+    margin, the window and grid are data).
     None: a block that runs at its exact count (no padded form, or the random metric, whose draws
     are shaped by the exact count)."""
     op = plan.ops[block]
     if not bucketable(op) or plan.metric == "random":
         return None
-    merging = (op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
+    merging = (op.kind, op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
     return (slots, key_bias_kind(plan, block, padded)) + merging
 
 
@@ -214,6 +217,14 @@ class Layout:
     slots: tuple[int, ...]
     padded: tuple[bool, ...]
     r_max: tuple[int, ...]
+    windows: tuple[tuple[int, int], ...] = ()  # per local block: (largest window, most windows)
+
+    def statics(self, start: int, end: int) -> dict:
+        """What blocks start..end-1 share as one program takes as static: the largest r, window and
+        window count of any of them (traced values stay at or below these)."""
+        local = [self.windows[i] for i in range(start, end)] if self.windows else [(0, 0)]
+        return {"r_max": max(self.r_max[start:end]), "window_max": max(w for w, _ in local),
+                "windows_max": max(n for _, n in local)}
 
 
 def layout(plan: MergePlan, buckets: int | None) -> Layout:
@@ -232,11 +243,11 @@ def program_key(plan: MergePlan) -> tuple:
     if plan.metric == "random":
         return ("plan", plan)
 
-    def block(op):  # r (but whether it merges), margin, threshold, counts and a data combine are data
+    def block(op):  # r (but whether it merges), margin, threshold, counts, window, grid, a data combine are data
         if not bucketable(op):
             return op
         return dataclasses.replace(op, r=int(op.r > 0), margin=0.0, threshold=0.0, tokens_in=0, tokens_out=0,
-                                   combine=combine_class(op.combine))
+                                   combine=combine_class(op.combine), window=0, grid=(0, 0))
 
     return (plan.metric, plan.prop_attn, plan.num_prefix, plan.distill_token, plan.track_source,
             plan.patch_grid) + tuple(block(op) for op in plan.ops)
@@ -256,17 +267,22 @@ def shared_layout(plans: list[MergePlan], buckets: int | None) -> Layout:
     padded = tuple(any(s > c for c in counts) for s, counts in
                    zip(slots, zip(*([op.tokens_in for op in p.ops] + [p.final_tokens] for p in plans))))
     r_max = tuple(max(merged_r(p.ops[i]) for p in plans) for i in range(first.depth))
-    return Layout(slots, padded, r_max)
+    windows = tuple((max(p.ops[i].window for p in plans), max(p.ops[i].num_windows for p in plans))
+                    for i in range(first.depth))
+    return Layout(slots, padded, r_max, windows)
 
 
 def schedule(plan: MergePlan) -> dict:
     """A plan's per-block data on its shared program (numpy, depth each): r, PiToMe's margin, PPT's
-    threshold, and which of DATA_COMBINES a block takes (its index; 0 for any other combine)."""
+    threshold, which of DATA_COMBINES a block takes (its index; 0 for any other combine), and a
+    local block's window and the column count of the grid it sorts tokens onto (0 elsewhere)."""
     index = lambda c: DATA_COMBINES.index(c) if c in DATA_COMBINES else 0
     return {"r": np.asarray([merged_r(op) for op in plan.ops], np.int32),
             "margin": np.asarray([op.margin for op in plan.ops], np.float32),
             "threshold": np.asarray([op.threshold for op in plan.ops], np.float32),
-            "combine": np.asarray([index(op.combine) for op in plan.ops], np.int32)}
+            "combine": np.asarray([index(op.combine) for op in plan.ops], np.int32),
+            "window": np.asarray([op.window for op in plan.ops], np.int32),
+            "cols": np.asarray([op.grid[1] for op in plan.ops], np.int32)}
 
 
 def cut(state: TokenState, slots: int) -> TokenState:

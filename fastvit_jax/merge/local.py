@@ -169,3 +169,70 @@ def local_merge(state: TokenState, metric: jax.Array, *, r: int, window: int, gr
     # Pad-pad pairs point past the last token: merge_into ignores them.
     new = jax.vmap(merge_into)(state, src, dst, out)
     return new, matching.score.reshape(batch, -1)
+
+
+# ---------------------------------------------------------------- the padded form (merge/buckets.py)
+def padded_local_merge(state: TokenState, metric: jax.Array, *, r, window, cols, r_max: int, window_max: int,
+                       windows_max: int, num_prefix: int) -> tuple[TokenState, jax.Array]:
+    """One example on P slots (real tokens first, padded slots of size 0 after): `local_merge`'s
+    merges and output order, with the window, the grid's column count and r per window possibly
+    traced (a block of a scanned run or of a shared program), at most the static window_max, r_max,
+    and windows_max windows. Returns P slots: [the exact output's tokens, then padding], and the
+    windows_max * min(r_max, A slots) pair scores (-2 where no real pair merged).
+
+    The window layout is computed instead of looked up: the k-th token in grid order sits at row
+    k // cols, column k % cols, so in window (row // w, column // w) at row-major rank
+    (row % w) * width + column % w among the window's real tokens (rows above it are full; width =
+    the window's real columns). Matching runs on windows of window_max^2 slots, real tokens at their
+    ranks (A even, B odd as in `window_layout`), the rest invalid: real tokens pair only with real
+    ones, so the r best real pairs of a window are the exact model's; windows past the last are empty.
+    """
+    slots = metric.shape[0] - num_prefix
+    size = state.size[num_prefix:]
+    valid = size > 0
+    real = jnp.sum(valid.astype(jnp.int32))
+    w, cols = jnp.asarray(window, jnp.int32), jnp.asarray(cols, jnp.int32)
+    area = window_max * window_max
+
+    # grid_order on the real tokens; padded ones sort last, so the real ones keep their exact order
+    pos = jnp.where(valid[:, None], mean_pos(state)[num_prefix:], jnp.inf)
+    by_row = jnp.argsort(pos[:, 0], stable=True)
+    k = jnp.arange(slots, dtype=jnp.int32)
+    key = (k // cols).astype(jnp.float32) * (2.0 * cols.astype(jnp.float32) + 2.0) + pos[by_row, 1]
+    order = by_row[jnp.argsort(jnp.where(k < real, key, jnp.inf), stable=True)]
+
+    row, col = k // cols, k % cols
+    first_col = (col // w) * w
+    win = (row // w) * ((cols + w - 1) // w) + col // w
+    rank = (row % w) * jnp.minimum(w, cols - first_col) + col % w
+    win = jnp.where(k < real, win, windows_max)  # padding: dropped from the layout
+    token_at = jnp.full((windows_max, area), slots, jnp.int32).at[win, rank].set(order.astype(jnp.int32), mode="drop")
+    win_valid = token_at < slots
+    win_metric = metric[num_prefix:].at[token_at].get(mode="fill", fill_value=0)
+
+    ranked = min(r_max, (area + 1) // 2)  # a window merges at most its A tokens
+
+    def best(m, v):  # one window: the best real pairs, the first r live
+        node_max, node_idx = bipartite.best_partners(m, class_token=False, valid=v)
+        node_max = jnp.where(v[0::2], node_max, -jnp.inf)
+        value, top = jax.lax.top_k(node_max, ranked)
+        live = (jnp.arange(ranked) < r) & (value > -jnp.inf)
+        return 2 * top, 2 * node_idx[top] + 1, live, value
+
+    src, dst, live, value = jax.vmap(best)(win_metric, win_valid)
+    to_token = lambda at, s: jnp.take_along_axis(at, s, axis=1)
+    src = jnp.where(live, to_token(token_at, src), slots).reshape(-1)
+    dst = jnp.where(live, to_token(token_at, dst), slots).reshape(-1)
+    merged_away = jnp.zeros(slots, bool).at[src].set(True, mode="drop")
+    # A window's output is [unmerged A, all B]; windows in order; merged-away and padding after
+    s = jnp.arange(area, dtype=jnp.int32)
+    place = jnp.arange(windows_max, dtype=jnp.int32)[:, None] * (2 * area) + jnp.where(s % 2 == 0, s // 2, area + s // 2)
+    place = jnp.full(slots, 2 * area * windows_max, jnp.int32).at[token_at].set(place, mode="drop")
+    out = jnp.argsort(jnp.where(valid & ~merged_away, place, 2 * area * windows_max + 1 + k), stable=True)
+    out = jnp.where(jnp.asarray(r) > 0, out, k)  # a block that merges nothing keeps its order
+    shift = lambda t: t + num_prefix
+    keep = jnp.concatenate([jnp.arange(num_prefix, dtype=jnp.int32), shift(out).astype(jnp.int32)])
+    merged = merge_into(state, shift(src), shift(dst), keep)
+    kept = real - jnp.sum(merged_away.astype(jnp.int32))
+    new_size = jnp.where(jnp.arange(num_prefix + slots) < num_prefix + kept, merged.size, 0.0)
+    return merged._replace(size=new_size), jnp.where(live, value, -2.0).reshape(-1)

@@ -303,7 +303,7 @@ class Encoder(nn.Module):
                 for i in range(start, end):
                     shared = None  # a shared program's block takes its r, margin... from the schedule
                     if schedule is not None and shares:
-                        shared = {**{k: v[i] for k, v in schedule.items()}, "r_max": layout.r_max[i]}
+                        shared = {**{k: v[i] for k, v in schedule.items()}, **layout.statics(i, i + 1)}
                     state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, bucketed[i], padded[i],
                                                       name=f"encoderblock_{i}")(state, merge_key, registers, shared)
             state = buckets.cut(state, slots[end])
@@ -321,13 +321,13 @@ class Encoder(nn.Module):
         if schedule is None:
             schedule = buckets.schedule(self.plan)
         values = {k: jnp.asarray(v[start:end]) for k, v in schedule.items()}
-        r_max = max(layout.r_max[start:end])
+        statics = layout.statics(start, end)
         block = Encoder1DBlock(self.config, self.plan, start, self.runtime, True, layout.padded[start])
 
         def body(carry, xs):
             weights, shared = xs
             return block.apply({"params": weights}, carry[0], merge_key, carry[1],
-                               shared={**shared, "r_max": r_max}), None
+                               shared={**shared, **statics}), None
 
         (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, values))
         return state, registers
