@@ -206,26 +206,26 @@ def test_padded_merge_with_r_as_data_is_the_exact_merge(r):
 
 
 def test_blocks_of_one_bucket_share_one_scanned_program():
-    """With one bucket, ToMe's merging blocks after the first are one run (one lax.scan; r is data,
-    the clamped last block included); the first block (no bias yet) and rules without a padded
-    form stand alone."""
+    """With one bucket, ToMe's merging blocks are one run (one lax.scan; r is data, the clamped last
+    block included): before the first merge the bias on the keys is log 1 = 0 (or a mask of no
+    padding), the same program as after it. Blocks that merge nothing, windows and rules each
+    make another run; rules without a padded form stand alone."""
     config = ViTConfig(**{**DEEP.__dict__, "depth": 6})
     plan = make_plan(config, MergeOptions("tome", r=6))
     slots = buckets.token_slots(plan, 1)
-    assert buckets.shared_runs(plan, slots) == [(0, 1), (1, 6)]
+    assert buckets.shared_runs(plan, slots) == [(0, 6)]
     assert buckets.shared_runs(make_plan(config), slots) == [(0, 6)]
     no_prop = make_plan(config, MergeOptions("tome", r=6, prop_attn=False))  # padded blocks: the mask
-    assert buckets.shared_runs(no_prop, slots) == [(0, 1), (1, 6)]
-    pitome = make_plan(config, MergeOptions("pitome", r=6))  # its margin per block is data too
-    assert buckets.shared_runs(pitome, buckets.token_slots(pitome, 1)) == [(0, 1), (1, 6)]
-    tofu = make_plan(config, MergeOptions("tofu", r=6, prune_blocks=3))  # prune or MLERP: data
-    assert buckets.shared_runs(tofu, buckets.token_slots(tofu, 1)) == [(0, 1), (1, 6)]
-    mctf = make_plan(config, MergeOptions("mctf", r=6))  # one step ahead, padded too
-    assert buckets.shared_runs(mctf, buckets.token_slots(mctf, 1)) == [(0, 1), (1, 6)]
+    assert buckets.shared_runs(no_prop, slots) == [(0, 6)]
+    skip = make_plan(config, MergeOptions("tome", r=6, skip=2))
+    assert buckets.shared_runs(skip, buckets.token_slots(skip, 1)) == [(0, 2), (2, 6)]
+    for method in ("pitome", "tofu", "mctf"):  # PiToMe's margin, ToFu's prune or MLERP: data; MCTF one step ahead
+        other = make_plan(config, MergeOptions(method, r=6))
+        assert buckets.shared_runs(other, buckets.token_slots(other, 1)) == [(0, 6)], method
     lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # windows of every size: one program
     assert [lgtm.ops[i].kind for i in (0, 1, 2)] == ["none", "local", "local"]
     local_runs = [(a, b) for a, b in buckets.shared_runs(lgtm, buckets.token_slots(lgtm, 1)) if lgtm.ops[a].kind == "local"]
-    assert local_runs == [(1, 2), (2, 1 + lgtm.transition)] and lgtm.transition >= 3  # the first: no log size yet
+    assert local_runs == [(1, 1 + lgtm.transition)] and lgtm.transition >= 2
     assert lgtm.ops[1].window != lgtm.ops[2].window
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))

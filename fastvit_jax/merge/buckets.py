@@ -102,10 +102,14 @@ def fewest_padded(counts: list[int], segments: int) -> list[tuple[int, int]]:
     return out
 
 
-def key_bias_kind(plan: MergePlan, block: int, padded: bool) -> str | None:
+def key_bias_kind(plan: MergePlan, block: int, padded: bool, bucketed: bool = False) -> str | None:
     """What a block's attention adds to its logits per key: "log" (log size, under proportional
     attention once something merged; log 0 = -inf masks padded slots too), "mask" (padded slots,
-    `attention_mask`) or None (dense blocks stay bit-exact). merge/step.key_bias computes it."""
+    `attention_mask`) or None (dense blocks stay bit-exact). merge/step.key_bias computes it.
+    bucketed: every block of a bucketed stretch takes the same kind, so that blocks before and after
+    the first merge can be one program: before it, log 1 = 0 and a mask without padding add zeros."""
+    if bucketed:
+        return "log" if plan.prop_attn else "mask"
     if plan.prop_attn and plan.merged_before(block):
         return "log"
     return "mask" if padded else None
@@ -186,7 +190,7 @@ def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tupl
     if not bucketable(op) or plan.metric == "random":
         return None
     merging = (op.kind, op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
-    return (slots, key_bias_kind(plan, block, padded)) + merging
+    return (slots, key_bias_kind(plan, block, padded, bucketed=True)) + merging
 
 
 def shared_runs(plan: MergePlan, slots: tuple[int, ...], padded: tuple[bool, ...] | None = None

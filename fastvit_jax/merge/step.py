@@ -38,10 +38,10 @@ def attention_feature(op: BlockOp) -> Callable | None:
     return methods.rule(op.rule).attention_feature if merges(op) and op.kind == "global" else None
 
 
-def key_bias(plan: MergePlan, block: int, state: TokenState, padded: bool) -> jax.Array | None:
+def key_bias(plan: MergePlan, block: int, state: TokenState, padded: bool, bucketed: bool = False) -> jax.Array | None:
     """What the block's attention adds to its logits per key (B, N), as buckets.key_bias_kind says:
     log(size), the padding mask where slots are padded (merge/buckets.py), or nothing."""
-    kind = buckets.key_bias_kind(plan, block, padded)
+    kind = buckets.key_bias_kind(plan, block, padded, bucketed)
     if kind == "log":
         return jnp.log(state.size)
     return buckets.attention_mask(state) if kind == "mask" else None

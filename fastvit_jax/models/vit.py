@@ -187,7 +187,7 @@ class Encoder1DBlock(nn.Module):
         # float32 out: the projections cast it to dtype, the merge feature reads it as it is
         norm = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, name="LayerNorm_0")
         y = norm(with_registers(state.x, registers))
-        size_log = step.key_bias(self.plan, self.index, state, padded=self.padded)
+        size_log = step.key_bias(self.plan, self.index, state, padded=self.padded, bucketed=self.bucketed)
         if size_log is not None and registers is not None:  # a register stands for itself: log 1 = 0
             size_log = with_registers(size_log, jnp.zeros(registers.shape[:2], size_log.dtype))
         mha = MultiHeadDotProductAttention(cfg.heads, self.dtype, self.runtime.attention == "fused",
