@@ -208,25 +208,25 @@ def test_padded_merge_with_r_as_data_is_the_exact_merge(r):
 def test_blocks_of_one_bucket_share_one_scanned_program():
     """With one bucket, ToMe's merging blocks are one run (one lax.scan; r is data, the clamped last
     block included): before the first merge the bias on the keys is log 1 = 0 (or a mask of no
-    padding), the same program as after it. Blocks that merge nothing, windows and rules each
-    make another run; rules without a padded form stand alone."""
+    padding), the same program as after it, and blocks that merge nothing join the run (they skip
+    the merge). Each way of merging (a rule and combine, local windows) makes its own run; rules
+    without a padded form stand alone."""
     config = ViTConfig(**{**DEEP.__dict__, "depth": 6})
-    plan = make_plan(config, MergeOptions("tome", r=6))
-    slots = buckets.token_slots(plan, 1)
-    assert buckets.shared_runs(plan, slots) == [(0, 6)]
-    assert buckets.shared_runs(make_plan(config), slots) == [(0, 6)]
-    no_prop = make_plan(config, MergeOptions("tome", r=6, prop_attn=False))  # padded blocks: the mask
-    assert buckets.shared_runs(no_prop, slots) == [(0, 6)]
-    skip = make_plan(config, MergeOptions("tome", r=6, skip=2))
-    assert buckets.shared_runs(skip, buckets.token_slots(skip, 1)) == [(0, 2), (2, 6)]
+    runs = lambda options: buckets.shared_runs(p := make_plan(config, options), buckets.token_slots(p, 1))
+    assert runs(MergeOptions("tome", r=6)) == [(0, 6)]
+    assert buckets.shared_runs(make_plan(config), buckets.token_slots(make_plan(config), 1)) == [(0, 6)]
+    assert runs(MergeOptions("tome", r=6, prop_attn=False)) == [(0, 6)]  # padded blocks: the mask
+    assert runs(MergeOptions("tome", r=6, skip=2)) == [(0, 6)]  # the skipped blocks too
     for method in ("pitome", "tofu", "mctf"):  # PiToMe's margin, ToFu's prune or MLERP: data; MCTF one step ahead
-        other = make_plan(config, MergeOptions(method, r=6))
-        assert buckets.shared_runs(other, buckets.token_slots(other, 1)) == [(0, 6)], method
+        assert runs(MergeOptions(method, r=6)) == [(0, 6)], method
+    assert runs(MergeOptions("ppt", r=6)) == [(0, 6)]  # its three reducing blocks and those between
+    assert runs(MergeOptions("atm", r=6, size_split=3)) == [(0, 3), (3, 6)]  # ToMe's rule, then ATM's
+    assert runs(MergeOptions("drop", r=6, skip=1)) == [(i, i + 1) for i in range(6)]  # no padded form
     lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # windows of every size: one program
-    assert [lgtm.ops[i].kind for i in (0, 1, 2)] == ["none", "local", "local"]
-    local_runs = [(a, b) for a, b in buckets.shared_runs(lgtm, buckets.token_slots(lgtm, 1)) if lgtm.ops[a].kind == "local"]
-    assert local_runs == [(1, 1 + lgtm.transition)] and lgtm.transition >= 2
+    assert [str(op)[:5] for op in lgtm.ops] == ["-", "local", "local", "local", "local", "globa"]
+    assert runs(MergeOptions("lgtm", r=6, window=2)) == [(0, 5), (5, 6)]
     assert lgtm.ops[1].window != lgtm.ops[2].window
+    plan = make_plan(config, MergeOptions("tome", r=6))
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
     text = make_forward(config, plan, Runtime(token_buckets=1)).lower(params, images).as_text()

@@ -183,31 +183,51 @@ def padded_reduce(state: TokenState, metric: jax.Array, attention: jax.Array | N
 def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tuple | None:
     """What makes a padded block one program with another (`shared_runs`): its slot count, the bias
     on its attention keys, and how it merges: local windows, or the rule and combine (r, PiToMe's
-    margin, the window and grid are data).
-    None: a block that runs at its exact count (no padded form, or the random metric, whose draws
-    are shaped by the exact count)."""
+    margin, the window and grid are data); () for a block that merges nothing. None: a block that
+    runs at its exact count (no padded form, or the random metric, whose draws are shaped by the
+    exact count)."""
     op = plan.ops[block]
     if not bucketable(op) or plan.metric == "random":
         return None
     merging = (op.kind, op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
-    return (slots, key_bias_kind(plan, block, padded, bucketed=True)) + merging
+    return (slots, key_bias_kind(plan, block, padded, bucketed=True), merging)
+
+
+def joins(run: tuple, program: tuple | None) -> tuple | None:
+    """The program of a run extended by a block's (`block_program`), or None if they are not one:
+    the same slots and bias, and at most one way of merging (blocks merging nothing join any run:
+    in a scan they skip the merge, step.block_step)."""
+    if program is None or run is None or run[:2] != program[:2]:
+        return None
+    if run[2] and program[2] and run[2] != program[2]:
+        return None
+    return run[:2] + (run[2] or program[2],)
 
 
 def shared_runs(plan: MergePlan, slots: tuple[int, ...], padded: tuple[bool, ...] | None = None
                 ) -> list[tuple[int, int]]:
     """The plan's blocks as runs [start, end) of consecutive blocks that are one program
-    (`block_program`): the same slot count in (`token_slots`), all merging by the same rule and
-    combine or none merging, the same bias on the attention keys. The model runs a longer run as one
-    lax.scan over the blocks' stacked weights, so XLA compiles its block once (and JAX traces it
-    once). padded: per block, whether its slots hold padding (default: more slots than tokens)."""
+    (`block_program`, `joins`): the same slot count in (`token_slots`), the same bias on the
+    attention keys, merging by one rule and combine (or by local windows) or not at all. The model
+    runs a longer run as one lax.scan over the blocks' stacked weights, so XLA compiles its block
+    once (and JAX traces it once). padded: per block, whether its slots hold padding (default: more
+    slots than tokens)."""
     padded = padded or tuple(s > op.tokens_in for s, op in zip(slots, plan.ops))
     program = lambda i: block_program(plan, i, slots[i], padded[i])
-    runs, start = [], 0
+    runs, start, run = [], 0, program(0)
     for i in range(1, plan.depth + 1):
-        if i == plan.depth or program(i) is None or program(i) != program(start):
+        joined = joins(run, program(i)) if i < plan.depth else None
+        if joined is None:
             runs.append((start, i))
-            start = i
+            start, run = i, program(i) if i < plan.depth else None
+        else:
+            run = joined
     return runs
+
+
+def representative(plan: MergePlan, start: int, end: int) -> int:
+    """The block whose op a scanned run's program is built from: its first merging block, if any."""
+    return next((i for i in range(start, end) if plan.ops[i].kind != "none" and plan.ops[i].r > 0), start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,10 +245,12 @@ class Layout:
 
     def statics(self, start: int, end: int) -> dict:
         """What blocks start..end-1 share as one program takes as static: the largest r, window and
-        window count of any of them (traced values stay at or below these)."""
+        window count of any of them (traced values stay at or below these), and whether some of
+        them merge nothing while others merge ("skips": those take the plain path)."""
         local = [self.windows[i] for i in range(start, end)] if self.windows else [(0, 0)]
-        return {"r_max": max(self.r_max[start:end]), "window_max": max(w for w, _ in local),
-                "windows_max": max(n for _, n in local)}
+        r = self.r_max[start:end]
+        return {"r_max": max(r), "window_max": max(w for w, _ in local), "windows_max": max(n for _, n in local),
+                "skips": max(r) > 0 and min(r) == 0}
 
 
 def layout(plan: MergePlan, buckets: int | None) -> Layout:

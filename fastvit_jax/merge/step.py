@@ -53,7 +53,16 @@ def block_step(op: BlockOp, plan: MergePlan, inputs: BlockInputs, *, block: int,
     block observed: x_pre, x_attn, x_post, the merge feature ("metric") and sizes, merged_similarity.
     bucketed: the tokens sit in padded slots (merge/buckets.py); the merge keeps the slot count, and
     what is observed is cut to the real tokens. shared: a block's r, margin, r_max as data (apply_op),
-    in a scanned run or a shared program; the latter observes every slot (its real count is data)."""
+    in a scanned run or a shared program; the latter observes every slot (its real count is data);
+    with "skips", a block whose r is 0 takes the plain path (lax.cond) and nothing is observed."""
+    if merges(op) and shared is not None and shared.get("skips"):
+        # A scanned run that also holds blocks merging nothing (r = 0 as data, buckets.shared_runs):
+        # those take the plain block's path, the others merge; what is observed is not kept in a scan.
+        shared = {k: v for k, v in shared.items() if k != "skips"}
+        plain = BlockOp("none", op.tokens_in, op.tokens_in)
+        step = lambda o: lambda: block_step(o, plan, inputs, block=block, merge_key=merge_key, impl=impl,
+                                            bucketed=bucketed, shared=shared)[0]
+        return jax.lax.cond(shared["r"] > 0, step(op), step(plain)), {}
     feats, state = dict(inputs.features), inputs.state
     feats["x"] = state.x
     real = op.tokens_in

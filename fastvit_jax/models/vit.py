@@ -322,7 +322,8 @@ class Encoder(nn.Module):
             schedule = buckets.schedule(self.plan)
         values = {k: jnp.asarray(v[start:end]) for k, v in schedule.items()}
         statics = layout.statics(start, end)
-        block = Encoder1DBlock(self.config, self.plan, start, self.runtime, True, layout.padded[start])
+        block = Encoder1DBlock(self.config, self.plan, buckets.representative(self.plan, start, end), self.runtime,
+                               True, layout.padded[start])
 
         def body(carry, xs):
             weights, shared = xs
