@@ -30,6 +30,9 @@ GROUPS = {
              MergeOptions("tofu", r=5, prune_blocks=0)],  # prune or MLERP per block: data
     "atm": [MergeOptions("atm", r=6, size_split=3), MergeOptions("atm", r=4, size_split=3)],
     "mctf": [MergeOptions("mctf", r=6, skip=1), MergeOptions("mctf", r=4, skip=1)],
+    # blocks that merge in one plan and nothing in another: they skip the merge (lax.cond on r)
+    "skips": [MergeOptions("tome", r=6, skip=2), MergeOptions("tome", r=4), MergeOptions("tome", r=5, skip=1)],
+    "mctf skips": [MergeOptions("mctf", r=4), MergeOptions("mctf", r=6, skip=2)],
     "ppt": [MergeOptions("ppt", r=6, threshold=1.0), MergeOptions("ppt", r=9, threshold=0.0)],  # threshold: data
     # local windows: the window, the grid and r per window are data (windows of 2-6 in one program)
     "lgtm": [MergeOptions("lgtm", r=6, window=2), MergeOptions("lgtm", r=4, window=2), MergeOptions("lgtm", r=5, window=3),
@@ -53,6 +56,13 @@ def test_program_key_ignores_r_and_margin_only():
     assert buckets.program_key(drop[0]) != buckets.program_key(drop[1])
     lgtm = [make_plan(DEEP, o) for o in GROUPS["lgtm"]]  # windows and r are data; local or global blocks are not
     assert len({buckets.program_key(p) for p in lgtm[:3]}) == 1 != len({buckets.program_key(p) for p in lgtm})
+    assert len(buckets.group_plans(lgtm)) == 2
+    # a block merging in one plan and nothing in another: one program; merging otherwise: two
+    skips = [make_plan(DEEP, o) for o in GROUPS["skips"]]
+    assert len({buckets.program_key(p) for p in skips}) == 3 and len(buckets.group_plans(skips)) == 1
+    mixed = skips + [make_plan(DEEP, MergeOptions("pitome", r=6, skip=1)), make_plan(DEEP, MergeOptions("drop", r=4)),
+                     make_plan(DEEP, MergeOptions("drop", r=4, skip=1))]
+    assert [len(g) for g in buckets.group_plans(mixed)] == [3, 1, 1, 1]  # drop has no padded form
     random = [make_plan(DEEP, MergeOptions("tome", r=r, metric="random")) for r in (4, 6)]
     assert buckets.program_key(random[0]) != buckets.program_key(random[1])
 
@@ -66,8 +76,8 @@ def test_shared_layout_covers_every_member():
             assert all(s >= c for s, c in zip(layout.slots, counts))
             assert all(m >= op.r for m, op in zip(layout.r_max, p.ops))
         assert len(set(layout.slots[:-1])) <= n
-    with pytest.raises(ValueError, match="program keys"):
-        buckets.shared_layout([plans[0], make_plan(DEEP, MergeOptions("tome", r=6, skip=1))], 1)
+    with pytest.raises(ValueError, match="not one program"):
+        buckets.shared_layout([plans[0], make_plan(DEEP, MergeOptions("pitome", r=6))], 1)
 
 
 def _states(config, plan, layout=None, buckets_=None):
@@ -84,10 +94,11 @@ def test_each_plan_on_the_shared_program_is_its_exact_model(group):
     plans = [make_plan(config, o) for o in GROUPS[group]]
     if group == "lgtm":  # two programs: all-local plans and local-then-global ones
         plans = plans[:3]
+    assert len(buckets.group_plans(plans)) == 1
     exact = [_states(config, plan)(params, images, None) for plan in plans]
     for n in (1, 2) if group == "tome" else (1,):
         layout = buckets.shared_layout(plans, n)
-        shared_states = _states(config, plans[0], layout, n)
+        shared_states = _states(config, buckets.envelope(plans), layout, n)
         for plan, (logits, exact_state) in zip(plans, exact):
             got, state = shared_states(params, images, buckets.schedule(plan))
             np.testing.assert_allclose(got, logits, atol=2e-5, rtol=1e-5)

@@ -245,7 +245,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="persistent compilation cache (default $FASTVIT_COMPILE_CACHE, else $FASTVIT_CACHE/xla): "
                         "a rerun reads compiled plans back instead of compiling them; off disables it")
     p.add_argument("--token-buckets", metavar="none|N",
-                   help="run blocks whose rule has a padded form (ToMe, DFE, ToFu, PiToMe, ATM, PPT, MCTF) at N "
+                   help="run blocks whose rule has a padded form (ToMe, DFE, ToFu, PiToMe, ATM, PPT, MCTF, LGTM) at N "
                         "or fewer shared token counts, padded slots masked, alike blocks as one scanned program: the same "
                         "merges and logits (within rounding), fewer block programs to compile, FLOPs spent on "
                         "padding. Default: none (every block at its exact count); tune: 3 on CPU, 1 elsewhere "

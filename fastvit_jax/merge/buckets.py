@@ -242,6 +242,7 @@ class Layout:
     padded: tuple[bool, ...]
     r_max: tuple[int, ...]
     windows: tuple[tuple[int, int], ...] = ()  # per local block: (largest window, most windows)
+    r_min: tuple[int, ...] = ()  # per block the smallest r of any member (0: some member merges nothing there)
 
     def statics(self, start: int, end: int) -> dict:
         """What blocks start..end-1 share as one program takes as static: the largest r, window and
@@ -249,8 +250,9 @@ class Layout:
         them merge nothing while others merge ("skips": those take the plain path)."""
         local = [self.windows[i] for i in range(start, end)] if self.windows else [(0, 0)]
         r = self.r_max[start:end]
+        low = self.r_min[start:end] if self.r_min else r
         return {"r_max": max(r), "window_max": max(w for w, _ in local), "windows_max": max(n for _, n in local),
-                "skips": max(r) > 0 and min(r) == 0}
+                "skips": max(r) > 0 and min(low) == 0}
 
 
 def layout(plan: MergePlan, buckets: int | None) -> Layout:
@@ -264,7 +266,7 @@ def merged_r(op: BlockOp) -> int:
 
 def program_key(plan: MergePlan) -> tuple:
     """What stays of a plan's program once its padded blocks' r and margins are data: plans with
-    equal keys run as one program on a `shared_layout`. A block without a padded form stays whole
+    equal keys, or `compatible` ones, run as one program on a `shared_layout`. A block without a padded form stays whole
     (its counts included), as does a plan on the random metric (nothing shared)."""
     if plan.metric == "random":
         return ("plan", plan)
@@ -279,23 +281,65 @@ def program_key(plan: MergePlan) -> tuple:
             plan.patch_grid) + tuple(block(op) for op in plan.ops)
 
 
+HEAD = 6  # a program key's plan-wide fields, before one entry per block
+
+
+def compatible(a: tuple, b: tuple) -> bool:
+    """Whether plans of program keys a and b can be one program: equal keys, or keys that differ only
+    where a block with a padded form merges in one and nothing in the other (in the shared program
+    that block skips the merge for the plan whose r there is 0: step.block_step)."""
+    if a == b:
+        return True
+    if a[0] == "plan" or b[0] == "plan" or a[:HEAD] != b[:HEAD] or len(a) != len(b):
+        return False
+    padded = lambda op: op.tokens_in == 0  # `program_key` zeroes the counts of blocks with a padded form
+    return all(x == y or (padded(x) and padded(y) and "none" in (x.kind, y.kind)) for x, y in zip(a[HEAD:], b[HEAD:]))
+
+
+def group_plans(plans: list[MergePlan]) -> list[list[MergePlan]]:
+    """The plans in groups that can each be one program (`compatible` with every member), in order
+    of first appearance; each group's layout is `shared_layout`, its model's plan `envelope`."""
+    groups: list[tuple[list, list]] = []  # (per-block key of the group, members)
+    for plan in plans:
+        key = program_key(plan)
+        for merged, members in groups:
+            if compatible(tuple(merged), key):
+                merged[HEAD:] = [y if x.kind == "none" else x for x, y in zip(merged[HEAD:], key[HEAD:])]
+                members.append(plan)
+                break
+        else:
+            groups.append((list(key), [plan]))
+    return [members for _, members in groups]
+
+
+def envelope(plans: list[MergePlan]) -> MergePlan:
+    """The plan a group's shared program is built from: per block the op of a member that merges
+    there (else the first member's), with the largest token counts of any member."""
+    ops = []
+    for i in range(plans[0].depth):
+        op = next((p.ops[i] for p in plans if p.ops[i].kind != "none" and p.ops[i].r > 0), plans[0].ops[i])
+        ops.append(dataclasses.replace(op, tokens_in=max(p.ops[i].tokens_in for p in plans),
+                                       tokens_out=max(p.ops[i].tokens_out for p in plans)))
+    return dataclasses.replace(plans[0], ops=tuple(ops))
+
+
 def shared_layout(plans: list[MergePlan], buckets: int | None) -> Layout:
-    """One layout for plans of one `program_key`: each block's slots cover every member's count
-    (the largest, cut into at most `buckets` segments per stretch as `token_slots` cuts one plan's),
-    padded wherever some member has fewer tokens than slots; r_max the largest r of any member."""
-    keys = {program_key(p) for p in plans}
-    if len(keys) != 1:
-        raise ValueError(f"plans of {len(keys)} program keys share no layout")
-    first = plans[0]
-    envelope = [max(p.ops[i].tokens_in for p in plans) for i in range(first.depth)]
-    slots = bucket_counts(envelope, [bucketable(op) for op in first.ops], buckets)
+    """One layout for plans that can be one program (`group_plans`): each block's slots cover every
+    member's count (the largest, cut into at most `buckets` segments per stretch as `token_slots`
+    cuts one plan's), padded wherever some member has fewer tokens than slots; the largest and
+    smallest r of any member, and the largest window."""
+    if len(group_plans(plans)) != 1:
+        raise ValueError("these plans are not one program: they share no layout")
+    first = envelope(plans)
+    slots = bucket_counts([op.tokens_in for op in first.ops], [bucketable(op) for op in first.ops], buckets)
     slots += (max(p.final_tokens for p in plans),)
     padded = tuple(any(s > c for c in counts) for s, counts in
                    zip(slots, zip(*([op.tokens_in for op in p.ops] + [p.final_tokens] for p in plans))))
     r_max = tuple(max(merged_r(p.ops[i]) for p in plans) for i in range(first.depth))
+    r_min = tuple(min(merged_r(p.ops[i]) for p in plans) for i in range(first.depth))
     windows = tuple((max(p.ops[i].window for p in plans), max(p.ops[i].num_windows for p in plans))
                     for i in range(first.depth))
-    return Layout(slots, padded, r_max, windows)
+    return Layout(slots, padded, r_max, windows, r_min)
 
 
 def schedule(plan: MergePlan) -> dict:

@@ -8,6 +8,8 @@ Before each local block the patch tokens are re-sorted onto a 2D grid by their t
 and cut into windows. Sorting, padding and window partition are one gather of the similarity
 features whose static part is precomputed; the windows of all examples are fused into one batch
 axis and the matcher is vmapped over it. The chosen pairs are then merged back in token space.
+`padded_local_merge` does the same on padded slots (merge/buckets.py) with the window, the grid and
+r per window as data, so all of a plan's local blocks can be one compiled program.
 """
 
 from __future__ import annotations

@@ -109,29 +109,33 @@ def correct_per_image(forward, params, images: np.ndarray, labels: np.ndarray, b
 
 class Programs:
     """The compiled program each candidate runs. With token buckets, candidates whose plans differ
-    only in their padded blocks' data (r, margins...: one merge/buckets.program_key) share one
-    program on a layout covering all of them, each called with its own schedule: such a group
-    compiles once for both stages."""
+    only in their padded blocks' data (r, margins, windows...; blocks that merge in one and not in
+    another: merge/buckets.group_plans) share one program on a layout covering all of them, each
+    called with its own schedule: such a group compiles once for both stages."""
 
     def __init__(self, config, params, example, runtime: Runtime):
         self.config, self.params, self.example, self.runtime = config, params, example, runtime
-        self.groups: dict = {}  # program key -> (first plan, shared layout or None)
-        self.compiled: dict = {}  # program key -> executable, held while a stage still needs it
+        self.groups: dict = {}  # group key -> (the plan its program is built from, shared layout or None)
+        self.keys: dict = {}  # options -> group key
+        self.compiled: dict = {}  # group key -> executable, held while a stage still needs it
 
     def group_programs(self, options: list[MergeOptions]) -> None:
-        members: dict = {}
-        for o in options:
-            members.setdefault(self.key(o), []).append(make_plan(self.config, o))
-        for key, plans in members.items():
-            layout = buckets.shared_layout(plans, self.runtime.token_buckets) if self.shared(key) else None
-            self.groups[key] = (plans[0], layout)
-
-    def shared(self, key) -> bool:
-        return bool(self.runtime.token_buckets) and key[0] != "plan"
+        plans = {o: make_plan(self.config, o) for o in options}
+        if not self.runtime.token_buckets:
+            self.keys = {o: ("plan", p) for o, p in plans.items()}
+            self.groups = {("plan", p): (p, None) for p in plans.values()}
+            return
+        shareable = [p for p in dict.fromkeys(plans.values()) if p.metric != "random"]
+        for i, members in enumerate(buckets.group_plans(shareable)):
+            self.groups[("group", i)] = (buckets.envelope(members), buckets.shared_layout(members, self.runtime.token_buckets))
+            self.keys.update({o: ("group", i) for o, p in plans.items() if p in members})
+        for o, p in plans.items():  # the random metric: each plan its own (its draws are shaped by its counts)
+            if o not in self.keys:
+                self.keys[o] = ("plan", p)
+                self.groups[("plan", p)] = (p, None)
 
     def key(self, options: MergeOptions):
-        plan = make_plan(self.config, options)
-        return buckets.program_key(plan) if self.runtime.token_buckets else ("plan", plan)
+        return self.keys[options]
 
     def build(self, key):
         plan, layout = self.groups[key]
