@@ -224,7 +224,7 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert runs(MergeOptions("drop", r=6, skip=1)) == [(i, i + 1) for i in range(6)]  # no padded form
     lgtm = make_plan(config, MergeOptions("lgtm", r=6, window=2))  # windows of every size: one program
     assert [str(op)[:5] for op in lgtm.ops] == ["-", "local", "local", "local", "local", "globa"]
-    assert runs(MergeOptions("lgtm", r=6, window=2)) == [(0, 5), (5, 6)]
+    assert runs(MergeOptions("lgtm", r=6, window=2)) == [(0, 1), (1, 5), (5, 6)]  # windows take no skipped block
     assert lgtm.ops[1].window != lgtm.ops[2].window
     plan = make_plan(config, MergeOptions("tome", r=6))
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))

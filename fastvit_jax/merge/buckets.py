@@ -195,12 +195,14 @@ def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tupl
 
 def joins(run: tuple, program: tuple | None) -> tuple | None:
     """The program of a run extended by a block's (`block_program`), or None if they are not one:
-    the same slots and bias, and at most one way of merging (blocks merging nothing join any run:
-    in a scan they skip the merge, step.block_step)."""
+    the same slots and bias, and at most one way of merging (blocks merging nothing join any run
+    but local windows': in a scan they skip the merge, step.block_step)."""
     if program is None or run is None or run[:2] != program[:2]:
         return None
     if run[2] and program[2] and run[2] != program[2]:
         return None
+    if run[2] != program[2] and "local" in run[2][:1] + program[2][:1]:
+        return None  # measured: windows under lax.cond compile slower than a run of their own (BENCHMARKS 24)
     return run[:2] + (run[2] or program[2],)
 
 
