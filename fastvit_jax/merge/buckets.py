@@ -189,7 +189,7 @@ def block_program(plan: MergePlan, block: int, slots: int, padded: bool) -> tupl
     op = plan.ops[block]
     if not bucketable(op) or plan.metric == "random":
         return None
-    merging = (op.kind, op.rule, combine_class(op.combine)) if op.kind != "none" and op.r > 0 else ()
+    merging = (op.kind, op.rule, combine_class(op.combine)) if merged_r(op) > 0 else ()
     return (slots, key_bias_kind(plan, block, padded, bucketed=True), merging)
 
 
@@ -229,7 +229,7 @@ def shared_runs(plan: MergePlan, slots: tuple[int, ...], padded: tuple[bool, ...
 
 def representative(plan: MergePlan, start: int, end: int) -> int:
     """The block whose op a scanned run's program is built from: its first merging block, if any."""
-    return next((i for i in range(start, end) if plan.ops[i].kind != "none" and plan.ops[i].r > 0), start)
+    return next((i for i in range(start, end) if merged_r(plan.ops[i]) > 0), start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +319,7 @@ def envelope(plans: list[MergePlan]) -> MergePlan:
     there (else the first member's), with the largest token counts of any member."""
     ops = []
     for i in range(plans[0].depth):
-        op = next((p.ops[i] for p in plans if p.ops[i].kind != "none" and p.ops[i].r > 0), plans[0].ops[i])
+        op = next((p.ops[i] for p in plans if merged_r(p.ops[i]) > 0), plans[0].ops[i])
         ops.append(dataclasses.replace(op, tokens_in=max(p.ops[i].tokens_in for p in plans),
                                        tokens_out=max(p.ops[i].tokens_out for p in plans)))
     return dataclasses.replace(plans[0], ops=tuple(ops))
