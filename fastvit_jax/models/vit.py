@@ -295,11 +295,15 @@ class Encoder(nn.Module):
         runs = [(i, i + 1) for i in range(cfg.depth)]
         if (self.runtime.token_buckets or sharing) and not self.is_mutable_collection("intermediates"):
             runs = buckets.shared_runs(self.plan, slots, padded)  # observing: per block
+        scans = [] if self.is_initializing() else [  # init creates each block's weights
+            (start, end) for start, end in runs
+            if end - start > 1 and buckets.block_program(self.plan, start, slots[start], padded[start]) is not None]
+        stacked = self.stacked_blocks(scans[0][0], scans[-1][1]) if scans else None
         for start, end in runs:
-            shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
-            if shares and end - start > 1 and not self.is_initializing():  # init creates each block's weights
-                state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule)
+            if (start, end) in scans:
+                state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule, stacked)
             else:
+                shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
                 for i in range(start, end):
                     shared = None  # a shared program's block takes its r, margin... from the schedule
                     if schedule is not None and shares:
@@ -310,14 +314,20 @@ class Encoder(nn.Module):
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
 
+    def stacked_blocks(self, start: int, end: int) -> tuple[int, dict]:
+        """(start, blocks start..end-1's weights stacked along a leading axis): one stack per weight
+        for all the forward's scanned runs, which index it; a stack per run would be a kernel of its
+        own shape for XLA to compile (BENCHMARKS.md section 25)."""
+        params = self.variables["params"]
+        return start, jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
+                                                                        for i in range(start, end)))
+
     def scanned(self, start: int, end: int, layout: buckets.Layout, state: TokenState, merge_key, registers,
-                schedule=None):
+                schedule=None, stacked=None):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
         stacked weights, each block's data (r, margin, threshold, combine index: buckets.schedule;
         the plan's, or the given schedule's) scanned values: traced and compiled once."""
-        params = self.variables["params"]
-        stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
-                                                                    for i in range(start, end)))
+        first, stacked = self.stacked_blocks(start, end) if stacked is None else stacked
         if schedule is None:
             schedule = buckets.schedule(self.plan)
         values = {k: jnp.asarray(v[start:end]) for k, v in schedule.items()}
@@ -326,11 +336,12 @@ class Encoder(nn.Module):
                                True, layout.padded[start])
 
         def body(carry, xs):
-            weights, shared = xs
+            index, shared = xs
+            weights = jax.tree_util.tree_map(lambda w: jax.lax.dynamic_index_in_dim(w, index, keepdims=False), stacked)
             return block.apply({"params": weights}, carry[0], merge_key, carry[1],
                                shared={**shared, **statics}), None
 
-        (state, registers), _ = jax.lax.scan(body, (state, registers), (stacked, values))
+        (state, registers), _ = jax.lax.scan(body, (state, registers), (jnp.arange(start - first, end - first), values))
         return state, registers
 
 
