@@ -11,7 +11,8 @@ compiles each distinct block anew, identical dense blocks once. Ratios are again
 model at the same batch. Runs every point round-robin once per repeat (the median is reported).
 --token-buckets none,1,2 measures each point with each runtime.token_buckets (merge/buckets.py);
 --runs N also times N calls of each compiled forward (after one warm-up call), to show what the
-padded slots cost. Prints a table and writes JSON.
+padded slots cost. Ratios are against the dense model at exact counts (always measured).
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def main(argv=None) -> int:
             for batch in args.batch_sizes:
                 samples = collections.defaultdict(list)
                 for _ in range(args.repeats):
-                    for point in points:
-                        for rt in settings:
+                    for point in points:  # dense at exact counts too: the ratios' baseline
+                        for rt in ([plain] + [s for s in settings if s != plain] if point == "dense" else settings):
                             key = point + (f" buckets={rt.token_buckets}" if rt.token_buckets else "")
                             samples[key].append(measure(config, params, POINTS[point], batch, rt, args.runs))
                             print(f"  {name} b={batch} {key}: {samples[key][-1]['compile_s']:.1f} s compile",

@@ -226,6 +226,8 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert [str(op)[:5] for op in lgtm.ops] == ["-", "local", "local", "local", "local", "globa"]
     assert runs(MergeOptions("lgtm", r=6, window=2)) == [(0, 1), (1, 5), (5, 6)]  # windows take no skipped block
     assert lgtm.ops[1].window != lgtm.ops[2].window
+    # the scanned runs index one stack of blocks 1..5's weights: the first at offset 0
+    _same_as_exact(config, MergeOptions("lgtm", r=6, window=2), (1,))
     plan = make_plan(config, MergeOptions("tome", r=6))
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))
