@@ -226,8 +226,13 @@ def test_blocks_of_one_bucket_share_one_scanned_program():
     assert [str(op)[:5] for op in lgtm.ops] == ["-", "local", "local", "local", "local", "globa"]
     assert runs(MergeOptions("lgtm", r=6, window=2)) == [(0, 1), (1, 5), (5, 6)]  # windows take no skipped block
     assert lgtm.ops[1].window != lgtm.ops[2].window
-    # the scanned runs index one stack of blocks 1..5's weights: the first at offset 0
+    # the scanned runs index one stack of their blocks' weights: blocks 1-4 (the first scan starts
+    # past block 0), blocks 0, 1, 4, 5 (blocks 2 and 3 run apart between two scans)
     _same_as_exact(config, MergeOptions("lgtm", r=6, window=2), (1,))
+    atm = MergeOptions("atm", r=6, size_split=3)
+    atm_plan = make_plan(config, atm)
+    assert buckets.shared_runs(atm_plan, buckets.token_slots(atm_plan, 3)) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    _same_as_exact(config, atm, (3,))
     plan = make_plan(config, MergeOptions("tome", r=6))
     params = checkpoint.unflatten(google_checkpoint(config, seed=4))
     images = jnp.zeros((1, 32, 32, 3))

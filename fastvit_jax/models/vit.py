@@ -298,7 +298,7 @@ class Encoder(nn.Module):
         scans = [] if self.is_initializing() else [  # init creates each block's weights
             (start, end) for start, end in runs
             if end - start > 1 and buckets.block_program(self.plan, start, slots[start], padded[start]) is not None]
-        stacked = self.stacked_blocks(scans[0][0], scans[-1][1]) if scans else None
+        stacked = self.stacked_blocks([i for start, end in scans for i in range(start, end)]) if scans else None
         for start, end in runs:
             if (start, end) in scans:
                 state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule, stacked)
@@ -314,20 +314,20 @@ class Encoder(nn.Module):
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.dtype(self.runtime.dtype), name="encoder_norm")(state.x)
         return state._replace(x=x)
 
-    def stacked_blocks(self, start: int, end: int) -> tuple[int, dict]:
-        """(start, blocks start..end-1's weights stacked along a leading axis): one stack per weight
+    def stacked_blocks(self, blocks: list[int]) -> tuple[list[int], dict]:
+        """(blocks, their weights stacked along a leading axis in that order): one stack per weight
         for all the forward's scanned runs, which index it; a stack per run would be a kernel of its
         own shape for XLA to compile (BENCHMARKS.md section 25)."""
         params = self.variables["params"]
-        return start, jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"]
-                                                                        for i in range(start, end)))
+        return blocks, jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"] for i in blocks))
 
     def scanned(self, start: int, end: int, layout: buckets.Layout, state: TokenState, merge_key, registers,
                 schedule=None, stacked=None):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
         stacked weights, each block's data (r, margin, threshold, combine index: buckets.schedule;
         the plan's, or the given schedule's) scanned values: traced and compiled once."""
-        first, stacked = self.stacked_blocks(start, end) if stacked is None else stacked
+        blocks, stacked = self.stacked_blocks(list(range(start, end))) if stacked is None else stacked
+        first = blocks.index(start)  # a run's blocks are consecutive in the stack
         if schedule is None:
             schedule = buckets.schedule(self.plan)
         values = {k: jnp.asarray(v[start:end]) for k, v in schedule.items()}
@@ -341,7 +341,7 @@ class Encoder(nn.Module):
             return block.apply({"params": weights}, carry[0], merge_key, carry[1],
                                shared={**shared, **statics}), None
 
-        (state, registers), _ = jax.lax.scan(body, (state, registers), (jnp.arange(start - first, end - first), values))
+        (state, registers), _ = jax.lax.scan(body, (state, registers), (jnp.arange(first, first + end - start), values))
         return state, registers
 
 
