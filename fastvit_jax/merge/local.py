@@ -200,10 +200,10 @@ def padded_local_merge(state: TokenState, metric: jax.Array, *, r, window, cols,
     pos = jnp.where(valid[:, None], mean_pos(state)[num_prefix:], jnp.inf)
     by_row = jnp.argsort(pos[:, 0], stable=True)
     k = jnp.arange(slots, dtype=jnp.int32)
-    key = (k // cols).astype(jnp.float32) * (2.0 * cols.astype(jnp.float32) + 2.0) + pos[by_row, 1]
+    row, col = k // cols, k % cols  # the k-th token in grid order
+    key = row.astype(jnp.float32) * (2.0 * cols.astype(jnp.float32) + 2.0) + pos[by_row, 1]
     order = by_row[jnp.argsort(jnp.where(k < real, key, jnp.inf), stable=True)]
 
-    row, col = k // cols, k % cols
     first_col = (col // w) * w
     win = (row // w) * ((cols + w - 1) // w) + col // w
     rank = (row % w) * jnp.minimum(w, cols - first_col) + col % w

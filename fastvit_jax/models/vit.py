@@ -295,18 +295,18 @@ class Encoder(nn.Module):
         runs = [(i, i + 1) for i in range(cfg.depth)]
         if (self.runtime.token_buckets or sharing) and not self.is_mutable_collection("intermediates"):
             runs = buckets.shared_runs(self.plan, slots, padded)  # observing: per block
+        shares = {run: buckets.block_program(self.plan, run[0], slots[run[0]], padded[run[0]]) is not None
+                  for run in runs}
         scans = [] if self.is_initializing() else [  # init creates each block's weights
-            (start, end) for start, end in runs
-            if end - start > 1 and buckets.block_program(self.plan, start, slots[start], padded[start]) is not None]
+            (start, end) for start, end in runs if end - start > 1 and shares[start, end]]
         stacked = self.stacked_blocks([i for start, end in scans for i in range(start, end)]) if scans else None
         for start, end in runs:
             if (start, end) in scans:
-                state, registers = self.scanned(start, end, layout, state, merge_key, registers, schedule, stacked)
+                state, registers = self.scanned(start, end, layout, state, merge_key, registers, stacked, schedule)
             else:
-                shares = buckets.block_program(self.plan, start, slots[start], padded[start]) is not None
                 for i in range(start, end):
                     shared = None  # a shared program's block takes its r, margin... from the schedule
-                    if schedule is not None and shares:
+                    if schedule is not None and shares[start, end]:
                         shared = {**{k: v[i] for k, v in schedule.items()}, **layout.statics(i, i + 1)}
                     state, registers = Encoder1DBlock(cfg, self.plan, i, self.runtime, bucketed[i], padded[i],
                                                       name=f"encoderblock_{i}")(state, merge_key, registers, shared)
@@ -322,11 +322,12 @@ class Encoder(nn.Module):
         return blocks, jax.tree_util.tree_map(lambda *w: jnp.stack(w), *(params[f"encoderblock_{i}"] for i in blocks))
 
     def scanned(self, start: int, end: int, layout: buckets.Layout, state: TokenState, merge_key, registers,
-                schedule=None, stacked=None):
+                stacked: tuple[list[int], dict], schedule=None):
         """Blocks start..end-1, one program (merge/buckets.shared_runs), as one lax.scan over their
-        stacked weights, each block's data (r, margin, threshold, combine index: buckets.schedule;
-        the plan's, or the given schedule's) scanned values: traced and compiled once."""
-        blocks, stacked = self.stacked_blocks(list(range(start, end))) if stacked is None else stacked
+        weights in `stacked` (`stacked_blocks`), each block's data (r, margin, threshold, combine
+        index: buckets.schedule; the plan's, or the given schedule's) scanned values: traced and
+        compiled once."""
+        blocks, stacked = stacked
         first = blocks.index(start)  # a run's blocks are consecutive in the stack
         if schedule is None:
             schedule = buckets.schedule(self.plan)
